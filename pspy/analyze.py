@@ -1,0 +1,158 @@
+"""What each principal can read, write and call, from the plan and the jail.
+
+Unix semantics: exactly one of owner, group or other bits applies (owner if
+the uid matches, else group if any of the principal's gids matches, else
+other), and a path is reachable only if every folder above it, from the
+jail's root down, grants search (x). Symlinks are reported, never followed.
+The walk is read-only and done with lstat, so analysing a jail cannot be
+turned against the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+from .plan import Plan
+
+R, W, X = 4, 2, 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+    def may(self, st: os.stat_result, bit: int) -> bool:
+        if self.uid == 0:
+            return True
+        mode = st.st_mode
+        if st.st_uid == self.uid:
+            return bool((mode >> 6) & bit)
+        if st.st_gid == self.gid or st.st_gid in self.groups:
+            return bool((mode >> 3) & bit)
+        return bool(mode & bit)
+
+
+def identity_of(plan: Plan, name: str) -> Identity:
+    p = plan.principal(name)
+    return Identity(p.name, p.uid, p.gid, tuple(p.groups))
+
+
+def access(jail: str, app_dir: str, who: Identity) -> dict:
+    """``{"readable": [...], "writable": [...], "symlinks": [...]}``, paths relative to the app root.
+
+    Folders end with '/': readable means listable, writable means entries can
+    be created or removed in it.
+    """
+    readable, writable, symlinks = [], [], []
+    # Search permission along the path from the jail root to the app root.
+    reachable = True
+    current = jail
+    for part in [""] + [p for p in app_dir.split("/") if p]:
+        current = os.path.join(current, part) if part else current
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode):
+            return {"readable": [], "writable": [], "symlinks": [app_dir]}
+        reachable = reachable and who.may(st, X)
+    app_root = os.path.join(jail, app_dir.lstrip("/"))
+    if not reachable:
+        return {"readable": [], "writable": [], "symlinks": []}
+    root_st = os.lstat(app_root)
+    if who.may(root_st, R):
+        readable.append("./")
+    if who.may(root_st, W) and who.may(root_st, X):
+        writable.append("./")
+
+    def walk(folder: str, rel: str):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            child = f"{rel}{name}"
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                symlinks.append(f"{child} -> {os.readlink(path)}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if who.may(st, R):
+                    readable.append(child + "/")
+                if who.may(st, W) and who.may(st, X):
+                    writable.append(child + "/")
+                if who.may(st, X):
+                    walk(path, child + "/")
+                continue
+            if who.may(st, R):
+                readable.append(child)
+            if who.may(st, W):
+                writable.append(child)
+
+    if who.may(root_st, X):
+        walk(app_root, "")
+    return {"readable": readable, "writable": writable, "symlinks": symlinks}
+
+
+def report(plan: Plan) -> dict:
+    principals = []
+    for p in plan.principals:
+        who = identity_of(plan, p.name)
+        seen = access(plan.jail, plan.app_dir, who)
+        may_call = [name for q in plan.providers if q.name != p.name
+                    for s in q.services if p.name in s.callers
+                    for name in ([f"{q.name}.{s.name}.{m}" for m in s.methods] if s.kind == "class"
+                                 else [f"{q.name}.{s.name}"])]
+        principals.append({
+            "name": p.name, "kind": p.kind, "uid": p.uid, "gid": p.gid, "group": p.group,
+            "groups": list(p.groups), "extra_groups": list(p.extra_groups),
+            "serves": [s.name for s in p.services],
+            "may_call": may_call,
+            "readable": seen["readable"], "writable": seen["writable"], "symlinks": seen["symlinks"],
+        })
+    return {
+        "app": plan.app_name, "jail": plan.jail, "mode": plan.mode,
+        "isolation": {
+            "uid_separation": True,
+            "filesystem": "chroot into the jail; Unix permissions are the only barrier between principals",
+            "network": "shared with the host (chroot mode isolates no network)",
+            "processes": "principals see host processes (no PID namespace in chroot mode)",
+        },
+        "principals": principals,
+    }
+
+
+def report_for_ids(jail: str, app_dir: str, uid: int, gid: int, groups: tuple[int, ...]) -> dict:
+    """The paper's form: what a given uid/gid can touch in a jail, without a plan."""
+    who = Identity(f"uid {uid}", uid, gid, groups)
+    seen = access(jail, app_dir, who)
+    return {"jail": jail, "principals": [{"name": who.name, "uid": uid, "gid": gid, "groups": list(groups),
+                                          **seen}]}
+
+
+def format_text(data: dict) -> str:
+    out = []
+    if "app" in data:
+        out.append(f"pspy analyze: {data['app']} in {data['jail']} ({data['mode']} mode)")
+        for key, value in data["isolation"].items():
+            out.append(f"  {key.replace('_', ' ')}: {value}")
+    for p in data["principals"]:
+        out.append("")
+        groups = ", ".join(str(g) for g in p["groups"]) or "none"
+        head = f"{p['name']}: uid {p['uid']}, gid {p['gid']}"
+        if "group" in p:
+            head += f" ({p['group']})"
+        out.append(f"{head}, extra groups: {groups}")
+        if p.get("serves"):
+            out.append(f"  serves:    {', '.join(p['serves'])}")
+        if "may_call" in p:
+            out.append(f"  may call:  {', '.join(p['may_call']) or 'nothing'}")
+        out.append(f"  can write: {', '.join(p['writable']) or 'nothing in the app'}")
+        out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
+        if p.get("symlinks"):
+            out.append(f"  symlinks (not followed): {', '.join(p['symlinks'])}")
+    return "\n".join(out) + "\n"
+
+
+def format_json(data: dict) -> str:
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,161 @@
+"""``pspy bootstrap``: discover, plan, build the jail, run the app.
+
+The jail is built in an order that never leaves it half-changed: the app
+is staged, the set-up script runs on the staged copy, every owner and mode
+change is checked before the first is made, and only then is the staged
+copy swapped in and the new plan written.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sys
+from dataclasses import dataclass, field
+
+from . import config, jail
+from .discover import discover
+from .errors import ConfigError, PspyError
+from .plan import DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path
+from .sandbox.spawn import run_script
+from .supervisor import Supervisor, jail_processes, log_path, supervisor_alive
+
+
+@dataclass
+class Request:
+    """What the user asked for on the command line; None means "not given"."""
+    app_dir: str
+    jail: str | None = None
+    script: str | None = None
+    files: list[str] = field(default_factory=list)
+    uid_base: int | None = None
+    gid_base: int | None = None
+    front_end: list[str] = field(default_factory=list)
+
+
+def options_for(req: Request) -> Options:
+    """Command-line flags over pspy.toml over defaults."""
+    cfg = config.load(req.app_dir)
+    script = req.script if req.script is not None else cfg.get("script")
+    if script is not None:
+        norm = posixpath.normpath(script)
+        if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+            raise ConfigError(f"--script {script!r} must be a path inside the app folder")
+        if not os.path.isfile(os.path.join(req.app_dir, norm)):
+            raise ConfigError(f"--script {os.path.join(req.app_dir, norm)}: no such file in the app")
+        script = norm
+    files = [os.path.abspath(f) for f in (req.files or cfg.get("files", []))]
+    for f in files:
+        if not os.path.lexists(f):
+            raise ConfigError(f"--files {f}: no such file or folder")
+    return Options(
+        jail=os.path.abspath(req.jail or cfg.get("jail") or DEFAULT_JAIL),
+        uid_base=req.uid_base if req.uid_base is not None else cfg.get("uid_base", DEFAULT_UID_BASE),
+        gid_base=req.gid_base if req.gid_base is not None else cfg.get("gid_base", DEFAULT_GID_BASE),
+        front_end=list(req.front_end or cfg.get("front_end", [])),
+        env={k: list(v) for k, v in cfg.get("env", {}).items()},
+        script=script, files=files, interpreter=sys.executable,
+        app_name=os.path.basename(os.path.normpath(req.app_dir)))
+
+
+def build(req: Request, say=print) -> Plan:
+    """Everything up to a ready jail with its plan; starts nothing."""
+    if os.geteuid() != 0:
+        raise PspyError("bootstrap in chroot mode needs root (it creates users' files, chroots "
+                        "and changes uids); run it with sudo")
+    req.app_dir = os.path.abspath(req.app_dir)
+    if not os.path.isdir(req.app_dir):
+        raise ConfigError(f"{req.app_dir}: app folder not found")
+    options = options_for(req)
+    manifest = discover(req.app_dir)
+    if not manifest.providers:
+        raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
+    previous = None
+    if os.path.exists(plan_path(options.jail)):
+        try:
+            previous = Plan.load(options.jail)
+        except PspyError:
+            previous = None
+    jail.check_jail_path(options.jail, req.app_dir)
+    if (previous and supervisor_alive(previous)) or (os.path.isdir(options.jail) and jail_processes(options.jail)):
+        raise PspyError(f"the app in {options.jail} is running; run 'pspy stop --jail {options.jail}' first")
+    plan = build_plan(manifest, options, previous)
+    check_ids_free(plan)
+
+    jail.prepare_root(plan)
+    staging = jail.stage_app(plan)
+    try:
+        if plan.script:
+            say(f"pspy: running set-up script {plan.script} in the jail")
+            run_script(plan, plan.script, cwd=staging.jail_path)
+        changes, warnings = jail.plan_ownership(plan, staging.path)
+        jail.apply_ownership(staging.path, changes)
+        jail.commit_app(plan, staging)
+    except BaseException:
+        jail.discard(staging)
+        raise
+    for w in warnings:
+        say(f"pspy: warning: {w}")
+    jail.write_plan(plan)
+    return plan
+
+
+def run_foreground(plan: Plan, say=print) -> int:
+    sup = Supervisor(plan, say=say)
+    sup.install_signal_handlers()
+    try:
+        sup.start_all()
+        _announce(plan, say)
+        say("pspy: running; Ctrl-C stops every principal")
+        sup.run()
+    finally:
+        sup.stop_all()
+        say("pspy: stopped")
+    return 0
+
+
+def run_detached(plan: Plan, say=print) -> int:
+    """Fork a supervisor that outlives this command; return once every provider answers."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the supervisor
+        os.close(read_fd)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(log_path(plan, "supervisor"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(devnull)
+        os.close(log)
+        code = 0
+        sup = Supervisor(plan, say=lambda m: print(m, flush=True))
+        sup.install_signal_handlers()
+        try:
+            sup.start_all()
+            os.write(write_fd, b"ok\n")
+            os.close(write_fd)
+            write_fd = -1
+            sup.run()
+        except BaseException as e:  # noqa: BLE001 - reported to the waiting parent
+            code = 1
+            if write_fd >= 0:
+                os.write(write_fd, f"{e}\n".encode())
+        finally:
+            sup.stop_all()
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as r:
+        answer = r.readline().decode(errors="replace").strip()
+        if answer != "ok":
+            rest = r.read().decode(errors="replace")
+            raise PspyError(f"the app did not start: {answer}{rest}".rstrip())
+    _announce(plan, say)
+    say(f"pspy: running in the background (supervisor pid {pid}); "
+        f"'pspy status --jail {plan.jail}' and 'pspy stop --jail {plan.jail}'")
+    return 0
+
+
+def _announce(plan: Plan, say) -> None:
+    for p in plan.principals:
+        say(f"pspy: {p.name:<12} uid {p.uid:<6} log {log_path(plan, p.name)}")

@@ -1,0 +1,128 @@
+"""The ``pspy`` command. User mistakes end in one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import analyze as analyze_mod
+from . import supervisor
+from .errors import PspyError
+from .plan import DEFAULT_JAIL, Plan
+
+
+def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pspy", description="Privilege-separate a Python application.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("bootstrap", help="build the jail and run the app split into principals",
+                       usage="pspy bootstrap APP_DIR [options] [-- FRONT_END_CMD ...]")
+    b.add_argument("app_dir", metavar="APP_DIR")
+    b.add_argument("--jail", help=f"jail folder (default: pspy.toml's, else {DEFAULT_JAIL})")
+    b.add_argument("--script", help="set-up script in the app, run as root in the jail after copying")
+    b.add_argument("--files", nargs="+", default=[], metavar="PATH",
+                   help="extra host files copied into the jail at the same path")
+    b.add_argument("--uid-base", type=int, help="first uid for principals (default 40000)")
+    b.add_argument("--gid-base", type=int, help="first gid for groups (default 40000)")
+    b.add_argument("--detach", action="store_true", help="return once every provider answers")
+    b.add_argument("--no-run", action="store_true", help="build the jail and plan, start nothing")
+
+    for name, help_text in (("status", "show which principals run and answer"),
+                            ("stop", "stop every process of the app")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--jail", default=DEFAULT_JAIL)
+
+    e = sub.add_parser("exec", help="run a command as a principal, in its jail",
+                       usage="pspy exec [--jail DIR] PRINCIPAL -- CMD ...")
+    e.add_argument("--jail", default=DEFAULT_JAIL)
+    e.add_argument("principal")
+
+    a = sub.add_parser("analyze", help="what each principal can read, write and call")
+    a.add_argument("jail_pos", nargs="?", metavar="JAIL", help="jail folder (same as --jail)")
+    a.add_argument("--jail", default=None)
+    a.add_argument("--format", choices=("text", "json"), default="text")
+    a.add_argument("--app-files", default=None, metavar="DIR",
+                   help="app folder inside the jail (default: the plan's, /app)")
+    a.add_argument("--uid", type=int, help="analyse this uid instead of the plan's principals")
+    a.add_argument("--gid", type=int, help="with --uid: its gid")
+    a.add_argument("--groups", default="", help="with --uid: comma-separated extra gids")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, tail = _split_dashdash(argv)
+    args = _parser().parse_args(head)
+    try:
+        return _dispatch(args, tail)
+    except PspyError as e:
+        print(f"pspy: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args, tail: list[str]) -> int:
+    if args.command == "bootstrap":
+        from . import bootstrap
+        req = bootstrap.Request(app_dir=args.app_dir, jail=args.jail, script=args.script, files=args.files,
+                                uid_base=args.uid_base, gid_base=args.gid_base, front_end=tail)
+        plan = bootstrap.build(req)
+        print(f"pspy: jail ready in {plan.jail}: {', '.join(p.name for p in plan.principals)}")
+        if args.no_run:
+            return 0
+        if not plan.front_end.argv:
+            print("pspy: no front end command (give one after '--' or as front_end in pspy.toml); "
+                  "running the providers only")
+        return bootstrap.run_detached(plan) if args.detach else bootstrap.run_foreground(plan)
+
+    if args.command == "analyze":
+        jail = os.path.abspath(args.jail or args.jail_pos or DEFAULT_JAIL)
+        if args.uid is not None:
+            if args.gid is None:
+                raise PspyError("--uid needs --gid")
+            groups = tuple(int(g) for g in args.groups.split(",") if g.strip())
+            data = analyze_mod.report_for_ids(jail, args.app_files or "/app", args.uid, args.gid, groups)
+        else:
+            plan = Plan.load(jail)
+            if args.app_files:
+                plan.app_dir = args.app_files
+            data = analyze_mod.report(plan)
+        out = analyze_mod.format_json(data) if args.format == "json" else analyze_mod.format_text(data)
+        sys.stdout.write(out)
+        return 0
+
+    plan = Plan.load(os.path.abspath(args.jail))
+    if args.command == "status":
+        rows = supervisor.status(plan)
+        running = supervisor.supervisor_alive(plan)
+        print(f"{plan.app_name} in {plan.jail}: "
+              f"{'running, supervisor pid ' + str(running) if running else 'supervisor not running'}")
+        for r in rows:
+            state = f"pid {r['pid']}" if r["running"] else "stopped"
+            if r["kind"] == "provider":
+                state += ", answers" if r.get("answers") else ", not answering"
+            print(f"  {r['name']:<12} {r['kind']:<9} uid {r['uid']:<6} {state}")
+        return 0 if running else 3
+
+    if args.command == "stop":
+        was = supervisor.stop(plan)
+        print(f"pspy: {'stopped' if was else 'was not running'}: {plan.app_name} in {plan.jail}")
+        return 0
+
+    if args.command == "exec":
+        if not tail:
+            raise PspyError("pspy exec needs a command after '--'")
+        if os.geteuid() != 0:
+            raise PspyError("pspy exec in chroot mode needs root")
+        from .sandbox.spawn import run_as_principal
+        return run_as_principal(plan, plan.principal(args.principal), tail)
+    raise PspyError(f"unknown command {args.command}")

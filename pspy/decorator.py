@@ -1,0 +1,33 @@
+"""``@pspy.service``: the one thing most apps import.
+
+Without a pspy runtime (plain ``python app.py``) it returns the function or
+class unchanged. Under pspy it keeps the object in its own provider and
+replaces it with an RPC stub everywhere else. The arguments are read by
+``pspy bootstrap`` from the source (see discover), so they must be literals.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from . import runtime
+
+T = TypeVar("T")
+
+
+def service(*, service_provider: str, group: str | None = None,
+            perms: dict[str, int] | None = None, extra_groups: list[str] | None = None,
+            callers: list[str] | None = None) -> Callable[[T], T]:
+    """Declare a function or class as a service run by ``service_provider``.
+
+    group: the provider's primary group (default: a group named after it).
+    perms: app paths (globs allowed) the provider owns, with their modes.
+    extra_groups: supplementary groups of the provider.
+    callers: principals allowed to call (default: every principal of the app).
+    """
+    def decorate(obj: T) -> T:
+        rt = runtime.current()
+        if rt is None:
+            return obj
+        return rt.bind(service_provider, obj)
+    return decorate

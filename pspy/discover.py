@@ -1,0 +1,338 @@
+"""Find ``@pspy.service`` declarations by reading an app's source.
+
+Pure: the app's files are parsed with ``ast``, never imported, so discovery
+runs no user code (it runs as root). Decorator arguments must therefore be
+literals; anything else is reported with its file:line.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from .errors import DiscoveryError
+
+# Keyword arguments of the paper's decorator, plus pspy's ``callers``.
+KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers")
+# Designed arguments whose enforcement is not built yet. Accepting them
+# silently would promise isolation pspy does not give, so they are refused.
+NOT_YET_SUPPORTED = ("seccomp", "network")
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+FRONT_END_NAME = "web"
+# Folders that are never part of the app's own source.
+SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", ".tox", ".pspy",
+             "node_modules", ".mypy_cache", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str            # top-level function or class name
+    kind: str            # "function", "async_function" or "class"
+    module: str          # import name, e.g. "bank" or "pkg.bank"
+    file: str            # path relative to the app root
+    line: int
+    provider: str
+    callers: tuple[str, ...] | None   # None: every principal of the app
+    methods: tuple[str, ...] = ()     # public methods of a class service
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class PermSpec:
+    pattern: str         # normalised, relative to the app root
+    mode: int
+    location: str
+
+
+@dataclass
+class ProviderSpec:
+    name: str
+    group: str | None = None
+    group_location: str | None = None
+    perms: dict[str, PermSpec] = field(default_factory=dict)
+    extra_groups: list[str] = field(default_factory=list)
+    services: list[ServiceSpec] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    app_root: str
+    providers: dict[str, ProviderSpec]
+
+    def service(self, provider: str, name: str) -> ServiceSpec:
+        for spec in self.providers[provider].services:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{provider}.{name}")
+
+
+def discover(app_root: str) -> Manifest:
+    """Parse every ``.py`` file under ``app_root`` and merge the services found."""
+    app_root = os.path.abspath(app_root)
+    if not os.path.isdir(app_root):
+        raise DiscoveryError([(app_root, "not a directory")])
+    problems: list[tuple[str, str]] = []
+    found: list[tuple[ServiceSpec, dict, str]] = []
+    for rel in _python_files(app_root):
+        path = os.path.join(app_root, rel)
+        try:
+            with open(path, "rb") as f:
+                tree = ast.parse(f.read(), filename=rel)
+        except SyntaxError as e:
+            problems.append((f"{rel}:{e.lineno or 0}", f"cannot parse: {e.msg}"))
+            continue
+        except (OSError, ValueError) as e:
+            problems.append((rel, f"cannot read: {e}"))
+            continue
+        found.extend(_services_in_module(tree, rel, problems))
+    providers = _merge(found, problems)
+    if problems:
+        raise DiscoveryError(sorted(set(problems), key=_location_key))
+    return Manifest(app_root=app_root, providers=providers)
+
+
+def _location_key(problem: tuple[str, str]) -> tuple:
+    loc = problem[0]
+    file, _, line = loc.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (loc, 0)
+
+
+def _python_files(app_root: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(app_root):  # os.walk does not follow symlinks
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in SKIP_DIRS and not d.startswith(".")
+                             and not os.path.islink(os.path.join(dirpath, d)))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if name.endswith(".py") and not os.path.islink(full):
+                out.append(os.path.relpath(full, app_root))
+    return out
+
+
+def module_name(rel_path: str) -> str:
+    """``pkg/bank.py`` -> ``pkg.bank``; ``pkg/__init__.py`` -> ``pkg``."""
+    parts = rel_path[:-3].split(os.sep)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+class _Aliases:
+    """How this module can spell the decorator: ``pspy.service``, ``p.service``, ``service``."""
+
+    def __init__(self, tree: ast.Module):
+        self.modules: set[str] = set()      # names bound to the pspy module
+        self.functions: set[str] = set()    # names bound to pspy.service
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name == "pspy":
+                        self.modules.add(alias.asname or "pspy")
+            elif isinstance(node, ast.ImportFrom) and node.module == "pspy" and node.level == 0:
+                for alias in node.names:
+                    if alias.name == "service":
+                        self.functions.add(alias.asname or "service")
+
+    def is_service(self, func: ast.expr) -> bool:
+        if isinstance(func, ast.Name):
+            return func.id in self.functions
+        return (isinstance(func, ast.Attribute) and func.attr == "service"
+                and isinstance(func.value, ast.Name) and func.value.id in self.modules)
+
+
+def _services_in_module(tree: ast.Module, rel: str, problems) -> list[tuple[ServiceSpec, dict, str]]:
+    aliases = _Aliases(tree)
+    if not aliases.modules and not aliases.functions:
+        return []
+    out = []
+    top_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for deco in node.decorator_list:
+            target = deco.func if isinstance(deco, ast.Call) else deco
+            if not aliases.is_service(target):
+                continue
+            loc = f"{rel}:{deco.lineno}"
+            if not isinstance(deco, ast.Call):
+                problems.append((loc, "@service needs arguments: @pspy.service(service_provider=\"Name\", ...)"))
+                continue
+            if id(node) not in top_level:
+                problems.append((loc, f"'{node.name}' is not defined at module top level; "
+                                      "only top-level functions and classes can be services"))
+                continue
+            args = _literal_kwargs(deco, loc, problems)
+            if args is None:
+                continue
+            spec = _service_spec(node, rel, loc, args, problems)
+            if spec is not None:
+                out.append((spec, args, loc))
+    return out
+
+
+def _literal_kwargs(call: ast.Call, loc: str, problems) -> dict | None:
+    ok = True
+    if call.args:
+        problems.append((loc, "@service takes keyword arguments only "
+                              "(service_provider=..., group=..., perms=..., ...)"))
+        ok = False
+    args = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            problems.append((loc, "@service does not accept **kwargs: arguments must be literals "
+                                  "pspy can read without running the app"))
+            ok = False
+            continue
+        if kw.arg in NOT_YET_SUPPORTED:
+            problems.append((loc, f"'{kw.arg}=' is not supported by this version of pspy; "
+                                  "remove it rather than rely on isolation that is not enforced"))
+            ok = False
+            continue
+        if kw.arg not in KNOWN_KEYWORDS:
+            problems.append((loc, f"unknown argument '{kw.arg}'; known: {', '.join(KNOWN_KEYWORDS)}"))
+            ok = False
+            continue
+        try:
+            args[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            problems.append((f"{loc.rsplit(':', 1)[0]}:{kw.value.lineno}",
+                             f"argument '{kw.arg}' must be a literal (pspy reads it from the "
+                             f"source without running it), got: {ast.unparse(kw.value)}"))
+            ok = False
+    return args if ok else None
+
+
+def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec | None:
+    before = len(problems)
+    provider = args.get("service_provider")
+    if provider is None:
+        problems.append((loc, "missing required argument 'service_provider'"))
+    elif not isinstance(provider, str) or not NAME_RE.match(provider):
+        problems.append((loc, f"service_provider must be a name of letters, digits, '_', '-' or '.' "
+                              f"starting with a letter, got {provider!r}"))
+    elif provider == FRONT_END_NAME:
+        problems.append((loc, f"service_provider {provider!r} is reserved for the front end"))
+    group = args.get("group")
+    if group is not None and (not isinstance(group, str) or not NAME_RE.match(group)):
+        problems.append((loc, f"group must be a name like 'BankGroup', got {group!r}"))
+    for key in ("extra_groups", "callers"):
+        value = args.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and NAME_RE.match(v)
+                                                           for v in value):
+            problems.append((loc, f"{key} must be a list of names, got {value!r}"))
+    perms = args.get("perms")
+    if perms is not None:
+        if not isinstance(perms, dict):
+            problems.append((loc, f"perms must be a dict of path -> mode, got {perms!r}"))
+        else:
+            for path, mode in perms.items():
+                error = perm_problem(path, mode)
+                if error:
+                    problems.append((loc, error))
+    if len(problems) != before:
+        return None
+    if isinstance(node, ast.ClassDef):
+        kind = "class"
+        methods = tuple(sorted(
+            item.name for item in node.body
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith("_")))
+    else:
+        kind = "async_function" if isinstance(node, ast.AsyncFunctionDef) else "function"
+        methods = ()
+    callers = args.get("callers")
+    return ServiceSpec(name=node.name, kind=kind, module=module_name(rel), file=rel,
+                       line=node.decorator_list[0].lineno if node.decorator_list else node.lineno,
+                       provider=provider, callers=tuple(callers) if callers is not None else None,
+                       methods=methods)
+
+
+def normalize_perm_path(path: str) -> str:
+    """Normalise a perms key, keeping a trailing '/' (it means: a directory)."""
+    norm = posixpath.normpath(path)
+    return norm + "/" if path.endswith("/") and norm not in (".", "/") else norm
+
+
+def perm_problem(path, mode) -> str | None:
+    """Why a perms entry is unsafe or malformed, or None if it is fine."""
+    if not isinstance(path, str) or not path:
+        return f"perms path must be a non-empty string, got {path!r}"
+    if "\0" in path:
+        return f"perms path {path!r} contains a NUL byte"
+    if path.startswith("/"):
+        return f"perms path {path!r} is absolute; paths are relative to the app root"
+    norm = posixpath.normpath(path)
+    if norm == ".." or norm.startswith("../") or "/../" in f"/{norm}/":
+        return f"perms path {path!r} leaves the app root"
+    if norm == ".":
+        return f"perms path {path!r} names the app root itself; name the data folder instead"
+    if norm.split("/")[0] == ".pspy":
+        return f"perms path {path!r} names pspy's own state folder"
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        return f"mode for {path!r} must be an octal integer such as 0o700, got {mode!r}"
+    if mode < 0 or mode > 0o777:
+        return (f"mode {oct(mode) if mode >= 0 else mode} for {path!r} is not a permission mode "
+                "in 0o000..0o777 (setuid, setgid and sticky bits are refused)")
+    return None
+
+
+def _merge(found, problems) -> dict[str, ProviderSpec]:
+    providers: dict[str, ProviderSpec] = {}
+    names: dict[tuple[str, str], str] = {}
+    for spec, args, loc in found:
+        prov = providers.setdefault(spec.provider, ProviderSpec(name=spec.provider))
+        key = (spec.provider, spec.name)
+        if key in names:
+            problems.append((loc, f"provider {spec.provider!r} already has a service named "
+                                  f"{spec.name!r} (at {names[key]}); service names must be "
+                                  "unique within a provider"))
+            continue
+        names[key] = loc
+        prov.services.append(spec)
+        group = args.get("group")
+        if group is not None:
+            if prov.group is not None and prov.group != group:
+                problems.append((loc, f"provider {spec.provider!r} is given group {group!r} here "
+                                      f"but group {prov.group!r} at {prov.group_location}; "
+                                      "services of one provider share one process and one group"))
+            elif prov.group is None:
+                prov.group, prov.group_location = group, loc
+        for path, mode in (args.get("perms") or {}).items():
+            norm = normalize_perm_path(path)
+            earlier = prov.perms.get(norm)
+            if earlier is not None and earlier.mode != mode:
+                problems.append((loc, f"perms for {norm!r} is {oct(mode)} here but {oct(earlier.mode)} "
+                                      f"at {earlier.location}"))
+            elif earlier is None:
+                prov.perms[norm] = PermSpec(pattern=norm, mode=mode, location=loc)
+        for g in args.get("extra_groups") or ():
+            if g not in prov.extra_groups:
+                prov.extra_groups.append(g)
+    # Two providers must not claim the same path with different owners.
+    claimed: dict[str, tuple[str, PermSpec]] = {}
+    for prov in providers.values():
+        for pattern, perm in prov.perms.items():
+            other = claimed.get(pattern)
+            if other is not None:
+                problems.append((perm.location, f"perms path {pattern!r} is also claimed by provider "
+                                                f"{other[0]!r} at {other[1].location}; a path has one owner"))
+            else:
+                claimed[pattern] = (prov.name, perm)
+    known = set(providers) | {FRONT_END_NAME}
+    for prov in providers.values():
+        for spec in prov.services:
+            for caller in spec.callers or ():
+                if caller not in known:
+                    problems.append((spec.location, f"callers names {caller!r}, which is neither a "
+                                                    f"service provider nor the front end "
+                                                    f"({', '.join(sorted(known))})"))
+    return providers

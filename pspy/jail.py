@@ -1,0 +1,525 @@
+"""The only code that writes the jail's filesystem.
+
+Rules every function here keeps:
+- a symlink is never followed when writing: changes of owner and mode go
+  through file descriptors opened with O_NOFOLLOW, walked from a directory
+  fd, so a path cannot be redirected outside the jail;
+- a regular file with more than one hard link is refused (it may be a link
+  to a host file such as /etc/shadow);
+- the app is assembled in a root-only staging folder, checked in full, and
+  only then swapped in, so a refused bootstrap leaves the old jail as it was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from .errors import JailError
+from .plan import APP_DIR, LIB_DIR, LOG_DIR, RUN_DIR, SOCKET_DIR, STATE_DIR, Plan, plan_path
+
+# Parts of the standard library no service needs; leaving them out keeps the copy small.
+STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def in_jail(plan: Plan, jail_path: str) -> str:
+    return plan.host_path(jail_path)
+
+
+# --- the jail root ---------------------------------------------------------------
+
+def check_jail_path(jail: str, app_source: str) -> None:
+    """Refuse jail locations that would damage the host or the app."""
+    if not os.path.isabs(jail):
+        raise JailError(f"jail {jail!r} must be an absolute path")
+    real = os.path.realpath(jail)
+    if real == "/" or real in ("/usr", "/etc", "/bin", "/lib", "/var", "/home", "/root", "/boot", "/proc", "/sys", "/dev"):
+        raise JailError(f"refusing to use {jail} as a jail: it is a system folder")
+    if real != os.path.normpath(jail):
+        raise JailError(f"jail {jail} is reached through a symlink (it resolves to {real}); "
+                        "give the real path")
+    src = os.path.realpath(app_source)
+    if real == src or real.startswith(src + "/"):
+        raise JailError(f"jail {jail} is inside the app folder {app_source}; put it elsewhere")
+    if src.startswith(real + "/"):
+        raise JailError(f"app folder {app_source} is inside the jail {jail}; put it elsewhere")
+    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(plan_path(real)):
+        raise JailError(f"{jail} exists, is not empty and is not a pspy jail (no {plan_path(real)}); "
+                        "refusing to write into it")
+
+
+def prepare_root(plan: Plan) -> None:
+    """State folders, /tmp, /dev, the interpreter and pspy itself."""
+    jail = plan.jail
+    _mkdir(jail, 0o755)
+    _mkdir(in_jail(plan, STATE_DIR), 0o755)
+    _mkdir(in_jail(plan, LOG_DIR), 0o700)
+    _mkdir(in_jail(plan, RUN_DIR), 0o700)
+    _mkdir(in_jail(plan, SOCKET_DIR), 0o755)
+    for p in plan.providers:
+        # The provider binds its socket here, so the folder is its own; others may only enter.
+        d = in_jail(plan, os.path.dirname(p.socket))
+        _mkdir(d, 0o755)
+        _own_exactly(d, p.uid, p.gid, 0o755)
+    tmp = os.path.join(jail, "tmp")
+    _mkdir(tmp, 0o1777)
+    dev = os.path.join(jail, "dev")
+    _mkdir(dev, 0o755)
+    for name, (major, minor) in DEVICES.items():
+        path = os.path.join(dev, name)
+        if not os.path.lexists(path):
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(path, 0o666, follow_symlinks=True) if not os.path.islink(path) else None
+    copy_interpreter(plan)
+    copy_pspy(plan)
+    for extra in plan.files:
+        mirror_host_path(jail, extra, recursive=True)
+
+
+def _mkdir(path: str, mode: int) -> None:
+    if os.path.islink(path):
+        raise JailError(f"{path} is a symlink where pspy expects a folder; refusing to follow it")
+    os.makedirs(path, exist_ok=True)
+    os.chown(path, 0, 0, follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+def _own_exactly(path: str, uid: int, gid: int, mode: int) -> None:
+    fd = os.open(path, _NOFOLLOW_DIR)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def interpreter_paths() -> list[str]:
+    """Host paths the interpreter running pspy needs, copied into the jail at the same place."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths = [sys.executable, os.path.realpath(sys.executable)]
+    venv_cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+    if os.path.exists(venv_cfg):
+        paths.append(venv_cfg)
+        bindir = os.path.dirname(sys.executable)
+        paths += [os.path.join(bindir, n) for n in os.listdir(bindir) if n.startswith("python")]
+    for entry in sys.path[1:] if sys.path and not sys.flags.safe_path else sys.path:
+        # sys.path[0] is the running script's folder (e.g. the venv's bin), not a library.
+        if not entry or not os.path.isdir(entry):
+            continue
+        real = os.path.realpath(entry)
+        # Only the interpreter's own folders: never the current directory or a
+        # source checkout that happens to be on sys.path.
+        if any(real == p or real.startswith(p + "/") for p in prefixes):
+            paths.append(entry)
+    return list(dict.fromkeys(paths))
+
+
+def copy_interpreter(plan: Plan) -> None:
+    copied = []
+    for path in interpreter_paths():
+        base = os.path.basename(path.rstrip("/"))
+        stdlib = base == f"python{sys.version_info.major}.{sys.version_info.minor}" and os.path.isdir(path)
+        copied.extend(mirror_host_path(plan.jail, path, recursive=True,
+                                       skip=STDLIB_SKIP if stdlib else set()))
+    for lib in shared_libraries([p for p in copied if _is_elf(p)]):
+        mirror_host_path(plan.jail, lib, recursive=False)
+
+
+def copy_pspy(plan: Plan) -> None:
+    """pspy's own package, fresh each time, first on every principal's PYTHONPATH."""
+    src = os.path.dirname(os.path.abspath(__file__))
+    lib = in_jail(plan, LIB_DIR)
+    _mkdir(lib, 0o755)
+    dst = os.path.join(lib, "pspy")
+    if os.path.lexists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _is_elf(path: str) -> bool:
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def shared_libraries(binaries: list[str]) -> list[str]:
+    """Libraries the given ELF files load, as the host's dynamic loader resolves them."""
+    libs: set[str] = set()
+    for i in range(0, len(binaries), 200):
+        chunk = binaries[i:i + 200]
+        out = subprocess.run(["ldd", *chunk], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            line = line.strip()
+            if "=>" in line:
+                target = line.split("=>", 1)[1].strip().split(" (")[0]
+            elif line.startswith("/"):
+                target = line.split(" (")[0]
+            else:
+                continue
+            if target.startswith("/") and os.path.exists(target):
+                libs.add(target)
+    return sorted(libs)
+
+
+def mirror_host_path(jail: str, host_path: str, recursive: bool, skip: set[str] = frozenset(),
+                     _depth: int = 0) -> list[str]:
+    """Copy a host path into the jail at the same absolute path.
+
+    Symlinks along the way are recreated as symlinks (every link of a chain)
+    and resolved on the host side, so every write happens under a real
+    folder of the jail and never through a link. Returns the host files
+    copied (for ldd).
+    """
+    if _depth > 40:
+        raise JailError(f"{host_path}: too many levels of symlinks")
+    host_path = os.path.abspath(host_path)
+    if not os.path.lexists(host_path):
+        raise JailError(f"{host_path}: no such file to copy into the jail")
+    resolved = "/"
+    parts = [p for p in host_path.split("/") if p]
+    for i, part in enumerate(parts):
+        host_here = os.path.join(resolved, part)
+        if not os.path.islink(host_here):
+            resolved = host_here
+            continue
+        target = os.readlink(host_here)
+        jail_here = _jail_join(jail, host_here)
+        if not os.path.lexists(jail_here):
+            _ensure_dirs(jail, resolved)
+            os.symlink(target, jail_here)
+        target_abs = os.path.normpath(os.path.join(resolved, target))
+        if i == len(parts) - 1:
+            if not os.path.lexists(target_abs):
+                return []
+            return mirror_host_path(jail, target_abs, recursive, skip, _depth + 1)
+        mirror_host_path(jail, target_abs, False, frozenset(), _depth + 1)   # the rest of the chain
+        resolved = os.path.realpath(host_here)
+    if os.path.isdir(resolved):
+        _ensure_dirs(jail, resolved)
+        return _copy_tree(jail, resolved, skip) if recursive else []
+    _ensure_dirs(jail, os.path.dirname(resolved))
+    _copy_file(resolved, _jail_join(jail, resolved))
+    return [resolved]
+
+
+def _jail_join(jail: str, host_path: str) -> str:
+    return os.path.join(jail, host_path.lstrip("/"))
+
+
+def _ensure_dirs(jail: str, host_dir: str) -> None:
+    """Create host_dir's real components in the jail, refusing symlinks there."""
+    current = jail
+    for part in [p for p in host_dir.split("/") if p]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            raise JailError(f"{current} is a symlink inside the jail where a folder is expected; "
+                            "refusing to write through it")
+        if not os.path.isdir(current):
+            os.mkdir(current, 0o755)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    st = os.lstat(src)
+    try:
+        dst_st = os.lstat(dst)
+        if stat.S_ISREG(dst_st.st_mode) and dst_st.st_size == st.st_size and \
+                int(dst_st.st_mtime) == int(st.st_mtime):
+            return   # unchanged since the last bootstrap
+        if stat.S_ISLNK(dst_st.st_mode) or not stat.S_ISREG(dst_st.st_mode):
+            raise JailError(f"{dst} in the jail is not a regular file; refusing to overwrite it")
+    except FileNotFoundError:
+        pass
+    shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _copy_tree(jail: str, root: str, skip: set[str]) -> list[str]:
+    copied = []
+    for dirpath, dirnames, filenames in os.walk(root):   # does not descend into symlinked folders
+        dirnames[:] = [d for d in dirnames if not (dirpath == root and d in skip)]
+        jail_dir = _jail_join(jail, dirpath)
+        _ensure_dirs(jail, dirpath)
+        for name in dirnames + filenames:
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(jail_dir, name)
+            if os.path.islink(src):
+                if not os.path.lexists(dst):
+                    os.symlink(os.readlink(src), dst)
+            elif name in filenames and stat.S_ISREG(os.lstat(src).st_mode):
+                _copy_file(src, dst)
+                copied.append(src)
+    return copied
+
+
+# --- the app --------------------------------------------------------------------
+
+@dataclass
+class Staging:
+    path: str          # host path of the staging app folder
+    jail_path: str     # the same folder seen from inside the jail
+
+
+def stage_app(plan: Plan) -> Staging:
+    """Copy the app into a root-only staging folder, carrying over existing provider data."""
+    final = in_jail(plan, APP_DIR)
+    staging = final + ".new"
+    if os.path.lexists(staging):
+        shutil.rmtree(staging)
+    os.mkdir(staging, 0o700)     # root only until it is checked and swapped in
+    try:
+        _copy_app(plan.app_source, staging)
+        if os.path.isdir(final) and not os.path.islink(final):
+            _carry_over_data(plan, final, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Staging(path=staging, jail_path=APP_DIR + ".new")
+
+
+def _copy_app(src: str, dst: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        dirnames[:] = [d for d in dirnames if not (rel == "." and d in (".pspy", ".git"))
+                       and d != "__pycache__"]
+        target_dir = os.path.normpath(os.path.join(dst, rel))
+        for name in dirnames + filenames:
+            s = os.path.join(dirpath, name)
+            d = os.path.join(target_dir, name)
+            st = os.lstat(s)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), d)   # copied as a link, never followed
+            elif stat.S_ISDIR(st.st_mode):
+                os.mkdir(d, 0o700)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(s, d, follow_symlinks=False)
+                os.chmod(d, st.st_mode & 0o777)
+            else:
+                raise JailError(f"{s}: special file (fifo, socket or device) in the app; "
+                                "pspy copies only files, folders and symlinks")
+
+
+def _carry_over_data(plan: Plan, old_app: str, staging: str) -> None:
+    """Keep what providers wrote: paths their perms name move into the new copy."""
+    for principal in plan.providers:
+        for perm in principal.perms:
+            for rel in match_pattern(old_app, perm.pattern):
+                old = os.path.join(old_app, rel)
+                new = os.path.join(staging, rel)
+                parent = os.path.dirname(new)
+                for part_dir in _parents_within(staging, parent):
+                    if os.path.islink(part_dir):
+                        raise JailError(f"{part_dir}: symlink on the way to provider data {rel}; refusing")
+                    if not os.path.isdir(part_dir):
+                        os.mkdir(part_dir, 0o700)
+                if os.path.lexists(new):
+                    if os.path.isdir(new) and not os.path.islink(new):
+                        shutil.rmtree(new)
+                    else:
+                        os.unlink(new)
+                os.rename(old, new)   # rename moves the entry itself, links included
+
+
+def _parents_within(root: str, path: str) -> list[str]:
+    rel = os.path.relpath(path, root)
+    if rel == ".":
+        return []
+    out, current = [], root
+    for part in rel.split(os.sep):
+        current = os.path.join(current, part)
+        out.append(current)
+    return out
+
+
+def match_pattern(root: str, pattern: str) -> list[str]:
+    """App paths (relative) matching a perms pattern, walking without following symlinks.
+
+    A symlink can be matched (and is then refused by the caller) but is never
+    walked through.
+    """
+    parts = [p for p in pattern.rstrip("/").split("/") if p]
+    results = [""]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        nxt = []
+        for base in results:
+            folder = os.path.join(root, base) if base else root
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                continue
+            if not any(ch in part for ch in "*?["):
+                candidates = [part] if os.path.lexists(os.path.join(folder, part)) else []
+            else:
+                candidates = sorted(n for n in os.listdir(folder)
+                                    if fnmatch.fnmatchcase(n, part) and not (n.startswith(".") and not part.startswith(".")))
+            for name in candidates:
+                rel = f"{base}/{name}" if base else name
+                if not last and os.path.islink(os.path.join(root, rel)):
+                    nxt.append(rel)   # kept so the caller can refuse it with its name
+                    continue
+                nxt.append(rel)
+        results = nxt
+    return results
+
+
+@dataclass
+class Change:
+    rel: str
+    uid: int
+    gid: int
+    mode: int
+    cause: str
+
+
+def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
+    """Every owner/mode change for the app, checked in full before any is made.
+
+    Returns (changes, warnings). Raises JailError naming every refused path.
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    owners: dict[str, Change] = {}
+
+    def visit(rel: str, uid: int, gid: int, mode: int, cause: str, recursive: bool):
+        path = os.path.join(app_root, rel) if rel else app_root
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            if cause != "app":
+                problems.append(f"{rel}: is a symlink to {os.readlink(path)}; perms from {cause} "
+                                "would apply to its target, which may be outside the app: "
+                                "refusing (remove the link or narrow the pattern)")
+            return
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                problems.append(f"{rel}: has {st.st_nlink} hard links; it may be a host file linked "
+                                "into the app: refusing to change its owner")
+                return
+            owners[rel] = Change(rel, uid, gid, mode, cause)
+        elif stat.S_ISDIR(st.st_mode):
+            # A folder's read bit without its search bit is useless: read implies search.
+            dmode = mode | ((mode & 0o444) >> 2) if cause != "app" else mode
+            owners[rel] = Change(rel, uid, gid, dmode, cause)
+            if recursive:
+                for name in sorted(os.listdir(path)):
+                    child = f"{rel}/{name}" if rel else name
+                    child_mode = mode
+                    if cause == "app":
+                        cst = os.lstat(os.path.join(path, name))
+                        child_mode = 0o755 if stat.S_ISDIR(cst.st_mode) else (
+                            0o755 if cst.st_mode & 0o100 else 0o644)
+                    visit(child, uid, gid, child_mode, cause, True)
+        else:
+            problems.append(f"{rel}: special file in the app; refusing")
+
+    # Everything starts owned by root and writable by no principal.
+    visit("", 0, 0, 0o755, "app", True)
+    ordered = []
+    for principal in plan.providers:
+        for perm in principal.perms:
+            ordered.append((perm.pattern.rstrip("/").count("/"), principal, perm))
+    # Shallow patterns first, so a deeper, more specific pattern wins.
+    for _, principal, perm in sorted(ordered, key=lambda t: (t[0], t[2].pattern)):
+        matches = match_pattern(app_root, perm.pattern)
+        if not matches and perm.pattern.endswith("/") and not any(c in perm.pattern for c in "*?["):
+            problems.extend(_create_data_dir(app_root, perm.pattern.rstrip("/")))
+            matches = match_pattern(app_root, perm.pattern)
+        if not matches:
+            warnings.append(f"perms {perm.pattern!r} ({perm.location}) matches no file of the app")
+        for rel in matches:
+            parent_links = [p for p in _parents_within(app_root, os.path.dirname(os.path.join(app_root, rel)))
+                            if os.path.islink(p)]
+            if parent_links:
+                problems.append(f"{rel}: reached through the symlink "
+                                f"{os.path.relpath(parent_links[0], app_root)}; refusing")
+                continue
+            visit(rel, principal.uid, principal.gid, perm.mode, f"{principal.name} ({perm.location})", True)
+    if problems:
+        raise JailError("refusing to bootstrap; nothing in the jail was changed:\n  " + "\n  ".join(problems))
+    return sorted(owners.values(), key=lambda c: c.rel), warnings
+
+
+def _create_data_dir(app_root: str, rel: str) -> list[str]:
+    current = app_root
+    for part in rel.split("/"):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return [f"{os.path.relpath(current, app_root)}: symlink on the way to {rel}; refusing"]
+        if not os.path.exists(current):
+            os.mkdir(current, 0o755)
+    return []
+
+
+def apply_ownership(app_root: str, changes: list[Change]) -> None:
+    """Apply changes through O_NOFOLLOW descriptors opened from the app root's fd."""
+    root_fd = os.open(app_root, _NOFOLLOW_DIR)
+    try:
+        for change in changes:
+            fd = _open_beneath(root_fd, change.rel)
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    raise JailError(f"{change.rel}: gained hard links during bootstrap; refusing")
+                os.fchown(fd, change.uid, change.gid)
+                os.fchmod(fd, change.mode)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _open_beneath(root_fd: int, rel: str) -> int:
+    """Open rel under root_fd one component at a time, refusing symlinks anywhere."""
+    if not rel:
+        return os.dup(root_fd)
+    parts = rel.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            if part in ("", ".", ".."):
+                raise JailError(f"{rel}: unexpected path component {part!r}")
+            flags = _NOFOLLOW_DIR if i < len(parts) - 1 else _NOFOLLOW_FILE
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                raise JailError(f"{rel}: cannot open without following links: {e.strerror}") from None
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def commit_app(plan: Plan, staging: Staging) -> None:
+    """Swap the checked staging folder in place of the app, then drop the old copy."""
+    final = in_jail(plan, APP_DIR)
+    old = final + ".old"
+    if os.path.lexists(old):
+        shutil.rmtree(old)
+    if os.path.lexists(final):
+        os.rename(final, old)
+    os.rename(staging.path, final)
+    if os.path.lexists(old):
+        shutil.rmtree(old)   # rmtree removes links, it does not follow them
+
+
+def discard(staging: Staging) -> None:
+    shutil.rmtree(staging.path, ignore_errors=True)
+
+
+def write_plan(plan: Plan) -> None:
+    path = plan_path(plan.jail)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(plan.to_json())
+    os.chmod(tmp, 0o644)   # principals read it for stubs and socket paths; it holds no secret
+    os.rename(tmp, path)

@@ -1,0 +1,254 @@
+"""Turn a Manifest and the bootstrap options into a Plan.
+
+The plan is the one source of truth for everything after discovery: ids,
+groups, socket paths, the files each principal owns, who may call what. It
+is plain data, saved as JSON in ``<jail>/.pspy/plan.json`` so that
+``analyze``, ``status``, ``stop`` and ``exec`` need no repeat of the options.
+Building it is pure; reading the host's account database is done by
+``check_ids_free`` at the edge.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+from dataclasses import asdict, dataclass, field
+
+from .discover import FRONT_END_NAME, Manifest
+from .errors import PlanError
+
+PLAN_VERSION = 1
+DEFAULT_UID_BASE = 40000
+DEFAULT_GID_BASE = 40000
+DEFAULT_JAIL = "/jail"
+# Inside the jail (chroot mode these are absolute paths in the principal's view).
+APP_DIR = "/app"
+STATE_DIR = "/.pspy"
+LIB_DIR = "/.pspy/lib"          # pspy's own package, importable by every principal
+SOCKET_DIR = "/.pspy/sock"
+LOG_DIR = "/.pspy/logs"          # root only: principals never read each other's logs
+RUN_DIR = "/.pspy/run"           # root only: supervisor pid and state
+
+
+@dataclass
+class ServicePlan:
+    name: str
+    kind: str
+    module: str
+    file: str
+    line: int
+    callers: list[str]
+    methods: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PermPlan:
+    pattern: str
+    mode: int
+    location: str
+
+
+@dataclass
+class PrincipalPlan:
+    name: str
+    kind: str                    # "provider" or "front_end"
+    uid: int
+    gid: int
+    group: str
+    extra_groups: list[str]
+    groups: list[int]            # supplementary gids (the extra groups)
+    env: list[str]               # names of variables passed from the bootstrap environment
+    socket: str | None = None    # provider's listening socket, path inside the jail
+    services: list[ServicePlan] = field(default_factory=list)
+    perms: list[PermPlan] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)   # imported by the provider to serve
+    argv: list[str] = field(default_factory=list)      # front end command
+
+    def service(self, name: str) -> ServicePlan | None:
+        for s in self.services:
+            if s.name == name:
+                return s
+        return None
+
+
+@dataclass
+class Plan:
+    app_name: str
+    app_source: str              # the app folder on the host that was copied
+    jail: str
+    mode: str                    # "chroot" for now
+    uid_base: int
+    gid_base: int
+    interpreter: str             # absolute path, the same inside and outside the jail
+    groups: dict[str, int]
+    principals: list[PrincipalPlan]
+    script: str | None = None
+    files: list[str] = field(default_factory=list)
+    app_dir: str = APP_DIR
+    version: int = PLAN_VERSION
+
+    # --- lookups -----------------------------------------------------------
+    def principal(self, name: str) -> PrincipalPlan:
+        for p in self.principals:
+            if p.name == name:
+                return p
+        names = ", ".join(p.name for p in self.principals)
+        raise PlanError(f"no principal named {name!r} in this jail (principals: {names})")
+
+    def principal_by_uid(self, uid: int) -> PrincipalPlan | None:
+        for p in self.principals:
+            if p.uid == uid:
+                return p
+        return None
+
+    @property
+    def providers(self) -> list[PrincipalPlan]:
+        return [p for p in self.principals if p.kind == "provider"]
+
+    @property
+    def front_end(self) -> PrincipalPlan:
+        return next(p for p in self.principals if p.kind == "front_end")
+
+    def host_path(self, jail_path: str) -> str:
+        """A path inside the jail (absolute) as seen from the host."""
+        return os.path.join(self.jail, jail_path.lstrip("/"))
+
+    # --- persistence -----------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {data.get('version')!r} is not {PLAN_VERSION}; "
+                            "bootstrap the app again")
+        principals = []
+        for p in data["principals"]:
+            p = dict(p)
+            p["services"] = [ServicePlan(**s) for s in p["services"]]
+            p["perms"] = [PermPlan(**x) for x in p["perms"]]
+            principals.append(PrincipalPlan(**p))
+        data = dict(data, principals=principals)
+        return cls(**data)
+
+    @classmethod
+    def load(cls, jail: str) -> "Plan":
+        path = plan_path(jail)
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no plan found; is {jail} a jail made by 'pspy bootstrap'?") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise PlanError(f"{path}: unreadable plan ({e}); bootstrap the app again") from None
+
+
+def plan_path(jail: str) -> str:
+    return os.path.join(jail, STATE_DIR.lstrip("/"), "plan.json")
+
+
+@dataclass
+class Options:
+    jail: str = DEFAULT_JAIL
+    uid_base: int = DEFAULT_UID_BASE
+    gid_base: int = DEFAULT_GID_BASE
+    front_end: list[str] = field(default_factory=list)
+    env: dict[str, list[str]] = field(default_factory=dict)   # principal -> variable names
+    script: str | None = None
+    files: list[str] = field(default_factory=list)
+    interpreter: str = ""
+    app_name: str = ""
+
+
+MAX_ID = 2**31 - 2
+
+
+def build_plan(manifest: Manifest, options: Options, previous: Plan | None = None) -> Plan:
+    """Decide ids, groups, sockets and callers. Reuses ``previous`` ids when the bases match."""
+    for label, base in (("uid", options.uid_base), ("gid", options.gid_base)):
+        if not 1000 <= base <= MAX_ID - 10000:
+            raise PlanError(f"--{label}-base {base} is outside 1000..{MAX_ID - 10000}; "
+                            "principals must not share ids with system accounts")
+    provider_names = sorted(manifest.providers)
+    names = [FRONT_END_NAME] + provider_names
+    for principal in options.env:
+        if principal not in names:
+            raise PlanError(f"env is configured for {principal!r}, which is not a principal "
+                            f"of this app ({', '.join(names)})")
+
+    reuse = previous is not None and previous.uid_base == options.uid_base
+    old_uids = {p.name: p.uid for p in previous.principals} if reuse else {}
+    uids = _allocate(names, options.uid_base, old_uids)
+
+    group_names: list[str] = [FRONT_END_NAME]
+    primary: dict[str, str] = {FRONT_END_NAME: FRONT_END_NAME}
+    for name in provider_names:
+        g = manifest.providers[name].group or name
+        primary[name] = g
+        group_names.append(g)
+    for name in provider_names:
+        group_names.extend(manifest.providers[name].extra_groups)
+    group_names = list(dict.fromkeys(group_names))
+    reuse_g = previous is not None and previous.gid_base == options.gid_base
+    gids = _allocate(sorted(group_names), options.gid_base, previous.groups if reuse_g else {})
+
+    principals = [PrincipalPlan(
+        name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
+        group=FRONT_END_NAME, extra_groups=[], groups=[], env=list(options.env.get(FRONT_END_NAME, [])),
+        argv=list(options.front_end))]
+    for name in provider_names:
+        spec = manifest.providers[name]
+        services = []
+        for s in sorted(spec.services, key=lambda s: s.name):
+            callers = list(s.callers) if s.callers is not None else [n for n in names if n != name]
+            services.append(ServicePlan(name=s.name, kind=s.kind, module=s.module, file=s.file,
+                                        line=s.line, callers=callers, methods=list(s.methods)))
+        principals.append(PrincipalPlan(
+            name=name, kind="provider", uid=uids[name], gid=gids[primary[name]], group=primary[name],
+            extra_groups=list(spec.extra_groups), groups=sorted(gids[g] for g in spec.extra_groups),
+            env=list(options.env.get(name, [])),
+            socket=f"{SOCKET_DIR}/{name}/rpc.sock",
+            services=services,
+            perms=[PermPlan(p.pattern, p.mode, p.location)
+                   for p in sorted(spec.perms.values(), key=lambda p: p.pattern)],
+            modules=sorted({s.module for s in spec.services})))
+    return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
+                app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode="chroot",
+                uid_base=options.uid_base, gid_base=options.gid_base,
+                interpreter=options.interpreter, groups=gids, principals=principals,
+                script=options.script, files=list(options.files))
+
+
+def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:
+    """Ids for names: previous ids kept, new names take the lowest free id from base."""
+    out = {n: previous[n] for n in names if n in previous}
+    used = set(out.values())
+    next_id = base
+    for n in names:
+        if n in out:
+            continue
+        while next_id in used:
+            next_id += 1
+        out[n] = next_id
+        used.add(next_id)
+    return out
+
+
+def check_ids_free(plan: Plan) -> None:
+    """Refuse ids that belong to an account of the host: a principal must not be somebody."""
+    for p in plan.principals:
+        try:
+            account = pwd.getpwuid(p.uid).pw_name
+        except KeyError:
+            continue
+        raise PlanError(f"uid {p.uid} planned for principal {p.name!r} is the host account "
+                        f"{account!r}; choose another --uid-base")
+    for name, gid in plan.groups.items():
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            continue
+        raise PlanError(f"gid {gid} planned for group {name!r} is the host group {group!r}; "
+                        "choose another --gid-base")

@@ -1,0 +1,198 @@
+"""What ``@pspy.service`` does inside a principal, and the provider entry point.
+
+A principal learns who it is from ``PSPY_PRINCIPAL`` and reads the plan at
+``PSPY_PLAN``; both are set by the supervisor. Services of its own provider
+are kept as they are and served; every other service becomes a stub that
+calls its provider. ``python -m pspy.runtime`` is the provider entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import logging
+import os
+import sys
+import threading
+
+from .errors import PspyError, SerializationError
+from .plan import Plan, PrincipalPlan, ServicePlan
+from .rpc import codec
+from .rpc.client import Client
+from .rpc.server import Endpoint, Server
+
+ENV_PRINCIPAL = "PSPY_PRINCIPAL"
+ENV_PLAN = "PSPY_PLAN"
+ENV_DEBUG = "PSPY_DEBUG"
+
+_current: "Runtime | None" = None
+_current_lock = threading.Lock()
+
+
+def current() -> "Runtime | None":
+    """The runtime of this process, or None when the app runs without pspy."""
+    global _current
+    if _current is None and os.environ.get(ENV_PRINCIPAL):
+        with _current_lock:
+            if _current is None:
+                plan_file = os.environ.get(ENV_PLAN, "/.pspy/plan.json")
+                try:
+                    with open(plan_file) as f:
+                        import json
+                        plan = Plan.from_dict(json.load(f))
+                except OSError as e:
+                    raise PspyError(f"{plan_file}: cannot read the pspy plan: {e.strerror}") from None
+                _current = Runtime(plan, os.environ[ENV_PRINCIPAL])
+    return _current
+
+
+class Runtime:
+    def __init__(self, plan: Plan, principal: str):
+        self.plan = plan
+        self.me: PrincipalPlan = plan.principal(principal)
+        self.served: dict[str, object] = {}
+        self._clients: dict[str, Client] = {}
+        self._lock = threading.Lock()
+
+    def bind(self, provider: str, obj):
+        """Called by the decorator: keep and serve our own services, stub the rest."""
+        name = obj.__name__
+        try:
+            owner = self.plan.principal(provider)
+        except PspyError:
+            owner = None
+        spec = owner.service(name) if owner is not None else None
+        if spec is None:
+            raise PspyError(f"service {provider}.{name} ({_where(obj)}) is not in this jail's plan; "
+                            "the app changed since bootstrap: run 'pspy bootstrap' again")
+        if provider == self.me.name:
+            self.served[name] = obj
+            return obj
+        if spec.kind == "class":
+            return _class_proxy(self, provider, obj, spec)
+        return _function_stub(self, provider, obj, spec)
+
+    def client(self, provider: str) -> Client:
+        with self._lock:
+            c = self._clients.get(provider)
+            if c is None:
+                socket_path = self.plan.principal(provider).socket
+                c = self._clients[provider] = Client(provider, socket_path)
+            return c
+
+
+def _where(obj) -> str:
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (OSError, TypeError):
+        return getattr(obj, "__module__", "?")
+
+
+def _call(rt: Runtime, provider: str, service: str, original, args, kwargs):
+    try:
+        return rt.client(provider).call(service, args, kwargs)
+    except SerializationError:
+        raise SerializationError(_which_argument(provider, service, original, args, kwargs)) from None
+
+
+def _which_argument(provider, service, original, args, kwargs) -> str:
+    """Name the parameter whose value cannot cross, as the minitwit lesson asks."""
+    try:
+        bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"argument {i}": v for i, v in enumerate(args)} | dict(kwargs)
+    for param, value in bound.items():
+        try:
+            codec.encode(value)
+        except SerializationError as e:
+            return f"calling {provider}.{service}: parameter {param!r}: {e}"
+    return f"calling {provider}.{service}: the arguments cannot be encoded"
+
+
+def _function_stub(rt: Runtime, provider: str, original, spec: ServicePlan):
+    if spec.kind == "async_function":
+        @functools.wraps(original)
+        async def async_stub(*args, **kwargs):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None, lambda: _call(rt, provider, spec.name, original, args, kwargs))
+        async_stub.__pspy_remote__ = provider
+        return async_stub
+
+    @functools.wraps(original)
+    def stub(*args, **kwargs):
+        return _call(rt, provider, spec.name, original, args, kwargs)
+    stub.__pspy_remote__ = provider
+    return stub
+
+
+def _class_proxy(rt: Runtime, provider: str, cls, spec: ServicePlan):
+    def __init__(self, *args, **kwargs):
+        if args or kwargs:
+            raise TypeError(f"{cls.__name__} is a class service of {provider!r}: it is created once, "
+                            "without arguments, in its provider; call it as "
+                            f"{cls.__name__}() on this side")
+
+    namespace = {"__init__": __init__, "__doc__": cls.__doc__, "__module__": cls.__module__,
+                 "__pspy_remote__": provider}
+    for method in spec.methods:
+        original = getattr(cls, method, None)
+        remote_name = f"{spec.name}.{method}"
+
+        def make(remote_name=remote_name, original=original):
+            # The provider calls the bound method of its one instance, so
+            # `self` is not sent; (None,) stands in for it when naming parameters.
+            def send(self, *args, **kwargs):
+                try:
+                    return rt.client(provider).call(remote_name, args, kwargs)
+                except SerializationError:
+                    raise SerializationError(_which_argument(
+                        provider, remote_name, original, (None,) + args, kwargs)) from None
+            if original is not None:
+                functools.update_wrapper(send, original)
+            return send
+        namespace[method] = make()
+    return type(cls.__name__, (), namespace)
+
+
+# --- provider entry point ----------------------------------------------------------
+
+def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
+    endpoints = {}
+    for spec in rt.me.services:
+        obj = rt.served.get(spec.name)
+        if obj is None:
+            raise PspyError(f"{spec.file}:{spec.line}: service {spec.name!r} was not defined when "
+                            f"module {spec.module!r} was imported")
+        callers = frozenset(spec.callers)
+        if spec.kind == "class":
+            instance = obj()
+            for method in spec.methods:
+                endpoints[f"{spec.name}.{method}"] = Endpoint(f"{spec.name}.{method}",
+                                                              getattr(instance, method), callers)
+        else:
+            endpoints[spec.name] = Endpoint(spec.name, obj, callers)
+    return endpoints
+
+
+def serve_provider() -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {os.environ.get(ENV_PRINCIPAL)} %(levelname)s %(message)s")
+    log = logging.getLogger("pspy.provider")
+    rt = current()
+    if rt is None or rt.me.kind != "provider":
+        print("pspy.runtime: run by the pspy supervisor as a provider only", file=sys.stderr)
+        return 2
+    sys.path.insert(0, rt.plan.app_dir)
+    for module in rt.me.modules:
+        importlib.import_module(module)
+    endpoints = _endpoints(rt)
+    uids = {p.uid: p.name for p in rt.plan.principals}
+    server = Server(rt.me.name, endpoints, uids.get, debug=os.environ.get(ENV_DEBUG) == "1")
+    server.bind(rt.me.socket)
+    log.info("serving %s on %s as uid %d gid %d", ", ".join(sorted(endpoints)), rt.me.socket,
+             os.getuid(), os.getgid())
+    server.serve_forever()
+    return 0

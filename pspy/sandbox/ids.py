@@ -1,0 +1,16 @@
+"""Become the principal: supplementary groups, then gid, then uid.
+
+Order matters: once the uid is not 0, the process may no longer change its
+groups, so groups and gid go first. setres* sets real, effective and saved
+ids together, so no saved id of 0 is left to switch back to.
+"""
+
+import os
+
+
+def drop_to(uid: int, gid: int, groups: list[int]) -> None:
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
+        raise OSError("ids did not change as asked")

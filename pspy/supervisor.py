@@ -1,0 +1,288 @@
+"""Start the providers, wait until each answers, start the front end, keep
+them running, stop them all.
+
+Single-threaded on purpose: principals are forked with a preexec step, which
+is only safe in a process without other threads. State for ``status`` and
+``stop`` is written to ``<jail>/.pspy/run/state.json`` (root only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from .errors import PspyError, SandboxError
+from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
+from .rpc import protocol
+from .rpc.client import Client
+from .sandbox.spawn import provider_argv, spawn_principal
+
+READY_TIMEOUT = 20.0
+STOP_GRACE = 5.0
+
+
+def log_path(plan: Plan, name: str) -> str:
+    return os.path.join(plan.host_path(LOG_DIR), f"{name}.log")
+
+
+def state_path(plan: Plan) -> str:
+    return os.path.join(plan.host_path(RUN_DIR), "state.json")
+
+
+def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
+    """Does the provider answer on its socket? Connects through a directory fd,
+    so a long jail path does not hit the 108-byte socket path limit."""
+    dir_fd = os.open(plan.host_path(os.path.dirname(principal.socket)),
+                     os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        path = f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}"
+        client = Client(principal.name, path, timeout=timeout)
+        try:
+            return client.call(protocol.PING) == principal.name
+        except Exception:  # noqa: BLE001 - any failure means "not answering"
+            return False
+        finally:
+            client.close()
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass
+class Child:
+    principal: PrincipalPlan
+    proc: object = None
+    started: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    backoff: float = 0.5
+    history: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, say=print):
+        self.plan = plan
+        self.say = say
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+        self._signal = None
+
+    # --- starting ---------------------------------------------------------------
+    def _argv(self, principal: PrincipalPlan) -> list[str]:
+        return provider_argv(self.plan) if principal.kind == "provider" else principal.argv
+
+    def _start(self, child: Child) -> None:
+        log = open(log_path(self.plan, child.principal.name), "ab", buffering=0)
+        try:
+            log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
+            child.proc = spawn_principal(self.plan, child.principal, self._argv(child.principal),
+                                         stdout=log, stderr=log)
+        finally:
+            log.close()
+        child.started = time.monotonic()
+        self._write_state()
+
+    def start_all(self) -> None:
+        for principal in self.plan.providers:
+            child = self.children[principal.name] = Child(principal)
+            self._start(child)
+            self._wait_ready(child)
+        front = self.plan.front_end
+        if front.argv:
+            child = self.children[front.name] = Child(front)
+            self._start(child)
+        self._write_state()
+
+    def _wait_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise SandboxError(f"provider {child.principal.name} exited with status "
+                                   f"{child.proc.returncode} before answering; its log "
+                                   f"{log_path(self.plan, child.principal.name)} ends with:\n"
+                                   + tail(log_path(self.plan, child.principal.name)))
+            if ping(self.plan, child.principal):
+                return
+            time.sleep(0.05)
+        raise SandboxError(f"provider {child.principal.name} did not answer on {child.principal.socket} "
+                           f"within {READY_TIMEOUT:.0f}s; see {log_path(self.plan, child.principal.name)}")
+
+    # --- running ------------------------------------------------------------------
+    def _on_signal(self, signum, _frame):
+        self._signal = signum
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def run(self) -> None:
+        """Restart what dies (with backoff) until told to stop."""
+        while not self.stopping:
+            now = time.monotonic()
+            for child in self.children.values():
+                if child.proc is None:
+                    if now >= child.next_start:
+                        self._start(child)
+                    continue
+                code = child.proc.poll()
+                if code is None:
+                    if now - child.started > 30:
+                        child.backoff = 0.5
+                    continue
+                child.restarts += 1
+                child.proc = None
+                child.next_start = now + child.backoff
+                self.say(f"pspy: {child.principal.name} exited with status {code}; "
+                         f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
+                child.backoff = min(child.backoff * 2, 10.0)
+            time.sleep(0.1)
+
+    # --- stopping -----------------------------------------------------------------
+    def stop_all(self) -> None:
+        self.stopping = True
+        procs = [c.proc for c in self.children.values() if c.proc is not None]
+        # Front end first, so it stops taking requests before its providers go.
+        for proc in reversed(procs):
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - timeout: killed below
+                pass
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=2)
+            except Exception:  # noqa: BLE001
+                pass
+        sweep_jail(self.plan.jail)
+        try:
+            os.unlink(state_path(self.plan))
+        except FileNotFoundError:
+            pass
+
+    def _write_state(self) -> None:
+        state = {"supervisor": os.getpid(), "jail": self.plan.jail,
+                 "principals": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts}
+                                for name, c in self.children.items()}}
+        tmp = state_path(self.plan) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.rename(tmp, state_path(self.plan))
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()[-8192:].decode(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  " + line for line in data.splitlines()[-lines:])
+
+
+def jail_processes(jail: str) -> list[int]:
+    """Every process whose root directory is the jail: all principals and their children."""
+    jail = os.path.realpath(jail)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/root") == jail:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def sweep_jail(jail: str) -> None:
+    """Kill whatever still runs in the jail: nothing of the app is left behind."""
+    for _ in range(50):
+        pids = jail_processes(jail)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    raise PspyError(f"processes still running in {jail} after SIGKILL: {jail_processes(jail)}")
+
+
+def read_state(plan: Plan) -> dict | None:
+    try:
+        with open(state_path(plan)) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def supervisor_alive(plan: Plan) -> int | None:
+    state = read_state(plan)
+    if not state:
+        return None
+    pid = state.get("supervisor")
+    if not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"pspy" not in f.read():
+                return None   # the pid was reused by something else
+    except OSError:
+        return None
+    return pid
+
+
+def stop(plan: Plan, timeout: float = 15.0) -> bool:
+    """Stop a running app; True if something was running."""
+    pid = supervisor_alive(plan)
+    was_running = pid is not None or bool(jail_processes(plan.jail))
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    sweep_jail(plan.jail)
+    try:
+        os.unlink(state_path(plan))
+    except FileNotFoundError:
+        pass
+    return was_running
+
+
+def status(plan: Plan) -> list[dict]:
+    state = read_state(plan) or {}
+    alive = set(jail_processes(plan.jail))
+    rows = []
+    for p in plan.principals:
+        pid = (state.get("principals", {}).get(p.name) or {}).get("pid")
+        running = pid in alive
+        row = {"name": p.name, "kind": p.kind, "uid": p.uid, "pid": pid if running else None,
+               "running": running}
+        if p.kind == "provider":
+            row["answers"] = running and ping(plan, p)
+        rows.append(row)
+    return rows
