@@ -60,16 +60,16 @@ def options_for(req: Request) -> Options:
 
 def build(req: Request, say=print) -> Plan:
     """Everything up to a ready jail with its plan; starts nothing."""
-    if os.geteuid() != 0:
-        raise PspyError("bootstrap in chroot mode needs root (it creates users' files, chroots "
-                        "and changes uids); run it with sudo")
     req.app_dir = os.path.abspath(req.app_dir)
     if not os.path.isdir(req.app_dir):
         raise ConfigError(f"{req.app_dir}: app folder not found")
     options = options_for(req)
-    manifest = discover(req.app_dir)
+    manifest = discover(req.app_dir)   # pure, so decorator mistakes show even without root
     if not manifest.providers:
         raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
+    if os.geteuid() != 0:
+        raise PspyError("bootstrap in chroot mode needs root (it creates the principals' files, "
+                        "chroots and changes uids); run it with sudo")
     previous = None
     if os.path.exists(plan_path(options.jail)):
         try:

@@ -18,7 +18,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import JailError
 from .plan import APP_DIR, LIB_DIR, LOG_DIR, RUN_DIR, SOCKET_DIR, STATE_DIR, Plan, plan_path
@@ -265,6 +265,7 @@ def _copy_tree(jail: str, root: str, skip: set[str]) -> list[str]:
 class Staging:
     path: str          # host path of the staging app folder
     jail_path: str     # the same folder seen from inside the jail
+    carried: list[tuple[str, str]] = field(default_factory=list)   # (old, new) provider data moved in
 
 
 def stage_app(plan: Plan) -> Staging:
@@ -274,14 +275,15 @@ def stage_app(plan: Plan) -> Staging:
     if os.path.lexists(staging):
         shutil.rmtree(staging)
     os.mkdir(staging, 0o700)     # root only until it is checked and swapped in
+    result = Staging(path=staging, jail_path=APP_DIR + ".new")
     try:
         _copy_app(plan.app_source, staging)
         if os.path.isdir(final) and not os.path.islink(final):
-            _carry_over_data(plan, final, staging)
+            _carry_over_data(plan, final, result)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(result)
         raise
-    return Staging(path=staging, jail_path=APP_DIR + ".new")
+    return result
 
 
 def _copy_app(src: str, dst: str) -> None:
@@ -306,8 +308,12 @@ def _copy_app(src: str, dst: str) -> None:
                                 "pspy copies only files, folders and symlinks")
 
 
-def _carry_over_data(plan: Plan, old_app: str, staging: str) -> None:
-    """Keep what providers wrote: paths their perms name move into the new copy."""
+def _carry_over_data(plan: Plan, old_app: str, result: Staging) -> None:
+    """Keep what providers wrote: paths their perms name move into the new copy.
+
+    Each move is recorded so that a refused bootstrap can put it back.
+    """
+    staging = result.path
     for principal in plan.providers:
         for perm in principal.perms:
             for rel in match_pattern(old_app, perm.pattern):
@@ -325,6 +331,7 @@ def _carry_over_data(plan: Plan, old_app: str, staging: str) -> None:
                     else:
                         os.unlink(new)
                 os.rename(old, new)   # rename moves the entry itself, links included
+                result.carried.append((old, new))
 
 
 def _parents_within(root: str, path: str) -> list[str]:
@@ -513,6 +520,10 @@ def commit_app(plan: Plan, staging: Staging) -> None:
 
 
 def discard(staging: Staging) -> None:
+    """Drop a refused staging copy, first moving provider data back where it was."""
+    for old, new in reversed(staging.carried):
+        if os.path.lexists(new) and not os.path.lexists(old):
+            os.rename(new, old)
     shutil.rmtree(staging.path, ignore_errors=True)
 
 

@@ -7,7 +7,7 @@ import secrets
 import sqlite3
 
 import pspy
-from db_paths import CRED_DB
+from db_paths import CRED_DB, connect
 
 NEW_USER_ZOOBARS = 10
 
@@ -20,7 +20,7 @@ def _hash(password: str, salt: bytes) -> bytes:
               callers=["web", "Bank"])
 class Auth:
     def _db(self):
-        return sqlite3.connect(CRED_DB)
+        return connect(CRED_DB)
 
     def register(self, username, password):
         """Create a user; returns a fresh token."""

@@ -1,14 +1,12 @@
 """Zoobar balances. Only the Bank provider can read or write db/bank/."""
 
-import sqlite3
-
 import pspy
 from auth import NEW_USER_ZOOBARS, Auth
-from db_paths import BANK_DB
+from db_paths import BANK_DB, connect
 
 
 def _db():
-    return sqlite3.connect(BANK_DB, isolation_level="IMMEDIATE")
+    return connect(BANK_DB, isolation_level="IMMEDIATE")
 
 
 @pspy.service(service_provider="Bank", group="BankGroup", perms={"db/bank/": 0o700}, callers=["web"])

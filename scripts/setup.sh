@@ -1,0 +1,28 @@
+# Sourced by demo.sh and test.sh: installs what a fresh Debian 12 machine lacks,
+# then a virtualenv in .venv with pspy and the given extras. Idempotent.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+# libcap-dev: python-prctl builds against it; libseccomp-dev and gcc: the native
+# helper; python3-dev/venv: headers and venv for Debian's own python3.
+APT_PACKAGES="gcc libcap-dev libseccomp-dev python3-dev python3-venv"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing Debian packages:$missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "setup: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${PSPY_EXTRAS:-test}]"

@@ -1,0 +1,547 @@
+"""discover: @pspy.service declarations read from the app's source, never imported."""
+
+import pytest
+
+from conftest import write_app
+from pspy.discover import discover
+from pspy.errors import DiscoveryError
+
+
+def problems_of(root):
+    with pytest.raises(DiscoveryError) as info:
+        discover(root)
+    return info.value.problems
+
+
+def only_problem(root):
+    problems = problems_of(root)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# --- spellings of the decorator -------------------------------------------
+
+@pytest.mark.parametrize("header, deco", [
+    ("import pspy", "pspy.service"),
+    ("import pspy as p", "p.service"),
+    ("from pspy import service", "service"),
+    ("from pspy import service as svc", "svc"),
+])
+def test_every_import_spelling_of_the_decorator_is_found(tmp_path, header, deco):
+    root = write_app(tmp_path, {"bank.py": f"""\
+        {header}
+
+        @{deco}(service_provider="Bank")
+        def transfer(sender, recipient, zoobars):
+            pass
+        """})
+    manifest = discover(root)
+    assert list(manifest.providers) == ["Bank"]
+    spec = manifest.service("Bank", "transfer")
+    assert (spec.kind, spec.module, spec.file, spec.line) == ("function", "bank", "bank.py", 3)
+    assert spec.location == "bank.py:3"
+
+
+def test_a_decorator_named_service_from_elsewhere_is_not_a_pspy_service(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+        from other import service
+
+        @service(service_provider="Bank")
+        def transfer():
+            pass
+        """})
+    assert discover(root).providers == {}
+
+
+def test_a_file_that_does_not_import_pspy_is_ignored(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import other as pspy_like
+
+        @pspy_like.service(service_provider="Bank")
+        def transfer():
+            pass
+        """})
+    assert discover(root).providers == {}
+
+
+def test_module_name_of_a_package_file_is_dotted(tmp_path):
+    root = write_app(tmp_path, {"pkg/__init__.py": "", "pkg/bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank")
+        def transfer():
+            pass
+        """})
+    spec = discover(root).service("Bank", "transfer")
+    assert (spec.module, spec.file) == ("pkg.bank", "pkg/bank.py")
+
+
+# --- kinds of services ----------------------------------------------------
+
+def test_async_function_service_has_kind_async_function(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank")
+        async def balance(username):
+            return 0
+        """})
+    assert discover(root).service("Bank", "balance").kind == "async_function"
+
+
+def test_class_service_lists_public_methods_and_not_private_ones(tmp_path):
+    root = write_app(tmp_path, {"auth.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Auth")
+        class Auth:
+            def __init__(self):
+                pass
+
+            def login(self, username, password):
+                pass
+
+            async def register(self, username, password):
+                pass
+
+            def _hash(self, password):
+                pass
+
+            def __repr__(self):
+                return "Auth"
+        """})
+    spec = discover(root).service("Auth", "Auth")
+    assert spec.kind == "class"
+    assert spec.methods == ("login", "register")
+
+
+# --- merging the services of one provider ---------------------------------
+
+def test_services_of_one_provider_are_merged(tmp_path):
+    root = write_app(tmp_path, {
+        "bank.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank", group="BankGroup",
+                          perms={"db/bank/": 0o700}, extra_groups=["Logs"])
+            def transfer():
+                pass
+            """,
+        "more_bank.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank", perms={"db/audit/": 0o700, "db/bank/": 0o700},
+                          extra_groups=["Logs", "Audit"])
+            def balance():
+                pass
+            """})
+    manifest = discover(root)
+    assert list(manifest.providers) == ["Bank"]
+    bank = manifest.providers["Bank"]
+    assert sorted(s.name for s in bank.services) == ["balance", "transfer"]
+    assert bank.group == "BankGroup"
+    assert bank.group_location == "bank.py:3"
+    assert {p: spec.mode for p, spec in bank.perms.items()} == {"db/bank/": 0o700, "db/audit/": 0o700}
+    assert sorted(bank.extra_groups) == ["Audit", "Logs"]
+
+
+def test_services_of_different_providers_stay_apart(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Auth", perms={"db/cred/": 0o700}, callers=["web", "Bank"])
+        def login():
+            pass
+        """})
+    manifest = discover(root)
+    assert sorted(manifest.providers) == ["Auth", "Bank"]
+    assert list(manifest.providers["Bank"].perms) == ["db/bank/"]
+    assert list(manifest.providers["Auth"].perms) == ["db/cred/"]
+    assert manifest.service("Auth", "login").callers == ("web", "Bank")
+    assert manifest.service("Bank", "transfer").callers is None
+
+
+# --- errors carry file:line -----------------------------------------------
+
+def test_non_literal_argument_points_at_its_own_line(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+        PERMS = {"db/bank/": 0o700}
+
+        @pspy.service(service_provider="Bank",
+                      group="BankGroup",
+                      perms=PERMS)
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:6"
+    assert "perms" in message and "literal" in message and "PERMS" in message
+
+
+def test_unknown_keyword_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", grup="BankGroup")
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:3"
+    assert "grup" in message
+
+
+def test_positional_argument_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service("Bank")
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:3"
+    assert "keyword" in message
+
+
+def test_missing_service_provider_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service(group="BankGroup")
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:3"
+    assert "service_provider" in message
+
+
+def test_decorator_without_arguments_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service
+        def transfer():
+            pass
+        """})
+    location, _ = only_problem(root)
+    assert location == "bank.py:3"
+
+
+def test_group_conflict_names_both_lines(tmp_path):
+    root = write_app(tmp_path, {
+        "a.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank", group="BankGroup")
+            def transfer():
+                pass
+            """,
+        "b.py": """\
+            import pspy
+
+
+            @pspy.service(service_provider="Bank", group="OtherGroup")
+            def balance():
+                pass
+            """})
+    location, message = only_problem(root)
+    text = f"{location}: {message}"
+    assert "a.py:3" in text and "b.py:4" in text
+    assert "BankGroup" in message and "OtherGroup" in message
+
+
+def test_same_perms_path_with_two_modes_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Bank", perms={"db/./bank/": 0o750})
+        def balance():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:7"
+    assert "bank.py:3" in message
+    assert "0o700" in message and "0o750" in message
+
+
+def test_same_perms_path_with_the_same_mode_is_fine(tmp_path):
+    root = write_app(tmp_path, {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def balance():
+            pass
+        """})
+    assert list(discover(root).providers["Bank"].perms) == ["db/bank/"]
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/etc/shadow", "absolute"),
+    ("../../etc/shadow", "leaves the app root"),
+    ("db/../../x", "leaves the app root"),
+    ("db/..", "app root"),
+    (".pspy/plan.json", "state folder"),
+])
+def test_perms_path_outside_the_app_is_refused(tmp_path, path, words):
+    root = write_app(tmp_path, {"bank.py": f"""\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={{{path!r}: 0o700}})
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:3"
+    assert words in message and path in message
+
+
+@pytest.mark.parametrize("mode", ["0o4755", "0o2770", "0o1777", "-1", "True", "'0o700'"])
+def test_mode_that_is_not_a_plain_permission_is_refused(tmp_path, mode):
+    root = write_app(tmp_path, {"bank.py": f"""\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={{"db/bank/": {mode}}})
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "bank.py:3"
+    assert "db/bank/" in message
+
+
+def test_provider_named_web_is_reserved_for_the_front_end(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="web")
+        def index():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "app.py:3"
+    assert "reserved" in message
+
+
+@pytest.mark.parametrize("keyword", ["seccomp='default'", "network=False"])
+def test_isolation_arguments_not_enforced_yet_are_refused(tmp_path, keyword):
+    root = write_app(tmp_path, {"auth.py": f"""\
+        import pspy
+
+        @pspy.service(service_provider="Auth", {keyword})
+        def login():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "auth.py:3"
+    assert keyword.split("=")[0] in message and "not supported" in message
+
+
+def test_service_not_at_module_top_level_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        def make():
+            @pspy.service(service_provider="Bank")
+            def transfer():
+                pass
+            return transfer
+        """})
+    location, message = only_problem(root)
+    assert location == "app.py:4"
+    assert "transfer" in message and "top level" in message
+
+
+def test_decorated_method_inside_a_class_is_not_top_level(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        class Bank:
+            @pspy.service(service_provider="Bank")
+            def transfer(self):
+                pass
+        """})
+    location, _ = only_problem(root)
+    assert location == "app.py:4"
+
+
+def test_unknown_caller_name_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", callers=["web", "Bnak"])
+        def transfer():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "app.py:3"
+    assert "Bnak" in message
+
+
+def test_callers_may_name_the_front_end_and_other_providers(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", callers=["web", "Auth"])
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Auth", callers=[])
+        def login():
+            pass
+        """})
+    manifest = discover(root)
+    assert manifest.service("Bank", "transfer").callers == ("web", "Auth")
+    assert manifest.service("Auth", "login").callers == ()
+
+
+def test_two_providers_claiming_the_same_path_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/shared/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Auth", perms={"db/./shared/": 0o700})
+        def login():
+            pass
+        """})
+    location, message = only_problem(root)
+    text = f"{location}: {message}"
+    assert "app.py:3" in text and "app.py:7" in text
+    assert "db/shared/" in message
+
+
+def test_two_providers_claiming_one_folder_with_and_without_trailing_slash_is_an_error(tmp_path):
+    # BUG (pspy/discover.py:321-329, _merge): perms keys are compared after
+    # normalize_perm_path, which keeps the trailing '/', so "db/bank/" and
+    # "db/bank" are different keys and the "a path has one owner" check misses
+    # them. Both name the folder db/bank; jail.plan_ownership then lets one
+    # provider's claim silently override the other's.
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Auth", perms={"db/bank": 0o700})
+        def login():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert "db/bank" in message
+
+
+def test_duplicate_service_name_in_one_provider_is_an_error(tmp_path):
+    root = write_app(tmp_path, {
+        "a.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank")
+            def transfer():
+                pass
+            """,
+        "b.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank")
+            def transfer():
+                pass
+            """})
+    location, message = only_problem(root)
+    text = f"{location}: {message}"
+    assert "a.py:3" in text and "b.py:3" in text
+    assert "transfer" in message
+
+
+def test_same_service_name_in_two_providers_is_fine(tmp_path):
+    root = write_app(tmp_path, {
+        "a.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Bank")
+            def status():
+                pass
+            """,
+        "b.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Auth")
+            def status():
+                pass
+            """})
+    manifest = discover(root)
+    assert manifest.service("Bank", "status").file == "a.py"
+    assert manifest.service("Auth", "status").file == "b.py"
+
+
+def test_syntax_error_is_reported_with_its_line(tmp_path):
+    root = write_app(tmp_path, {"app.py": "import pspy\n\ndef broken(:\n    pass\n"})
+    location, message = only_problem(root)
+    assert location == "app.py:3"
+    assert "parse" in message
+
+
+def test_every_problem_of_the_app_is_reported_together(tmp_path):
+    root = write_app(tmp_path, {
+        "a.py": """\
+            import pspy
+            PERMS = {}
+
+            @pspy.service(service_provider="Bank", perms=PERMS)
+            def transfer():
+                pass
+
+            @pspy.service(service_provider="web")
+            def index():
+                pass
+            """,
+        "b.py": """\
+            import pspy
+
+            @pspy.service(service_provider="Auth", perms={"/etc/shadow": 0o600})
+            def login():
+                pass
+
+            @pspy.service(service_provider="Auth", seccomp="default")
+            def register():
+                pass
+            """})
+    problems = problems_of(root)
+    assert [location for location, _ in problems] == ["a.py:4", "a.py:8", "b.py:3", "b.py:7"]
+    assert "must be a literal" in str(problems) and "reserved" in str(problems)
+
+
+def test_app_root_that_is_not_a_folder_is_an_error(tmp_path):
+    problems = problems_of(str(tmp_path / "missing"))
+    assert problems == [(str(tmp_path / "missing"), "not a directory")]
+
+
+def test_skipped_folders_are_not_read(tmp_path):
+    bad = """\
+        import pspy
+
+        @pspy.service(service_provider="web")
+        def index():
+            pass
+        """
+    root = write_app(tmp_path, {".venv/lib/x.py": bad, "__pycache__/y.py": bad, ".hidden/z.py": bad,
+                                "app.py": "import pspy\n"})
+    assert discover(root).providers == {}

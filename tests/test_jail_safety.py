@@ -1,0 +1,126 @@
+"""Bootstrap never changes anything outside the jail, and explains each refusal.
+
+Each test checks a host file's owner, mode and contents before and after,
+and that the user gets one clear message instead of a traceback.
+"""
+
+import os
+
+import pytest
+
+from conftest import access_of, pspy, write_app
+
+pytestmark = pytest.mark.root
+
+SERVICE = """
+import pspy
+
+@pspy.service(service_provider="Store", perms={PERMS})
+def put(key, value):
+    return None
+"""
+
+
+def fingerprint(path):
+    st = os.lstat(path)
+    with open(path, "rb") as f:
+        return (st.st_uid, st.st_gid, st.st_mode, st.st_nlink, f.read())
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A host file standing for /etc/shadow, outside app and jail."""
+    path = tmp_path / "host-secret"
+    path.write_text("root:secret\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_perms_path_leaving_the_app_is_refused_with_file_and_line(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"../../etc/shadow": 0o777}')})
+    before = fingerprint("/etc/shadow")
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1
+    assert "store.py:4" in proc.stderr and "leaves the app root" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fingerprint("/etc/shadow") == before
+    assert not os.path.exists(tmp_path / "jail")   # refused before anything was written
+
+
+def test_app_symlink_under_perms_is_refused_and_its_target_untouched(tmp_path, victim):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o770}'),
+                                       "data/ok.txt": "fine\n"})
+    os.symlink(victim, os.path.join(app, "data", "evil"))
+    before = fingerprint(victim)
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "data/evil" in proc.stderr and "symlink" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fingerprint(victim) == before
+    assert not os.path.exists(tmp_path / "jail" / "app")   # no half-made app in the jail
+
+
+def test_symlinked_folder_matched_by_a_glob_is_refused(tmp_path, victim):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/*": 0o700}')})
+    os.symlink(os.path.dirname(victim), os.path.join(app, "data"))
+    before = fingerprint(victim)
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    # "data" is a link: the glob is not walked through it, so nothing matches and nothing changes.
+    assert fingerprint(victim) == before
+    assert "Traceback" not in proc.stderr
+
+
+def test_app_symlink_outside_perms_points_nowhere_inside_the_jail(tmp_path, victim):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    os.symlink(victim, os.path.join(app, "escape"))
+    before = fingerprint(victim)
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    assert fingerprint(victim) == before
+    # The link is copied as a link; inside the chroot its target does not exist.
+    seen = access_of(jail, "Store", ["escape", "store.py"])
+    assert seen["escape"]["read"] == "FileNotFoundError"
+    assert seen["store.py"]["read"] == "ok"
+
+
+def test_hard_link_planted_in_provider_data_is_refused_on_rebootstrap(tmp_path, victim):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    # A provider's data folder now holds a hard link to a host file (as if planted).
+    os.link(victim, os.path.join(jail, "app", "data", "planted"))
+    before = fingerprint(victim)
+    code_before = open(os.path.join(jail, "app", "store.py")).read()
+    proc = pspy("bootstrap", app, "--jail", jail, "--no-run")
+    assert proc.returncode == 1
+    assert "data/planted" in proc.stderr and "hard link" in proc.stderr
+    assert fingerprint(victim) == before
+    # The jail is as it was: the old app is still there, with the planted link.
+    assert open(os.path.join(jail, "app", "store.py")).read() == code_before
+    assert os.path.exists(os.path.join(jail, "app", "data", "planted"))
+
+
+def test_jail_that_is_not_a_pspy_jail_is_refused(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    proc = pspy("bootstrap", app, "--jail", str(other), "--no-run")
+    assert proc.returncode == 1 and "not a pspy jail" in proc.stderr
+    assert sorted(os.listdir(other)) == ["keep.txt"]
+
+
+def test_perms_give_the_provider_its_paths_and_nothing_else(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700, "conf/*.ini": 0o600}'),
+        "conf/a.ini": "[a]\n", "conf/readme.txt": "not matched\n", "data/x": "x\n"})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    seen = access_of(jail, "Store", ["data/x", "conf/a.ini", "conf/readme.txt", "store.py"])
+    assert seen["data/x"] == {"read": "ok", "write": "ok"}
+    assert seen["conf/a.ini"] == {"read": "ok", "write": "ok"}
+    assert seen["conf/readme.txt"] == {"read": "ok", "write": "PermissionError"}
+    assert seen["store.py"] == {"read": "ok", "write": "PermissionError"}
+    web = access_of(jail, "web", ["data/x", "conf/a.ini"])
+    assert web["data/x"]["read"] == "PermissionError"
+    assert web["conf/a.ini"]["read"] == "PermissionError"

@@ -1,0 +1,205 @@
+"""plan: Manifest + options -> ids, groups, callers; stable across re-plans; JSON on disk."""
+
+import json
+import os
+
+import pytest
+
+from pspy.discover import Manifest, PermSpec, ProviderSpec, ServiceSpec
+from pspy.errors import PlanError
+from pspy.plan import MAX_ID, Options, Plan, build_plan, plan_path
+
+
+def provider(name, services=("work",), group=None, extra_groups=(), perms=None, callers=None):
+    specs = [ServiceSpec(name=s, kind="function", module=name.lower(), file=f"{name.lower()}.py",
+                         line=3 + i, provider=name, callers=callers)
+             for i, s in enumerate(services)]
+    return ProviderSpec(name=name, group=group, group_location=f"{name.lower()}.py:3" if group else None,
+                        perms={p: PermSpec(p, m, f"{name.lower()}.py:3") for p, m in (perms or {}).items()},
+                        extra_groups=list(extra_groups), services=specs)
+
+
+def manifest(*providers):
+    return Manifest(app_root="/srv/zoobank", providers={p.name: p for p in providers})
+
+
+def zoobank():
+    return manifest(
+        provider("Bank", services=("transfer", "balance"), group="BankGroup",
+                 perms={"db/bank/": 0o700}, callers=["web"]),
+        provider("Auth", services=("login",), perms={"db/cred/": 0o700}, extra_groups=["Logs"]),
+    )
+
+
+def test_front_end_takes_uid_base_then_providers_in_sorted_order():
+    plan = build_plan(zoobank(), Options(uid_base=50000, gid_base=60000))
+    assert [(p.name, p.kind, p.uid) for p in plan.principals] == [
+        ("web", "front_end", 50000), ("Auth", "provider", 50001), ("Bank", "provider", 50002)]
+
+
+def test_each_group_name_gets_its_own_gid_from_gid_base():
+    plan = build_plan(zoobank(), Options(uid_base=50000, gid_base=60000))
+    assert sorted(plan.groups) == ["Auth", "BankGroup", "Logs", "web"]
+    assert sorted(plan.groups.values()) == [60000, 60001, 60002, 60003]
+
+
+def test_provider_gid_is_its_group_and_default_group_is_its_name():
+    plan = build_plan(zoobank(), Options())
+    bank, auth, web = plan.principal("Bank"), plan.principal("Auth"), plan.principal("web")
+    assert (bank.group, bank.gid) == ("BankGroup", plan.groups["BankGroup"])
+    assert (auth.group, auth.gid) == ("Auth", plan.groups["Auth"])
+    assert (web.group, web.gid) == ("web", plan.groups["web"])
+    assert len({bank.gid, auth.gid, web.gid}) == 3
+
+
+def test_providers_naming_one_group_share_its_gid():
+    plan = build_plan(manifest(provider("Bank", group="Shared"), provider("Auth", group="Shared")), Options())
+    assert plan.principal("Bank").gid == plan.principal("Auth").gid == plan.groups["Shared"]
+    assert plan.principal("Bank").uid != plan.principal("Auth").uid
+
+
+def test_extra_groups_get_gids_and_become_supplementary_groups():
+    plan = build_plan(zoobank(), Options())
+    auth = plan.principal("Auth")
+    assert auth.extra_groups == ["Logs"]
+    assert auth.groups == [plan.groups["Logs"]]
+    assert plan.groups["Logs"] not in (auth.gid, plan.principal("Bank").gid, plan.principal("web").gid)
+    assert plan.principal("Bank").groups == []
+    assert plan.principal("web").groups == []
+
+
+def test_callers_default_to_every_other_principal():
+    plan = build_plan(zoobank(), Options())
+    assert plan.principal("Auth").service("login").callers == ["web", "Bank"]
+
+
+def test_explicit_callers_are_kept():
+    plan = build_plan(zoobank(), Options())
+    bank = plan.principal("Bank")
+    assert bank.service("transfer").callers == ["web"]
+    assert bank.service("balance").callers == ["web"]
+
+
+def test_explicit_empty_callers_means_nobody():
+    plan = build_plan(manifest(provider("Bank", callers=[])), Options())
+    assert plan.principal("Bank").service("work").callers == []
+
+
+def test_providers_get_a_socket_and_their_perms_and_modules():
+    plan = build_plan(zoobank(), Options())
+    bank = plan.principal("Bank")
+    assert bank.socket == "/.pspy/sock/Bank/rpc.sock"
+    assert [(p.pattern, p.mode) for p in bank.perms] == [("db/bank/", 0o700)]
+    assert bank.modules == ["bank"]
+    assert plan.principal("web").socket is None
+
+
+def test_adding_a_provider_that_sorts_first_keeps_existing_ids():
+    first = build_plan(zoobank(), Options())
+    grown = manifest(*zoobank().providers.values(), provider("Aaa", group="AaaGroup", extra_groups=["Aardvarks"]))
+    second = build_plan(grown, Options(), previous=first)
+    for p in first.principals:
+        again = second.principal(p.name)
+        assert (again.uid, again.gid, again.groups) == (p.uid, p.gid, p.groups), p.name
+    for name, gid in first.groups.items():
+        assert second.groups[name] == gid, name
+    aaa = second.principal("Aaa")
+    assert aaa.uid not in {p.uid for p in first.principals}
+    assert {second.groups["AaaGroup"], second.groups["Aardvarks"]}.isdisjoint(first.groups.values())
+
+
+def test_without_previous_a_new_provider_that_sorts_first_shifts_ids():
+    # The counterpart of the test above: it shows that `previous` is what keeps ids stable.
+    first = build_plan(zoobank(), Options())
+    grown = manifest(*zoobank().providers.values(), provider("Aaa"))
+    second = build_plan(grown, Options())
+    assert second.principal("Auth").uid != first.principal("Auth").uid
+
+
+def test_a_removed_provider_does_not_move_the_others():
+    first = build_plan(zoobank(), Options())
+    shrunk = manifest(zoobank().providers["Bank"])
+    second = build_plan(shrunk, Options(), previous=first)
+    assert second.principal("Bank").uid == first.principal("Bank").uid
+    assert second.principal("web").uid == first.principal("web").uid
+    assert second.groups["BankGroup"] == first.groups["BankGroup"]
+
+
+def test_changing_uid_base_reallocates_from_the_new_base():
+    first = build_plan(zoobank(), Options(uid_base=40000, gid_base=40000))
+    second = build_plan(zoobank(), Options(uid_base=50000, gid_base=60000), previous=first)
+    assert [p.uid for p in second.principals] == [50000, 50001, 50002]
+    assert sorted(second.groups.values()) == [60000, 60001, 60002, 60003]
+
+
+@pytest.mark.parametrize("field", ["uid_base", "gid_base"])
+@pytest.mark.parametrize("base", [0, 999, MAX_ID - 10000 + 1, 2**32])
+def test_base_outside_the_safe_range_is_refused(field, base):
+    with pytest.raises(PlanError) as info:
+        build_plan(zoobank(), Options(**{field: base}))
+    assert str(base) in str(info.value)
+
+
+@pytest.mark.parametrize("base", [1000, MAX_ID - 10000])
+def test_bases_at_the_edges_of_the_safe_range_are_accepted(base):
+    plan = build_plan(zoobank(), Options(uid_base=base, gid_base=base))
+    assert plan.principal("web").uid == base
+    assert max(p.uid for p in plan.principals) <= MAX_ID
+
+
+def test_env_for_an_unknown_principal_is_refused():
+    with pytest.raises(PlanError) as info:
+        build_plan(zoobank(), Options(env={"Bnak": ["DATABASE_URL"]}))
+    assert "Bnak" in str(info.value)
+
+
+def test_env_is_given_to_the_named_principal_only():
+    plan = build_plan(zoobank(), Options(env={"Bank": ["DATABASE_URL"], "web": ["PORT"]}))
+    assert plan.principal("Bank").env == ["DATABASE_URL"]
+    assert plan.principal("web").env == ["PORT"]
+    assert plan.principal("Auth").env == []
+
+
+def test_plan_survives_a_json_round_trip():
+    plan = build_plan(zoobank(), Options(jail="/tmp/jail", front_end=["python", "app.py"],
+                                         env={"Bank": ["X"]}, script="app.py", files=["static/"],
+                                         interpreter="/usr/bin/python3", app_name="zoobank"))
+    again = Plan.from_dict(json.loads(plan.to_json()))
+    assert again == plan
+    assert again.principal("Bank").service("transfer").callers == ["web"]
+
+
+def test_plan_from_another_version_is_refused():
+    data = json.loads(build_plan(zoobank(), Options()).to_json())
+    data["version"] = 999
+    with pytest.raises(PlanError):
+        Plan.from_dict(data)
+
+
+def test_load_reads_the_plan_saved_in_the_jail(tmp_path):
+    plan = build_plan(zoobank(), Options(jail=str(tmp_path)))
+    os.makedirs(os.path.dirname(plan_path(str(tmp_path))))
+    with open(plan_path(str(tmp_path)), "w") as f:
+        f.write(plan.to_json())
+    assert Plan.load(str(tmp_path)) == plan
+
+
+def test_load_without_a_plan_names_the_path(tmp_path):
+    with pytest.raises(PlanError) as info:
+        Plan.load(str(tmp_path))
+    assert plan_path(str(tmp_path)) in str(info.value)
+
+
+def test_load_of_a_corrupt_plan_is_a_plan_error_naming_the_path(tmp_path):
+    os.makedirs(os.path.dirname(plan_path(str(tmp_path))))
+    with open(plan_path(str(tmp_path)), "w") as f:
+        f.write("{not json")
+    with pytest.raises(PlanError) as info:
+        Plan.load(str(tmp_path))
+    assert plan_path(str(tmp_path)) in str(info.value)
+
+
+def test_unknown_principal_lookup_lists_the_principals():
+    with pytest.raises(PlanError) as info:
+        build_plan(zoobank(), Options()).principal("Nope")
+    assert "Nope" in str(info.value) and "Bank" in str(info.value)

@@ -1,0 +1,228 @@
+"""zoobank privilege-separated in chroot mode, probed from inside each principal.
+
+The lab's exercises 7 and 9: the front end cannot touch either database,
+Bank only its own, Auth only its own; nobody can modify the app's code.
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ZOOBANK, access_of, free_port, probe, pspy
+
+pytestmark = pytest.mark.root
+
+BANK_FILES = ["db/bank/", "db/bank/bank.db"]
+CRED_FILES = ["db/cred/", "db/cred/cred.db"]
+CODE_FILES = ["app.py", "auth.py", "bank.py", "db_paths.py"]
+
+
+def api(port, method, path, body=None, token=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_http(port, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.1)
+    raise AssertionError(f"zoobank did not answer on port {port}")
+
+
+@pytest.fixture(scope="module")
+def zoobank(tmp_path_factory):
+    jail = str(tmp_path_factory.mktemp("zoobank") / "jail")
+    port = free_port()
+    env = {"ZOOBANK_PORT": str(port), "ZOOBANK_SECRET_KEY": "front-end-only-secret"}
+    pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", env=env, check=True)
+    wait_http(port)
+    yield {"jail": jail, "port": port, "env": env}
+    pspy("stop", "--jail", jail)
+
+
+def _paths(jail, rel_paths):
+    # Probe paths are relative to the app root (the principal's working directory).
+    return [p.rstrip("/") for p in rel_paths]
+
+
+def test_register_login_transfer_and_balances_end_to_end(zoobank):
+    port = zoobank["port"]
+    status, alice = api(port, "POST", "/api/register", {"username": "alice", "password": "a-pw"})
+    assert status == 200 and alice["token"]
+    status, _ = api(port, "POST", "/api/register", {"username": "bob", "password": "b-pw"})
+    assert status == 200
+    assert api(port, "GET", "/api/balance/alice") == (200, {"username": "alice", "zoobars": 10})
+    status, login = api(port, "POST", "/api/login", {"username": "alice", "password": "a-pw"})
+    assert status == 200
+    status, body = api(port, "POST", "/api/transfer", {"recipient": "bob", "zoobars": 3}, token=login["token"])
+    assert status == 200, body
+    assert api(port, "GET", "/api/balance/alice")[1]["zoobars"] == 7
+    assert api(port, "GET", "/api/balance/bob")[1]["zoobars"] == 13
+    # Refusals come back as clear HTTP errors, not crashes.
+    assert api(port, "POST", "/api/transfer", {"recipient": "bob", "zoobars": 100}, token=login["token"])[0] == 400
+    assert api(port, "POST", "/api/transfer", {"recipient": "bob", "zoobars": 1}, token="forged")[0] == 401
+    assert api(port, "POST", "/api/login", {"username": "alice", "password": "wrong"})[0] == 403
+    assert api(port, "GET", "/api/balance/nobody")[0] == 404
+
+
+def test_web_cannot_read_bank_or_cred_files(zoobank):
+    seen = access_of(zoobank["jail"], "web", _paths(zoobank["jail"], BANK_FILES + CRED_FILES))
+    for path, result in seen.items():
+        if path.endswith(".db"):
+            assert result["read"] == "PermissionError", (path, result)
+    # control: web reads its own code
+    assert access_of(zoobank["jail"], "web", ["app.py"])["app.py"]["read"] == "ok"
+
+
+def test_bank_reads_bank_db_but_not_cred_db(zoobank):
+    seen = access_of(zoobank["jail"], "Bank", ["db/bank/bank.db", "db/cred/cred.db"])
+    assert seen["db/bank/bank.db"] == {"read": "ok", "write": "ok"}
+    assert seen["db/cred/cred.db"]["read"] == "PermissionError"
+    assert seen["db/cred/cred.db"]["write"] == "PermissionError"
+
+
+def test_auth_reads_cred_db_but_not_bank_db(zoobank):
+    seen = access_of(zoobank["jail"], "Auth", ["db/cred/cred.db", "db/bank/bank.db"])
+    assert seen["db/cred/cred.db"] == {"read": "ok", "write": "ok"}
+    assert seen["db/bank/bank.db"]["read"] == "PermissionError"
+    assert seen["db/bank/bank.db"]["write"] == "PermissionError"
+
+
+@pytest.mark.parametrize("principal", ["web", "Auth", "Bank"])
+def test_no_principal_can_modify_app_code(zoobank, principal):
+    seen = access_of(zoobank["jail"], principal, CODE_FILES)
+    for path in CODE_FILES:
+        assert seen[path] == {"read": "ok", "write": "PermissionError"}, (principal, path, seen[path])
+    created = probe(zoobank["jail"], principal, """
+        import json
+        try:
+            open("new_module.py", "w").close()
+            print(json.dumps("ok"))
+        except Exception as e:
+            print(json.dumps(type(e).__name__))
+        """)
+    assert created == "PermissionError"
+
+
+def test_analyze_json_agrees_with_probes(zoobank):
+    jail = zoobank["jail"]
+    report = json.loads(pspy("analyze", "--jail", jail, "--format", "json", check=True).stdout)
+    files = ["db/bank/bank.db", "db/cred/cred.db"] + CODE_FILES
+    by_name = {p["name"]: p for p in report["principals"]}
+    assert set(by_name) == {"web", "Auth", "Bank"}
+    for name, p in by_name.items():
+        assert {"uid", "gid", "groups", "readable", "writable"} <= set(p)
+        seen = access_of(jail, name, files)
+        for path in files:
+            assert (seen[path]["read"] == "ok") == (path in p["readable"]), (name, path, seen[path])
+            assert (seen[path]["write"] == "ok") == (path in p["writable"]), (name, path, seen[path])
+
+
+def test_principals_run_with_their_own_uids(zoobank):
+    report = json.loads(pspy("analyze", "--jail", zoobank["jail"], "--format", "json", check=True).stdout)
+    uids = {p["name"]: p["uid"] for p in report["principals"]}
+    assert len(set(uids.values())) == 3
+    for name, uid in uids.items():
+        assert probe(zoobank["jail"], name, "import os, json; print(json.dumps(os.getresuid()))") == [uid] * 3
+        # and not root in any group either
+        assert probe(zoobank["jail"], name, "import os, json; print(json.dumps(0 in os.getgroups()))") is False
+
+
+def _running_pids(jail):
+    state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
+    return {name: info["pid"] for name, info in state["principals"].items()}
+
+
+def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
+    pids = _running_pids(zoobank["jail"])
+
+    def environ(pid):
+        raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        return dict(e.decode().split("=", 1) for e in raw if e)
+
+    web_env = environ(pids["web"])
+    assert web_env["ZOOBANK_SECRET_KEY"] == "front-end-only-secret"   # control: configured for web
+    for provider in ("Auth", "Bank"):
+        env = environ(pids[provider])
+        assert "ZOOBANK_SECRET_KEY" not in env
+        assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
+                            "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG"}, env
+
+
+def test_principals_inherit_no_descriptor_but_stdio(zoobank):
+    # Beyond stdio (its own log), a principal may hold only sockets and files it
+    # opened itself inside the app; nothing of the supervisor's reaches it.
+    jail = os.path.realpath(zoobank["jail"])
+    pids = _running_pids(zoobank["jail"])
+    for name, pid in pids.items():
+        fd_dir = f"/proc/{pid}/fd"
+        for fd in os.listdir(fd_dir):
+            target = os.readlink(os.path.join(fd_dir, fd))
+            if int(fd) <= 2:
+                assert target in ("/dev/null", os.path.join(jail, ".pspy", "logs", f"{name}.log")), target
+                continue
+            assert (target.startswith(("socket:", "anon_inode:"))
+                    or target.startswith(os.path.join(jail, "app") + "/")), (name, fd, target)
+
+
+def test_caller_not_in_callers_is_refused(zoobank):
+    # Bank's services name only web as caller; Auth calling them is refused by the kernel-checked uid.
+    result = probe(zoobank["jail"], "Auth", """
+        import json, bank, pspy
+        try:
+            bank.balance("alice")
+            print(json.dumps("called"))
+        except pspy.PermissionDenied as e:
+            print(json.dumps("denied"))
+        """)
+    assert result == "denied"
+    # control: web may call it
+    assert probe(zoobank["jail"], "web", "import json, bank; print(json.dumps(bank.balance('alice')))") == 7
+
+
+def test_rebootstrap_keeps_ids_and_provider_data(zoobank):
+    jail, env = zoobank["jail"], zoobank["env"]
+    before = json.load(open(os.path.join(jail, ".pspy", "plan.json")))
+    pspy("stop", "--jail", jail, check=True)
+    pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", env=env, check=True)
+    wait_http(zoobank["port"])
+    after = json.load(open(os.path.join(jail, ".pspy", "plan.json")))
+    assert {p["name"]: p["uid"] for p in before["principals"]} == {p["name"]: p["uid"] for p in after["principals"]}
+    assert before["groups"] == after["groups"]
+    assert api(zoobank["port"], "GET", "/api/balance/bob")[1]["zoobars"] == 13
+
+
+def test_stop_leaves_no_process_of_the_app(zoobank):
+    jail = zoobank["jail"]
+    pids = _running_pids(jail)
+    assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())   # control: running now
+    proc = pspy("stop", "--jail", jail, check=True)
+    assert "stopped" in proc.stdout
+    for pid in pids.values():
+        assert not os.path.exists(f"/proc/{pid}"), pid
+    leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _root_of(p) == os.path.realpath(jail)]
+    assert leftovers == []
+    assert pspy("status", "--jail", jail).returncode == 3
+
+
+def _root_of(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:
+        return None
