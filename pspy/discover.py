@@ -308,7 +308,7 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
                 prov.group, prov.group_location = group, loc
         for path, mode in (args.get("perms") or {}).items():
             norm = normalize_perm_path(path)
-            earlier = prov.perms.get(norm)
+            earlier = prov.perms.get(norm) or prov.perms.get(norm.rstrip("/")) or prov.perms.get(norm.rstrip("/") + "/")
             if earlier is not None and earlier.mode != mode:
                 problems.append((loc, f"perms for {norm!r} is {oct(mode)} here but {oct(earlier.mode)} "
                                       f"at {earlier.location}"))
@@ -321,12 +321,12 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
     claimed: dict[str, tuple[str, PermSpec]] = {}
     for prov in providers.values():
         for pattern, perm in prov.perms.items():
-            other = claimed.get(pattern)
+            other = claimed.get(pattern.rstrip("/"))
             if other is not None:
                 problems.append((perm.location, f"perms path {pattern!r} is also claimed by provider "
                                                 f"{other[0]!r} at {other[1].location}; a path has one owner"))
             else:
-                claimed[pattern] = (prov.name, perm)
+                claimed[pattern.rstrip("/")] = (prov.name, perm)
     known = set(providers) | {FRONT_END_NAME}
     for prov in providers.values():
         for spec in prov.services:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +39,14 @@ def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
     dir_fd = os.open(plan.host_path(os.path.dirname(principal.socket)),
                      os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        # The folder belongs to the provider: connect only to a socket it made,
+        # never through a link it could point at a host socket.
+        try:
+            st = os.stat(os.path.basename(principal.socket), dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != principal.uid:
+            return False
         path = f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}"
         client = Client(principal.name, path, timeout=timeout)
         try:
@@ -228,6 +237,8 @@ def read_state(plan: Plan) -> dict | None:
             return json.load(f)
     except (FileNotFoundError, ValueError):
         return None
+    except PermissionError:
+        raise PspyError(f"{state_path(plan)}: permission denied; the app's run state is root only") from None
 
 
 def supervisor_alive(plan: Plan) -> int | None:

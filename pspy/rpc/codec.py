@@ -114,7 +114,10 @@ def _ext_hook(code: int, data: bytes, depth: int):
 
 
 def _unpack(data: bytes, depth: int):
-    return msgpack.unpackb(data, ext_hook=lambda c, d: _ext_hook(c, d, depth),
+    # msgpack decodes its own Timestamp extension (-1) without calling
+    # ext_hook; timestamp=3 makes it a UTC datetime, an allowed type, instead
+    # of a msgpack.Timestamp the receiving code never expects.
+    return msgpack.unpackb(data, ext_hook=lambda c, d: _ext_hook(c, d, depth), timestamp=3,
                            raw=False, strict_map_key=False, use_list=True)
 
 
@@ -124,6 +127,6 @@ def decode(data: bytes):
         return _unpack(data, 0)
     except ProtocolError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, decimal.InvalidOperation,
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, decimal.InvalidOperation,
             msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, RecursionError) as e:
         raise ProtocolError(f"malformed message: {e}") from None
