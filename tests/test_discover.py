@@ -429,11 +429,9 @@ def test_two_providers_claiming_the_same_path_is_an_error(tmp_path):
 
 
 def test_two_providers_claiming_one_folder_with_and_without_trailing_slash_is_an_error(tmp_path):
-    # BUG (pspy/discover.py:321-329, _merge): perms keys are compared after
-    # normalize_perm_path, which keeps the trailing '/', so "db/bank/" and
-    # "db/bank" are different keys and the "a path has one owner" check misses
-    # them. Both name the folder db/bank; jail.plan_ownership then lets one
-    # provider's claim silently override the other's.
+    # A trailing '/' ("a folder") must not hide a second claim on the same
+    # path: jail.plan_ownership would let one provider's claim silently win.
+    # (Found as a bug in _merge, which compared keys with the '/' kept.)
     root = write_app(tmp_path, {"app.py": """\
         import pspy
 
@@ -447,6 +445,23 @@ def test_two_providers_claiming_one_folder_with_and_without_trailing_slash_is_an
         """})
     location, message = only_problem(root)
     assert "db/bank" in message
+
+
+def test_one_provider_giving_a_folder_two_modes_with_and_without_trailing_slash_is_an_error(tmp_path):
+    root = write_app(tmp_path, {"app.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank", perms={"db/bank/": 0o700})
+        def transfer():
+            pass
+
+        @pspy.service(service_provider="Bank", perms={"db/bank": 0o750})
+        def balance():
+            pass
+        """})
+    location, message = only_problem(root)
+    assert location == "app.py:7"
+    assert "0o700" in message and "0o750" in message
 
 
 def test_duplicate_service_name_in_one_provider_is_an_error(tmp_path):
