@@ -4,6 +4,9 @@ A call is retried only when its request was provably never delivered (the
 connect failed, or a pooled connection was found closed before anything was
 written). Once a request is on the wire it is never sent again: a
 non-idempotent ``transfer`` must not run twice because a provider restarted.
+
+Thread-safe: each call takes a connection from the pool for its duration.
+Fork-safe: a child process never uses its parent's connections.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import threading
 
 from ..errors import (CallInterrupted, PermissionDenied, ProtocolError, RemoteError,
@@ -19,6 +23,7 @@ from . import codec, protocol
 from .server import builtin_exception
 
 _NOT_DELIVERED = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+_POOL_SIZE = 32
 
 
 class Client:
@@ -26,25 +31,24 @@ class Client:
                  max_frame: int = protocol.DEFAULT_MAX_FRAME):
         self.provider = provider
         self.path = path
-        self.timeout = timeout
+        self.timeout = timeout          # default for calls that give none; None: wait forever
         self.max_frame = max_frame
         self._lock = threading.Lock()
-        self._idle: list[socket.socket] = []
+        self._idle: list[protocol.Connection] = []
         self._pid = os.getpid()
 
     # --- connections ----------------------------------------------------------
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> protocol.Connection:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
         except OSError as e:
             sock.close()
             raise ServiceUnavailable(f"provider {self.provider!r} is not reachable at {self.path}: "
                                      f"{e.strerror or e}; the request was not sent") from None
-        return sock
+        return protocol.Connection(sock, self.max_frame)
 
-    def _take(self) -> tuple[socket.socket, bool]:
+    def _take(self) -> tuple[protocol.Connection, bool]:
         """A connection, and whether it came from the pool (and may be stale)."""
         with self._lock:
             if self._pid != os.getpid():
@@ -52,60 +56,90 @@ class Client:
                 # would interleave two processes' frames.
                 self._idle = []
                 self._pid = os.getpid()
-            if self._idle:
+            elif self._idle:
                 return self._idle.pop(), True
         return self._connect(), False
 
-    def _give_back(self, sock: socket.socket) -> None:
+    def _give_back(self, conn: protocol.Connection) -> None:
         with self._lock:
-            if self._pid == os.getpid() and len(self._idle) < 32:
-                self._idle.append(sock)
+            if self._pid == os.getpid() and len(self._idle) < _POOL_SIZE:
+                self._idle.append(conn)
                 return
-        sock.close()
+        conn.close()
 
     def close(self) -> None:
         with self._lock:
-            for s in self._idle:
-                s.close()
-            self._idle = []
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     # --- calls -------------------------------------------------------------------
-    def call(self, service: str, args: tuple | list = (), kwargs: dict | None = None):
-        payload = codec.encode([service, list(args), kwargs or {}])
-        sock, pooled = self._take()
+    def call(self, service: str, args: tuple | list = (), kwargs: dict | None = None, *,
+             timeout: float | None = None):
+        timeout = self.timeout if timeout is None else timeout
+        # Encoded before a connection is taken: a value that cannot cross fails
+        # here, with nothing sent; the same bytes serve the one allowed retry.
+        with codec.encoded([service, args if type(args) is list else list(args), kwargs or {}]) as payload:
+            conn, pooled = self._take()
+            try:
+                _set_timeout(conn, timeout)
+                try:
+                    conn.send(payload)
+                except OSError as e:
+                    if not (pooled and e.errno in _NOT_DELIVERED):
+                        raise ServiceUnavailable(f"could not send to {self.provider!r}: {e}; "
+                                                 "the request was not delivered") from None
+                    # A pooled connection the provider had closed (it restarted, say):
+                    # nothing reached a live server, so one fresh attempt is safe.
+                    conn.close()
+                    conn, pooled = self._connect(), False
+                    _set_timeout(conn, timeout)
+                    try:
+                        conn.send(payload)
+                    except OSError as e2:
+                        raise ServiceUnavailable(f"could not send to {self.provider!r}: {e2}; "
+                                                 "the request was not delivered") from None
+            except BaseException:
+                conn.close()
+                raise
         try:
-            try:
-                protocol.send_frame(sock, payload, self.max_frame)
-            except OSError as e:
-                if not (pooled and e.errno in _NOT_DELIVERED):
-                    raise ServiceUnavailable(f"could not send to {self.provider!r}: {e}; "
-                                             "the request was not delivered") from None
-                # A pooled connection the provider had closed (e.g. it restarted):
-                # nothing reached a live server, so one fresh attempt is safe.
-                sock.close()
-                sock, pooled = self._connect(), False
-                protocol.send_frame(sock, payload, self.max_frame)
-            try:
-                frame = protocol.recv_frame(sock, self.max_frame)
-            except socket.timeout:
-                raise ServiceTimeout(f"{self.provider}.{service} did not answer within {self.timeout}s; "
-                                     "the call may or may not have run") from None
-            except (protocol.PeerClosed, ProtocolError, OSError) as e:
-                raise CallInterrupted(f"{self.provider}.{service}: the request was delivered but the "
-                                      f"provider closed the connection before replying ({e or 'EOF'}); "
-                                      "the call may or may not have run, and was not retried") from None
+            response = codec.decode(conn.recv())
+        except (BlockingIOError, socket.timeout):
+            conn.close()
+            raise ServiceTimeout(f"{self.provider}.{service} did not answer within {timeout}s; "
+                                 "the call may or may not have run") from None
+        except (protocol.PeerClosed, ProtocolError, OSError) as e:
+            conn.close()
+            raise CallInterrupted(f"{self.provider}.{service}: the request was delivered but the "
+                                  f"provider closed the connection before replying ({e or 'EOF'}); "
+                                  "the call may or may not have run, and was not retried") from None
         except BaseException:
-            sock.close()
+            conn.close()
             raise
-        self._give_back(sock)
-        return _result(self.provider, service, codec.decode(frame))
+        self._give_back(conn)
+        return _result(self.provider, service, response)
 
     def ping(self) -> str:
         return self.call(protocol.PING)
 
 
+def _set_timeout(conn: protocol.Connection, timeout: float | None) -> None:
+    # A kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO) instead of Python's socket
+    # timeout: the latter polls before every recv, a syscall per call. Set
+    # only when it changes, so steady-state calls pay nothing for it.
+    if conn.timeout == timeout:
+        return
+    seconds = timeout or 0.0
+    tv = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+    if timeout is not None and tv == struct.pack("ll", 0, 0):
+        tv = struct.pack("ll", 0, 1)   # 0 would mean "forever"
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    conn.timeout = timeout
+
+
 def _result(provider: str, service: str, response):
-    if not isinstance(response, list) or len(response) != 2:
+    if type(response) is not list or len(response) != 2:
         raise ProtocolError(f"malformed response from {provider!r}")
     status, payload = response
     if status == protocol.OK:
@@ -113,16 +147,26 @@ def _result(provider: str, service: str, response):
     if status == protocol.DENIED:
         raise PermissionDenied(str(payload))
     if status == protocol.ERROR and isinstance(payload, dict):
-        type_name = str(payload.get("type"))
-        message = str(payload.get("message"))
-        tb = payload.get("traceback")
-        if type_name == "pspy.SerializationError":
-            raise SerializationError(message)
-        cls = builtin_exception(type_name)
-        if cls is not None:
-            exc = cls(message)
+        raise _rebuild_exception(payload)
+    raise ProtocolError(f"malformed response from {provider!r}")
+
+
+def _rebuild_exception(payload: dict) -> BaseException:
+    """The same exception type for builtins and registered classes, else RemoteError."""
+    type_name = str(payload.get("type"))
+    message = str(payload.get("message"))
+    args = payload.get("args")
+    tb = payload.get("traceback")
+    if type_name == "pspy.SerializationError":
+        return SerializationError(message)
+    cls = builtin_exception(type_name) or codec.registered_exception(type_name)
+    if cls is not None:
+        try:
+            exc = cls(*args) if isinstance(args, list) else cls(message)
+        except Exception:  # noqa: BLE001 - a constructor that wants other arguments
+            exc = None
+        if exc is not None:
             if tb:
                 exc.add_note("--- remote traceback ---\n" + str(tb))
-            raise exc
-        raise RemoteError(type_name, message, str(tb) if tb else None)
-    raise ProtocolError(f"malformed response from {provider!r}")
+            return exc
+    return RemoteError(type_name, message, str(tb) if tb else None)

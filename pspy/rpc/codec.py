@@ -3,12 +3,17 @@
 Only the types below cross a privilege boundary, and they decode into the
 same types, so neither side can make the other run code. Anything else is a
 ``SerializationError`` at the sender, which names the offending type.
+Dataclasses and exceptions the app registers with ``@pspy.serializable``
+cross by name and fields, and decode only into the class registered under
+that name on the receiving side (its fields checked).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
+import threading
 import uuid
 
 import msgpack
@@ -26,10 +31,47 @@ EXT_DATE = 5
 EXT_DECIMAL = 6
 EXT_UUID = 7
 EXT_BIGINT = 8
+EXT_OBJECT = 9     # a registered dataclass: [name, {field: value}]
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 ALLOWED_TYPES = ("None, bool, int, float, str, bytes, list, tuple, dict, set, frozenset, "
                  "datetime, date, Decimal, UUID")
+
+
+# --- registered classes --------------------------------------------------------
+
+_by_name: dict[str, type] = {}
+_name_of: dict[type, str] = {}
+_fields_of: dict[type, tuple[str, ...]] = {}
+_register_lock = threading.Lock()
+
+
+def register(cls: type, name: str | None = None) -> type:
+    """Allow a dataclass (or an exception class) to cross under ``name``."""
+    name = name or cls.__qualname__
+    is_exception = isinstance(cls, type) and issubclass(cls, Exception)
+    if not is_exception and not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"@pspy.serializable needs a dataclass or an Exception subclass, got {cls!r}")
+    with _register_lock:
+        other = _by_name.get(name)
+        if other is not None and other is not cls and \
+                (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"{name!r} is already registered for {other.__module__}.{other.__qualname__}; "
+                            f"pass @pspy.serializable(name=...) to tell them apart")
+        _by_name[name] = cls
+        _name_of[cls] = name
+        if not is_exception:
+            _fields_of[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return cls
+
+
+def registered_name(cls: type) -> str | None:
+    return _name_of.get(cls)
+
+
+def registered_exception(name: str) -> type[Exception] | None:
+    cls = _by_name.get(name)
+    return cls if isinstance(cls, type) and issubclass(cls, Exception) else None
 
 
 class _Unsupported(Exception):
@@ -66,19 +108,70 @@ def _default(value, depth: int = 0):
         return msgpack.ExtType(EXT_UUID, value.bytes)
     if t is int:   # outside 64 bits
         return msgpack.ExtType(EXT_BIGINT, str(value).encode())
+    fields = _fields_of.get(t)
+    if fields is not None:
+        payload = [_name_of[t], {f: getattr(value, f) for f in fields}]
+        return msgpack.ExtType(EXT_OBJECT, _pack_nested(payload, depth))
     raise _Unsupported(value)
+
+
+_local = threading.local()
+_KEEP_PACKER_BELOW = 4 * 1024 * 1024   # a packer that grew past this is dropped, not kept
+
+
+def _packer() -> msgpack.Packer:
+    # One Packer per thread, reused with its buffer: building one per call
+    # and allocating a fresh buffer per message are both measurable on the
+    # hot path (large fresh allocations page-fault). Nested extension
+    # payloads use their own (see _pack_nested).
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(default=lambda v: _default(v, 1), autoreset=False,
+                                                use_bin_type=True, strict_types=True)
+    return packer
+
+
+def _raise_unsupported(e: BaseException):
+    if isinstance(e, _Unsupported):
+        raise SerializationError(
+            f"type {type(e.value).__module__}.{type(e.value).__qualname__} cannot cross a privilege "
+            f"boundary (allowed: {ALLOWED_TYPES})") from None
+    raise SerializationError(f"cannot encode value: {e}") from None
+
+
+class encoded:
+    """``with encoded(value) as view:`` the message as a buffer, valid inside the block.
+
+    Used by the transport to send straight from the packer's buffer.
+    """
+
+    __slots__ = ("value", "packer", "view")
+
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self) -> memoryview:
+        self.packer = _packer()
+        try:
+            self.packer.pack(self.value)
+        except (_Unsupported, OverflowError, ValueError, TypeError) as e:
+            self.packer.reset()
+            _raise_unsupported(e)
+        self.view = self.packer.getbuffer()
+        return self.view
+
+    def __exit__(self, *exc) -> None:
+        size = len(self.view)
+        self.view.release()
+        self.packer.reset()
+        if size > _KEEP_PACKER_BELOW:
+            _local.packer = None
 
 
 def encode(value) -> bytes:
     """Encode ``value``; raise SerializationError naming the first unsupported type."""
-    try:
-        return _pack_nested(value, 0)
-    except _Unsupported as e:
-        raise SerializationError(
-            f"type {type(e.value).__module__}.{type(e.value).__qualname__} cannot cross a privilege "
-            f"boundary (allowed: {ALLOWED_TYPES})") from None
-    except (OverflowError, ValueError, TypeError) as e:
-        raise SerializationError(f"cannot encode value: {e}") from None
+    with encoded(value) as view:
+        return bytes(view)
 
 
 def _ext_hook(code: int, data: bytes, depth: int):
@@ -102,6 +195,18 @@ def _ext_hook(code: int, data: bytes, depth: int):
         return decimal.Decimal(data.decode())
     if code == EXT_UUID:
         return uuid.UUID(bytes=data)
+    if code == EXT_OBJECT:
+        name, fields = _unpack(data, depth + 1)
+        cls = _by_name.get(name) if isinstance(name, str) else None
+        if cls is None or cls not in _fields_of:
+            raise ProtocolError(f"{name!r} is not a registered @pspy.serializable dataclass here")
+        if not isinstance(fields, dict) or set(fields) != set(_fields_of[cls]):
+            raise ProtocolError(f"fields of {name!r} do not match its dataclass "
+                                f"(expected {', '.join(_fields_of[cls])})")
+        try:
+            return cls(**fields)
+        except Exception as e:  # noqa: BLE001 - the class's own validation refused the fields
+            raise ProtocolError(f"{name!r} refused its fields: {e}") from None
     if code == EXT_BIGINT:
         text = data.decode()
         if len(text) > 5000:   # int() of a huge decimal string is quadratic

@@ -1,8 +1,10 @@
 """The provider side: accept connections, authorise each call, run the service.
 
 The caller's identity comes from the kernel (SO_PEERCRED on the Unix
-socket), mapped to a principal through the plan's uids; nothing the caller
-sends is trusted for it. A malformed frame closes that connection only.
+socket, read once at accept), mapped to a principal through the plan's
+uids; nothing the caller sends is trusted for it. A thread serves each
+connection, so a slow call does not hold up other callers. A malformed
+frame closes that connection only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Endpoint:
     name: str
     func: Callable
     callers: frozenset[str]
+    is_async: bool = False
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -48,10 +51,13 @@ class Server:
                  debug: bool = False, max_frame: int = protocol.DEFAULT_MAX_FRAME):
         self.provider = provider
         self.endpoints = endpoints
+        for endpoint in endpoints.values():
+            endpoint.is_async = endpoint.is_async or inspect.iscoroutinefunction(endpoint.func)
         self.principal_of_uid = principal_of_uid
         self.debug = debug
         self.max_frame = max_frame
         self._listener: socket.socket | None = None
+        self._loop_local = threading.local()
 
     def bind(self, path: str) -> None:
         try:
@@ -68,75 +74,96 @@ class Server:
     def serve_forever(self) -> None:
         assert self._listener is not None
         while True:
-            conn, _ = self._listener.accept()
-            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+            sock, _ = self._listener.accept()
+            threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
 
-    def _serve_connection(self, conn: socket.socket) -> None:
-        with conn:
-            pid, uid, _gid = peer_credentials(conn)
+    def _serve_connection(self, sock: socket.socket) -> None:
+        conn = protocol.Connection(sock, self.max_frame)
+        try:
+            pid, uid, _gid = peer_credentials(sock)
             caller = SUPERVISOR if uid == 0 else self.principal_of_uid(uid)
             while True:
                 try:
-                    frame = protocol.recv_frame(conn, self.max_frame)
-                    request = codec.decode(frame)
-                    if (not isinstance(request, list) or len(request) != 3
-                            or not isinstance(request[0], str) or not isinstance(request[1], list)
-                            or not isinstance(request[2], dict)):
+                    request = codec.decode(conn.recv())
+                    if (type(request) is not list or len(request) != 3 or type(request[0]) is not str
+                            or type(request[1]) is not list or type(request[2]) is not dict):
                         raise ProtocolError("request is not [service, args, kwargs]")
                     response = self._handle(caller, uid, pid, *request)
-                    protocol.send_frame(conn, response, self.max_frame)
+                    try:
+                        conn.send_message(response)
+                    except SerializationError as e:   # raised while encoding, before any byte is sent
+                        conn.send_message(self._error("pspy.SerializationError",
+                                                      f"return value of {self.provider}.{request[0]}: {e}"))
                 except protocol.PeerClosed:
                     return
                 except ProtocolError as e:
-                    log.warning("closing connection from %s (uid %d): %s", caller, uid, e)
+                    log.warning("closing connection from %s (uid %d, pid %d): %s", caller, uid, pid, e)
                     return
                 except OSError:
                     return
+        finally:
+            conn.close()
 
-    def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict) -> bytes:
-        if name == protocol.PING:
-            return codec.encode([protocol.OK, self.provider])
+    def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict) -> list:
+        """The response to one request, as a value still to be encoded."""
         endpoint = self.endpoints.get(name)
         if endpoint is None:
-            return self._error_response("LookupError",
-                                        f"provider {self.provider!r} has no service {name!r}")
-        if caller is None or caller not in endpoint.callers:
+            if name == protocol.PING:
+                return [protocol.OK, self.provider]
+            return self._error("LookupError", f"provider {self.provider!r} has no service {name!r}")
+        if caller not in endpoint.callers:
             who = caller or f"an unknown process (uid {uid})"
+            allowed = ", ".join(sorted(endpoint.callers)) or "none"
             log.warning("denied: %s (uid %d, pid %d) called %s.%s; allowed callers: %s",
-                        who, uid, pid, self.provider, name, ", ".join(sorted(endpoint.callers)) or "none")
-            return codec.encode([protocol.DENIED,
-                                 f"{who} may not call {self.provider}.{name} "
-                                 f"(allowed callers: {', '.join(sorted(endpoint.callers)) or 'none'})"])
+                        who, uid, pid, self.provider, name, allowed)
+            return [protocol.DENIED, f"{who} may not call {self.provider}.{name} (allowed callers: {allowed})"]
         try:
-            result = endpoint.func(*args, **{str(k): v for k, v in kwargs.items()})
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
+            if kwargs:
+                if any(type(k) is not str for k in kwargs):
+                    raise TypeError("keyword argument names must be strings")
+                result = endpoint.func(*args, **kwargs)
+            else:
+                result = endpoint.func(*args)
+            if endpoint.is_async or inspect.iscoroutine(result):
+                result = self._run_coroutine(result)
         except Exception as e:  # noqa: BLE001 - every service failure goes back to the caller
             return self._exception_response(e)
-        try:
-            return codec.encode([protocol.OK, result])
-        except SerializationError as e:
-            return self._error_response("pspy.SerializationError",
-                                        f"return value of {self.provider}.{name}: {e}")
+        return [protocol.OK, result]
 
-    def _exception_response(self, exc: Exception) -> bytes:
+    def _run_coroutine(self, coro):
+        # One event loop per connection thread, kept: async services may share
+        # loop-bound state across calls on the same connection.
+        loop = getattr(self._loop_local, "loop", None)
+        if loop is None:
+            loop = self._loop_local.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coro)
+
+    def _exception_response(self, exc: Exception) -> list:
         t = type(exc)
-        if t.__module__ == "builtins":
+        registered = codec.registered_name(t)
+        if registered is not None:
+            type_name = registered
+        elif t.__module__ == "builtins":
             type_name = t.__qualname__
         elif t.__module__ == "pspy.errors":
             type_name = f"pspy.{t.__qualname__}"
         else:
             type_name = f"{t.__module__}.{t.__qualname__}"
         tb = "".join(traceback.format_exception(exc)) if self.debug else None
-        return self._error_response(type_name, str(exc), tb)
+        args = list(exc.args)
+        try:
+            codec.encode(args)
+        except SerializationError:
+            args = None
+        return self._error(type_name, str(exc), tb, args)
 
-    def _error_response(self, type_name: str, message: str, tb: str | None = None) -> bytes:
-        return codec.encode([protocol.ERROR, {"type": type_name, "message": message, "traceback": tb}])
+    def _error(self, type_name: str, message: str, tb: str | None = None, args=None) -> list:
+        return [protocol.ERROR, {"type": type_name, "message": message, "args": args, "traceback": tb}]
 
 
 def builtin_exception(type_name: str) -> type[BaseException] | None:
     """The builtin exception class for a name, if it is one that is safe to rebuild."""
     cls = getattr(builtins, type_name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (SystemExit, KeyboardInterrupt)):
+    if isinstance(cls, type) and issubclass(cls, Exception):
         return cls
     return None
