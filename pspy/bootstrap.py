@@ -88,6 +88,7 @@ def build(req: Request, say=print) -> Plan:
         if plan.script:
             say(f"pspy: running set-up script {plan.script} in the jail")
             run_script(plan, plan.script, cwd=staging.jail_path)
+        jail.carry_over_data(plan, staging)
         changes, warnings = jail.plan_ownership(plan, staging.path)
         jail.apply_ownership(staging.path, changes)
         jail.commit_app(plan, staging)

@@ -269,7 +269,12 @@ class Staging:
 
 
 def stage_app(plan: Plan) -> Staging:
-    """Copy the app into a root-only staging folder, carrying over existing provider data."""
+    """Copy the app into a root-only staging folder (no provider data yet).
+
+    The set-up script runs on this copy, before ``carry_over_data``: so the
+    script, which runs as root, only ever sees the developer's files and
+    nothing a provider wrote.
+    """
     final = in_jail(plan, APP_DIR)
     staging = final + ".new"
     if os.path.lexists(staging):
@@ -278,8 +283,6 @@ def stage_app(plan: Plan) -> Staging:
     result = Staging(path=staging, jail_path=APP_DIR + ".new")
     try:
         _copy_app(plan.app_source, staging)
-        if os.path.isdir(final) and not os.path.islink(final):
-            _carry_over_data(plan, final, result)
     except BaseException:
         discard(result)
         raise
@@ -287,6 +290,12 @@ def stage_app(plan: Plan) -> Staging:
 
 
 def _copy_app(src: str, dst: str) -> None:
+    """Copy files, folders and symlinks (as links); keep the source's permission bits.
+
+    A file with several hard links is refused: it may be a host file (such
+    as /etc/shadow) linked into the app folder.
+    """
+    problems = []
     for dirpath, dirnames, filenames in os.walk(src):
         rel = os.path.relpath(dirpath, src)
         dirnames[:] = [d for d in dirnames if not (rel == "." and d in (".pspy", ".git"))
@@ -300,38 +309,50 @@ def _copy_app(src: str, dst: str) -> None:
                 os.symlink(os.readlink(s), d)   # copied as a link, never followed
             elif stat.S_ISDIR(st.st_mode):
                 os.mkdir(d, 0o700)
+                os.chmod(d, st.st_mode & 0o777)
             elif stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    problems.append(f"{s}: has {st.st_nlink} hard links; it may be a host file linked "
+                                    "into the app (copy it instead of linking it)")
+                    continue
                 shutil.copyfile(s, d, follow_symlinks=False)
                 os.chmod(d, st.st_mode & 0o777)
             else:
-                raise JailError(f"{s}: special file (fifo, socket or device) in the app; "
+                problems.append(f"{s}: special file (fifo, socket or device) in the app; "
                                 "pspy copies only files, folders and symlinks")
+    if problems:
+        raise JailError("refusing to bootstrap; nothing in the jail was changed:\n  " + "\n  ".join(problems))
 
 
-def _carry_over_data(plan: Plan, old_app: str, result: Staging) -> None:
+def carry_over_data(plan: Plan, result: Staging) -> None:
     """Keep what providers wrote: paths their perms name move into the new copy.
 
+    Only the outermost matches move (a match inside another moves with it).
     Each move is recorded so that a refused bootstrap can put it back.
     """
+    old_app = in_jail(plan, APP_DIR)
+    if not os.path.isdir(old_app) or os.path.islink(old_app):
+        return
     staging = result.path
-    for principal in plan.providers:
-        for perm in principal.perms:
-            for rel in match_pattern(old_app, perm.pattern):
-                old = os.path.join(old_app, rel)
-                new = os.path.join(staging, rel)
-                parent = os.path.dirname(new)
-                for part_dir in _parents_within(staging, parent):
-                    if os.path.islink(part_dir):
-                        raise JailError(f"{part_dir}: symlink on the way to provider data {rel}; refusing")
-                    if not os.path.isdir(part_dir):
-                        os.mkdir(part_dir, 0o700)
-                if os.path.lexists(new):
-                    if os.path.isdir(new) and not os.path.islink(new):
-                        shutil.rmtree(new)
-                    else:
-                        os.unlink(new)
-                os.rename(old, new)   # rename moves the entry itself, links included
-                result.carried.append((old, new))
+    matches = {rel for principal in plan.providers for perm in principal.perms
+               for rel in match_pattern(old_app, perm.pattern)}
+    outermost = [rel for rel in sorted(matches, key=lambda r: (r.count("/"), r))
+                 if not any(rel.startswith(other + "/") for other in matches if other != rel)]
+    for rel in outermost:
+        old = os.path.join(old_app, rel)
+        new = os.path.join(staging, rel)
+        for part_dir in _parents_within(staging, os.path.dirname(new)):
+            if os.path.islink(part_dir):
+                raise JailError(f"{part_dir}: symlink on the way to provider data {rel}; refusing")
+            if not os.path.isdir(part_dir):
+                os.mkdir(part_dir, 0o700)
+        if os.path.lexists(new):
+            if os.path.isdir(new) and not os.path.islink(new):
+                shutil.rmtree(new)
+            else:
+                os.unlink(new)
+        os.rename(old, new)   # rename moves the entry itself, links included
+        result.carried.append((old, new))
 
 
 def _parents_within(root: str, path: str) -> list[str]:
@@ -384,6 +405,17 @@ class Change:
     cause: str
 
 
+def app_mode(source_mode: int) -> int:
+    """Mode of an app file not named by perms: root's, never writable by a principal,
+    and readable by principals only if the source was readable by others."""
+    if stat.S_ISDIR(source_mode):
+        return 0o755 if source_mode & 0o001 else 0o700
+    executable = source_mode & 0o100
+    if source_mode & 0o004:
+        return 0o755 if executable else 0o644
+    return 0o700 if executable else 0o600
+
+
 def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
     """Every owner/mode change for the app, checked in full before any is made.
 
@@ -410,6 +442,8 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                 problems.append(f"{rel}: has {st.st_nlink} hard links; it may be a host file linked "
                                 "into the app: refusing to change its owner")
                 return
+            if cause != "app" and not st.st_mode & 0o100:
+                mode &= ~0o111   # a data file does not become executable because its folder is searchable
             owners[rel] = Change(rel, uid, gid, mode, cause)
         elif stat.S_ISDIR(st.st_mode):
             # A folder's read bit without its search bit is useless: read implies search.
@@ -420,9 +454,7 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                     child = f"{rel}/{name}" if rel else name
                     child_mode = mode
                     if cause == "app":
-                        cst = os.lstat(os.path.join(path, name))
-                        child_mode = 0o755 if stat.S_ISDIR(cst.st_mode) else (
-                            0o755 if cst.st_mode & 0o100 else 0o644)
+                        child_mode = app_mode(os.lstat(os.path.join(path, name)).st_mode)
                     visit(child, uid, gid, child_mode, cause, True)
         else:
             problems.append(f"{rel}: special file in the app; refusing")
@@ -434,6 +466,7 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
         for perm in principal.perms:
             ordered.append((perm.pattern.rstrip("/").count("/"), principal, perm))
     # Shallow patterns first, so a deeper, more specific pattern wins.
+    granted: list[tuple[object, str, str]] = []
     for _, principal, perm in sorted(ordered, key=lambda t: (t[0], t[2].pattern)):
         matches = match_pattern(app_root, perm.pattern)
         if not matches and perm.pattern.endswith("/") and not any(c in perm.pattern for c in "*?["):
@@ -449,6 +482,28 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                                 f"{os.path.relpath(parent_links[0], app_root)}; refusing")
                 continue
             visit(rel, principal.uid, principal.gid, perm.mode, f"{principal.name} ({perm.location})", True)
+            granted.append((principal, rel, perm.location))
+    # A provider must be able to reach what it was given: every folder above
+    # must let it search, after all changes (another provider's 0o700 folder
+    # around it would make its perms useless, and its calls fail at run time).
+    for principal, rel, location in granted:
+        parts = rel.split("/")
+        for depth in range(len(parts)):
+            folder = "/".join(parts[:depth])
+            change = owners.get(folder)
+            if change is None:
+                continue
+            if change.uid == principal.uid:
+                bit = 0o100
+            elif change.gid == principal.gid or change.gid in principal.groups:
+                bit = 0o010
+            else:
+                bit = 0o001
+            if not change.mode & bit:
+                problems.append(f"{rel}: given to {principal.name} at {location}, but {principal.name} "
+                                f"cannot reach it: folder {folder or '.'} is {oct(change.mode)} "
+                                f"for {change.cause}; let others search it (e.g. 0o711) or move the path")
+                break
     if problems:
         raise JailError("refusing to bootstrap; nothing in the jail was changed:\n  " + "\n  ".join(problems))
     return sorted(owners.values(), key=lambda c: c.rel), warnings

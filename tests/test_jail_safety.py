@@ -124,3 +124,69 @@ def test_perms_give_the_provider_its_paths_and_nothing_else(tmp_path):
     web = access_of(jail, "web", ["data/x", "conf/a.ini"])
     assert web["data/x"]["read"] == "PermissionError"
     assert web["conf/a.ini"]["read"] == "PermissionError"
+
+
+def test_setup_script_runs_before_provider_data_comes_back(tmp_path):
+    # The script runs as root: it must never see (and so never import, open or
+    # follow) anything a provider wrote in an earlier run.
+    app = write_app(tmp_path / "app", {
+        "store.py": SERVICE.replace("{PERMS}", '{"vault/": 0o700}'),
+        "setup.py": """
+            import os
+            with open("script-saw.txt", "w") as f:
+                f.write(str(sorted(os.listdir("vault")) if os.path.isdir("vault") else None))
+            """})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--script", "setup.py", "--no-run", check=True)
+    planted = os.path.join(jail, "app", "vault", "__init__.py")
+    with open(planted, "w") as f:
+        f.write("raise SystemExit('provider code ran as root')\n")
+    pspy("bootstrap", app, "--jail", jail, "--script", "setup.py", "--no-run", check=True)
+    assert open(os.path.join(jail, "app", "script-saw.txt")).read() == "None"
+    assert os.path.exists(planted)   # control: the provider's data itself was kept
+
+
+def test_nested_perms_of_two_providers_keep_both_providers_data(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "a.py": "import pspy\n@pspy.service(service_provider='Alpha', perms={'data/a/': 0o700})\ndef f(): pass\n",
+        "z.py": "import pspy\n@pspy.service(service_provider='Zeta', perms={'data/': 0o711})\ndef g(): pass\n"})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    for rel in ("data/a/alpha.txt", "data/zeta.txt"):
+        with open(os.path.join(jail, "app", rel), "w") as f:
+            f.write(rel)
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    for rel in ("data/a/alpha.txt", "data/zeta.txt"):
+        assert open(os.path.join(jail, "app", rel)).read() == rel
+    seen = access_of(jail, "Alpha", ["data/a/alpha.txt"])
+    assert seen["data/a/alpha.txt"] == {"read": "ok", "write": "ok"}
+
+
+def test_hard_link_in_the_app_source_is_refused(tmp_path, victim):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    os.link(victim, os.path.join(app, "linked"))
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1
+    assert "linked" in proc.stderr and "hard links" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_app_file_not_readable_by_others_stays_root_only(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}'),
+                                       "private.conf": "token=1\n", "public.conf": "x=1\n"})
+    os.chmod(os.path.join(app, "private.conf"), 0o600)
+    os.chmod(os.path.join(app, "public.conf"), 0o644)
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    seen = access_of(jail, "Store", ["private.conf", "public.conf"])
+    assert seen["private.conf"]["read"] == "PermissionError"
+    assert seen["public.conf"]["read"] == "ok"
+
+
+def test_perms_a_provider_cannot_reach_are_refused(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "a.py": "import pspy\n@pspy.service(service_provider='Alpha', perms={'data/a/': 0o700})\ndef f(): pass\n",
+        "z.py": "import pspy\n@pspy.service(service_provider='Zeta', perms={'data/': 0o700})\ndef g(): pass\n"})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1
+    assert "Alpha cannot reach it" in proc.stderr and "folder data is 0o700" in proc.stderr

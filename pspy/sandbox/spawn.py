@@ -51,7 +51,9 @@ def provider_argv(plan: Plan) -> list[str]:
 
 def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: int | None):
     def child():
-        os.umask(0o077)   # what a principal creates is its own unless it says otherwise
+        # What a principal creates is its own unless it says otherwise; the
+        # set-up script (principal None) lays out app files like a developer.
+        os.umask(0o077 if principal is not None else 0o022)
         chroot.enter(plan.jail, cwd)
         if principal is not None:
             ids.drop_to(principal.uid, principal.gid, principal.groups)
