@@ -65,10 +65,10 @@ def prepare_root(plan: Plan) -> None:
     _mkdir(in_jail(plan, RUN_DIR), 0o700)
     _mkdir(in_jail(plan, SOCKET_DIR), 0o755)
     for p in plan.providers:
-        # The provider binds its socket here, so the folder is its own; others may only enter.
-        d = in_jail(plan, os.path.dirname(p.socket))
-        _mkdir(d, 0o755)
-        _own_exactly(d, p.uid, p.gid, 0o755)
+        # The supervisor creates each provider's listening socket and hands it
+        # over, so these folders stay root's: no principal can swap a socket
+        # (or a link to a host socket) under the supervisor's feet.
+        _mkdir(in_jail(plan, os.path.dirname(p.socket)), 0o755)
     tmp = os.path.join(jail, "tmp")
     _mkdir(tmp, 0o1777)
     dev = os.path.join(jail, "dev")
@@ -90,15 +90,6 @@ def _mkdir(path: str, mode: int) -> None:
     os.makedirs(path, exist_ok=True)
     os.chown(path, 0, 0, follow_symlinks=False)
     os.chmod(path, mode)
-
-
-def _own_exactly(path: str, uid: int, gid: int, mode: int) -> None:
-    fd = os.open(path, _NOFOLLOW_DIR)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
 
 
 def interpreter_paths() -> list[str]:

@@ -26,6 +26,7 @@ from .rpc.server import Endpoint, Server
 ENV_PRINCIPAL = "PSPY_PRINCIPAL"
 ENV_PLAN = "PSPY_PLAN"
 ENV_DEBUG = "PSPY_DEBUG"
+ENV_LISTEN_FD = "PSPY_LISTEN_FD"   # the listening socket the supervisor made for this provider
 
 _current: "Runtime | None" = None
 _current_lock = threading.Lock()
@@ -191,7 +192,11 @@ def serve_provider() -> int:
     endpoints = _endpoints(rt)
     uids = {p.uid: p.name for p in rt.plan.principals}
     server = Server(rt.me.name, endpoints, uids.get, debug=os.environ.get(ENV_DEBUG) == "1")
-    server.bind(rt.me.socket)
+    listen_fd = os.environ.get(ENV_LISTEN_FD)
+    if listen_fd is not None:
+        server.adopt(int(listen_fd))
+    else:
+        server.bind(rt.me.socket)
     log.info("serving %s on %s as uid %d gid %d", ", ".join(sorted(endpoints)), rt.me.socket,
              os.getuid(), os.getgid())
     server.serve_forever()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -33,22 +33,38 @@ def state_path(plan: Plan) -> str:
     return os.path.join(plan.host_path(RUN_DIR), "state.json")
 
 
-def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
-    """Does the provider answer on its socket? Connects through a directory fd,
-    so a long jail path does not hit the 108-byte socket path limit."""
-    dir_fd = os.open(plan.host_path(os.path.dirname(principal.socket)),
-                     os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _socket_dir_fd(plan: Plan, principal: PrincipalPlan) -> int:
+    # Through a directory fd, so a long jail path does not hit the 108-byte
+    # limit of socket paths. The folder is root's (see jail.prepare_root).
+    return os.open(plan.host_path(os.path.dirname(principal.socket)),
+                   os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def listen(plan: Plan, principal: PrincipalPlan) -> socket.socket:
+    """Create the provider's listening socket; the provider gets it by fd."""
+    dir_fd = _socket_dir_fd(plan, principal)
     try:
-        # The folder belongs to the provider: connect only to a socket it made,
-        # never through a link it could point at a host socket.
+        name = os.path.basename(principal.socket)
         try:
-            st = os.stat(os.path.basename(principal.socket), dir_fd=dir_fd, follow_symlinks=False)
+            os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
-            return False
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != principal.uid:
-            return False
-        path = f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}"
-        client = Client(principal.name, path, timeout=timeout)
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"/proc/self/fd/{dir_fd}/{name}")
+        # Anyone who can reach it may connect; the provider authorises each call by uid.
+        os.chmod(name, 0o666, dir_fd=dir_fd)
+        sock.listen(128)
+        return sock
+    finally:
+        os.close(dir_fd)
+
+
+def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
+    """Does the provider answer on its socket?"""
+    dir_fd = _socket_dir_fd(plan, principal)
+    try:
+        client = Client(principal.name, f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}",
+                        timeout=timeout)
         try:
             return client.call(protocol.PING) == principal.name
         except Exception:  # noqa: BLE001 - any failure means "not answering"
@@ -63,6 +79,7 @@ def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
 class Child:
     principal: PrincipalPlan
     proc: object = None
+    listener: socket.socket | None = None
     started: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
@@ -83,11 +100,15 @@ class Supervisor:
         return provider_argv(self.plan) if principal.kind == "provider" else principal.argv
 
     def _start(self, child: Child) -> None:
+        pass_fds: tuple[int, ...] = ()
+        if child.principal.kind == "provider":
+            child.listener = listen(self.plan, child.principal)
+            pass_fds = (child.listener.fileno(),)
         log = open(log_path(self.plan, child.principal.name), "ab", buffering=0)
         try:
             log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
             child.proc = spawn_principal(self.plan, child.principal, self._argv(child.principal),
-                                         stdout=log, stderr=log)
+                                         stdout=log, stderr=log, pass_fds=pass_fds)
         finally:
             log.close()
         child.started = time.monotonic()
@@ -143,11 +164,19 @@ class Supervisor:
                     continue
                 child.restarts += 1
                 child.proc = None
+                self._close_listener(child)
                 child.next_start = now + child.backoff
                 self.say(f"pspy: {child.principal.name} exited with status {code}; "
                          f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
                 child.backoff = min(child.backoff * 2, 10.0)
             time.sleep(0.1)
+
+    def _close_listener(self, child: Child) -> None:
+        # Closed while the provider is down, so callers get ServiceUnavailable
+        # at once instead of waiting in the backlog of a socket nobody serves.
+        if child.listener is not None:
+            child.listener.close()
+            child.listener = None
 
     # --- stopping -----------------------------------------------------------------
     def stop_all(self) -> None:
@@ -168,6 +197,8 @@ class Supervisor:
                 proc.wait(timeout=2)
             except Exception:  # noqa: BLE001
                 pass
+        for child in self.children.values():
+            self._close_listener(child)
         sweep_jail(self.plan.jail)
         try:
             os.unlink(state_path(self.plan))

@@ -162,7 +162,7 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         env = environ(pids[provider])
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
-                            "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG"}, env
+                            "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD"}, env
 
 
 def test_principals_inherit_no_descriptor_but_stdio(zoobank):

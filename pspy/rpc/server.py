@@ -71,6 +71,13 @@ class Server:
         sock.listen(128)
         self._listener = sock
 
+    def adopt(self, fd: int) -> None:
+        """Serve on a listening socket made by someone else (the supervisor)."""
+        sock = socket.socket(fileno=fd)
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"fd {fd} is not a Unix stream socket")
+        self._listener = sock
+
     def serve_forever(self) -> None:
         assert self._listener is not None
         while True:

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
-from ..runtime import ENV_DEBUG, ENV_PLAN, ENV_PRINCIPAL
+from ..runtime import ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
 from . import caps, chroot, ids
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -64,9 +64,14 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
 def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, stdout=None, stderr=None,
                     stdin=subprocess.DEVNULL, supervised: bool = True, new_session: bool = True,
                     pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start argv as the principal. ``pass_fds`` (the provider's listening
+    socket) keep their numbers; the first is announced in PSPY_LISTEN_FD."""
     _check_plan_present(plan)
+    env = principal_env(plan, principal)
+    if pass_fds:
+        env[ENV_LISTEN_FD] = str(pass_fds[0])
     return subprocess.Popen(
-        resolve_argv(plan, argv), env=principal_env(plan, principal), stdin=stdin, stdout=stdout,
+        resolve_argv(plan, argv), env=env, stdin=stdin, stdout=stdout,
         stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
         preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
 
