@@ -8,14 +8,15 @@ copy swapped in and the new plan written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import sys
 from dataclasses import dataclass, field
 
-from . import config, jail
+from . import config, jail, registry
 from .discover import discover
-from .errors import ConfigError, PspyError
+from .errors import ConfigError, PlanError, PspyError
 from .plan import DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path
 from .sandbox.spawn import run_script
 from .supervisor import Supervisor, jail_processes, log_path, supervisor_alive
@@ -55,7 +56,8 @@ def options_for(req: Request) -> Options:
         front_end=list(req.front_end or cfg.get("front_end", [])),
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
         script=script, files=files, interpreter=sys.executable,
-        app_name=os.path.basename(os.path.normpath(req.app_dir)))
+        app_name=os.path.basename(os.path.normpath(req.app_dir)),
+        auto_ids=req.uid_base is None and req.gid_base is None and "uid_base" not in cfg and "gid_base" not in cfg)
 
 
 def build(req: Request, say=print) -> Plan:
@@ -79,9 +81,44 @@ def build(req: Request, say=print) -> Plan:
     jail.check_jail_path(options.jail, req.app_dir)
     if (previous and supervisor_alive(previous)) or (os.path.isdir(options.jail) and jail_processes(options.jail)):
         raise PspyError(f"the app in {options.jail} is running; run 'pspy stop --jail {options.jail}' first")
-    plan = build_plan(manifest, options, previous)
-    check_ids_free(plan)
+    with registry.locked() as jails:
+        plan = _plan_with_free_ids(manifest, options, previous, jails)
+        _build_jail(plan, say)
+        registry.record(plan, jails)
+    return plan
 
+
+ID_BLOCK = 100
+
+
+def _plan_with_free_ids(manifest, options: Options, previous: Plan | None, jails: dict) -> Plan:
+    """The plan, with ids no host account, other jail or outside process uses.
+
+    Explicit bases are checked and refused on conflict; default ones move up
+    in blocks of 100 until free (a re-bootstrap keeps its earlier block).
+    """
+    if options.auto_ids:
+        candidates = [(DEFAULT_UID_BASE + k * ID_BLOCK, DEFAULT_GID_BASE + k * ID_BLOCK) for k in range(200)]
+        if previous is not None:
+            candidates.insert(0, (previous.uid_base, previous.gid_base))
+    else:
+        candidates = [(options.uid_base, options.gid_base)]
+    problems: list[str] = []
+    for uid_base, gid_base in candidates:
+        plan = build_plan(manifest, dataclasses.replace(options, uid_base=uid_base, gid_base=gid_base), previous)
+        try:
+            check_ids_free(plan)
+        except PlanError as e:
+            problems = [str(e)]
+            continue
+        problems = registry.conflicts(plan, jails)
+        if not problems:
+            return plan
+    hint = "; choose another --uid-base/--gid-base" if not options.auto_ids else ""
+    raise PlanError("no safe ids for this app: " + "; ".join(problems) + hint)
+
+
+def _build_jail(plan: Plan, say) -> None:
     jail.prepare_root(plan)
     staging = jail.stage_app(plan)
     try:
@@ -98,7 +135,6 @@ def build(req: Request, say=print) -> Plan:
     for w in warnings:
         say(f"pspy: warning: {w}")
     jail.write_plan(plan)
-    return plan
 
 
 def run_foreground(plan: Plan, say=print) -> int:

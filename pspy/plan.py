@@ -160,6 +160,7 @@ class Options:
     files: list[str] = field(default_factory=list)
     interpreter: str = ""
     app_name: str = ""
+    auto_ids: bool = False     # bases not given: bootstrap may move them to a free block
 
 
 MAX_ID = 2**31 - 2

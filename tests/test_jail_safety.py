@@ -4,6 +4,7 @@ Each test checks a host file's owner, mode and contents before and after,
 and that the user gets one clear message instead of a traceback.
 """
 
+import json
 import os
 
 import pytest
@@ -190,3 +191,21 @@ def test_perms_a_provider_cannot_reach_are_refused(tmp_path):
     proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
     assert proc.returncode == 1
     assert "Alpha cannot reach it" in proc.stderr and "folder data is 0o700" in proc.stderr
+
+
+def test_two_jails_never_share_a_uid(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    first, second = str(tmp_path / "one"), str(tmp_path / "two")
+    pspy("bootstrap", app, "--jail", first, "--no-run", check=True)
+    pspy("bootstrap", app, "--jail", second, "--no-run", check=True)
+    uids = [{p["name"]: p["uid"] for p in json.load(open(os.path.join(j, ".pspy", "plan.json")))["principals"]}
+            for j in (first, second)]
+    assert not set(uids[0].values()) & set(uids[1].values())
+    # Asking explicitly for the first jail's ids is refused, naming that jail.
+    base = min(uids[0].values())
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "three"), "--uid-base", str(base), "--no-run")
+    assert proc.returncode == 1 and first in proc.stderr and "overlap" in proc.stderr
+    # Bootstrapping the first jail again keeps its ids.
+    pspy("bootstrap", app, "--jail", first, "--no-run", check=True)
+    again = {p["name"]: p["uid"] for p in json.load(open(os.path.join(first, ".pspy", "plan.json")))["principals"]}
+    assert again == uids[0]
