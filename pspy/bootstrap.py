@@ -79,6 +79,7 @@ def build(req: Request, say=print) -> Plan:
         except PspyError:
             previous = None
     jail.check_jail_path(options.jail, req.app_dir)
+    jail.check_trusted(options.jail)
     if (previous and supervisor_alive(previous)) or (os.path.isdir(options.jail) and jail_processes(options.jail)):
         raise PspyError(f"the app in {options.jail} is running; run 'pspy stop --jail {options.jail}' first")
     with registry.locked() as jails:

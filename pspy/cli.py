@@ -100,6 +100,9 @@ def _dispatch(args, tail: list[str]) -> int:
         sys.stdout.write(out)
         return 0
 
+    if os.geteuid() == 0:
+        from .jail import check_trusted
+        check_trusted(args.jail)   # root acts on what the plan names: it must be root's
     plan = Plan.load(os.path.abspath(args.jail))
     if args.command == "status":
         rows = supervisor.status(plan)

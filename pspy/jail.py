@@ -56,6 +56,35 @@ def check_jail_path(jail: str, app_source: str) -> None:
                         "refusing to write into it")
 
 
+def check_trusted(jail: str) -> None:
+    """Refuse a jail that someone other than root could tamper with.
+
+    Every folder from / down to the jail (and its state folder) must be
+    root's and writable by no one else, except sticky folders such as /tmp,
+    where others cannot rename or remove root's entries.
+    """
+    real = os.path.realpath(jail)
+    if real == "/":
+        raise JailError("refusing to use / as a jail")
+    paths = ["/"]
+    for part in [p for p in real.split("/") if p]:
+        paths.append(os.path.join(paths[-1], part))
+    state = os.path.join(real, STATE_DIR.lstrip("/"))
+    paths += [state, plan_path(real)]
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            break   # not created yet: bootstrap makes it root's
+        if st.st_uid != 0:
+            raise JailError(f"{path} is owned by uid {st.st_uid}, not root; a jail must lie under "
+                            "folders only root can change")
+        writable_by_others = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
+        if writable_by_others and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            raise JailError(f"{path} is writable by others ({oct(st.st_mode & 0o7777)}); a jail must lie "
+                            "under folders only root can change")
+
+
 def prepare_root(plan: Plan) -> None:
     """State folders, /tmp, /dev, the interpreter and pspy itself."""
     jail = plan.jail

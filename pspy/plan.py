@@ -138,11 +138,21 @@ class Plan:
         path = plan_path(jail)
         try:
             with open(path) as f:
-                return cls.from_dict(json.load(f))
+                plan = cls.from_dict(json.load(f))
         except FileNotFoundError:
             raise PlanError(f"{path}: no plan found; is {jail} a jail made by 'pspy bootstrap'?") from None
         except (ValueError, TypeError, KeyError) as e:
             raise PlanError(f"{path}: unreadable plan ({e}); bootstrap the app again") from None
+        except (PermissionError, NotADirectoryError, IsADirectoryError) as e:
+            raise PlanError(f"{path}: cannot read the plan: {e.strerror}") from None
+        # The plan names its jail, but the jail is where it was found: commands
+        # such as stop kill what runs in plan.jail, so a copied plan must not
+        # point them at another place.
+        real = os.path.realpath(jail)
+        if os.path.realpath(plan.jail) != real:
+            raise PlanError(f"{path} belongs to the jail {plan.jail}, not {real}; refusing to use it")
+        plan.jail = real
+        return plan
 
 
 def plan_path(jail: str) -> str:

@@ -249,6 +249,8 @@ def jail_processes(jail: str) -> list[int]:
 
 def sweep_jail(jail: str) -> None:
     """Kill whatever still runs in the jail: nothing of the app is left behind."""
+    if os.path.realpath(jail) == "/":
+        raise PspyError("refusing to sweep processes of /: that is every process")
     for _ in range(50):
         pids = jail_processes(jail)
         if not pids:

@@ -209,3 +209,30 @@ def test_two_jails_never_share_a_uid(tmp_path):
     pspy("bootstrap", app, "--jail", first, "--no-run", check=True)
     again = {p["name"]: p["uid"] for p in json.load(open(os.path.join(first, ".pspy", "plan.json")))["principals"]}
     assert again == uids[0]
+
+
+def test_a_plan_copied_elsewhere_cannot_aim_stop_at_its_jail(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    decoy = tmp_path / "decoy"
+    (decoy / ".pspy").mkdir(parents=True)
+    (decoy / ".pspy" / "plan.json").write_text(open(os.path.join(jail, ".pspy", "plan.json")).read())
+    proc = pspy("stop", "--jail", str(decoy))
+    assert proc.returncode == 1 and "belongs to the jail" in proc.stderr
+    assert pspy("status", "--jail", jail).returncode == 3   # control: the real jail answers
+
+
+def test_jail_under_a_folder_others_can_write_is_refused(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)   # no sticky bit: anyone could swap the jail
+    proc = pspy("bootstrap", app, "--jail", str(shared / "jail"), "--no-run")
+    assert proc.returncode == 1 and "writable by others" in proc.stderr
+    assert not os.path.exists(shared / "jail")
+    owned = tmp_path / "owned"
+    owned.mkdir()
+    os.chown(owned, 65534, 65534)
+    proc = pspy("bootstrap", app, "--jail", str(owned / "jail"), "--no-run")
+    assert proc.returncode == 1 and "not root" in proc.stderr
