@@ -138,7 +138,10 @@ def format_text(data: dict) -> str:
             out.append(f"  {key.replace('_', ' ')}: {value}")
     for p in data["principals"]:
         out.append("")
-        groups = ", ".join(str(g) for g in p["groups"]) or "none"
+        names = p.get("extra_groups") or []
+        groups = ", ".join(f"{n} ({g})" for n, g in zip(names, p["groups"])) if len(names) == len(p["groups"]) \
+            else ", ".join(str(g) for g in p["groups"])
+        groups = groups or "none"
         head = f"{p['name']}: uid {p['uid']}, gid {p['gid']}"
         if "group" in p:
             head += f" ({p['group']})"

@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _app_files(path: str) -> str:
+    """An app folder inside the jail: absolute there, and never leaving it."""
+    norm = os.path.normpath("/" + path.lstrip("/"))
+    if ".." in path.split("/"):
+        raise PspyError(f"--app-files {path!r} must not contain '..': it is a folder inside the jail")
+    return norm
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     head, tail = _split_dashdash(argv)
@@ -65,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args, tail)
     except PspyError as e:
         print(f"pspy: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A filesystem problem with a path the user gave (a jail that is a
+        # file, a folder they may not read): the path and the reason suffice.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pspy: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -89,12 +103,15 @@ def _dispatch(args, tail: list[str]) -> int:
         if args.uid is not None:
             if args.gid is None:
                 raise PspyError("--uid needs --gid")
-            groups = tuple(int(g) for g in args.groups.split(",") if g.strip())
-            data = analyze_mod.report_for_ids(jail, args.app_files or "/app", args.uid, args.gid, groups)
+            try:
+                groups = tuple(int(g) for g in args.groups.split(",") if g.strip())
+            except ValueError:
+                raise PspyError(f"--groups {args.groups!r}: expected comma-separated numeric gids") from None
+            data = analyze_mod.report_for_ids(jail, _app_files(args.app_files or "/app"), args.uid, args.gid, groups)
         else:
             plan = Plan.load(jail)
             if args.app_files:
-                plan.app_dir = args.app_files
+                plan.app_dir = _app_files(args.app_files)
             data = analyze_mod.report(plan)
         out = analyze_mod.format_json(data) if args.format == "json" else analyze_mod.format_text(data)
         sys.stdout.write(out)

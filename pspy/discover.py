@@ -223,6 +223,9 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
     group = args.get("group")
     if group is not None and (not isinstance(group, str) or not NAME_RE.match(group)):
         problems.append((loc, f"group must be a name like 'BankGroup', got {group!r}"))
+    elif group == FRONT_END_NAME or FRONT_END_NAME in (args.get("extra_groups") or ()):
+        problems.append((loc, f"group {FRONT_END_NAME!r} is the front end's own group; a provider "
+                              "may not share it"))
     for key in ("extra_groups", "callers"):
         value = args.get(key)
         if value is None:

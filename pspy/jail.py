@@ -46,6 +46,8 @@ def check_jail_path(jail: str, app_source: str) -> None:
     if real != os.path.normpath(jail):
         raise JailError(f"jail {jail} is reached through a symlink (it resolves to {real}); "
                         "give the real path")
+    if os.path.lexists(real) and not os.path.isdir(real):
+        raise JailError(f"jail {jail} exists and is not a folder")
     src = os.path.realpath(app_source)
     if real == src or real.startswith(src + "/"):
         raise JailError(f"jail {jail} is inside the app folder {app_source}; put it elsewhere")
@@ -110,7 +112,23 @@ def prepare_root(plan: Plan) -> None:
     copy_interpreter(plan)
     copy_pspy(plan)
     for extra in plan.files:
-        mirror_host_path(jail, extra, recursive=True)
+        check_extra_file(extra)
+        mirror_host_path(jail, extra, recursive=True, keep_modes=True)
+
+
+# Host places --files may not copy into: the jail's own /tmp and /dev, pspy's
+# state, and pseudo-filesystems.
+_FORBIDDEN_FILES = ("/tmp", "/dev", "/proc", "/sys", "/run", "/app", "/.pspy", "/var/tmp")
+
+
+def check_extra_file(path: str) -> None:
+    real = os.path.realpath(path)
+    for place in _FORBIDDEN_FILES:
+        if real == place or real.startswith(place + "/"):
+            raise JailError(f"--files {path}: cannot copy a path under {place} into the jail "
+                            "(principals write there, or it is not a real file)")
+    if real == "/":
+        raise JailError("--files /: refusing to copy the whole host into the jail")
 
 
 def _mkdir(path: str, mode: int) -> None:
@@ -191,7 +209,7 @@ def shared_libraries(binaries: list[str]) -> list[str]:
 
 
 def mirror_host_path(jail: str, host_path: str, recursive: bool, skip: set[str] = frozenset(),
-                     _depth: int = 0) -> list[str]:
+                     _depth: int = 0, keep_modes: bool = False) -> list[str]:
     """Copy a host path into the jail at the same absolute path.
 
     Symlinks along the way are recreated as symlinks (every link of a chain)
@@ -220,13 +238,13 @@ def mirror_host_path(jail: str, host_path: str, recursive: bool, skip: set[str] 
         if i == len(parts) - 1:
             if not os.path.lexists(target_abs):
                 return []
-            return mirror_host_path(jail, target_abs, recursive, skip, _depth + 1)
-        mirror_host_path(jail, target_abs, False, frozenset(), _depth + 1)   # the rest of the chain
+            return mirror_host_path(jail, target_abs, recursive, skip, _depth + 1, keep_modes)
+        mirror_host_path(jail, target_abs, False, frozenset(), _depth + 1, keep_modes)   # the rest of the chain
         resolved = os.path.realpath(host_here)
     if os.path.isdir(resolved):
-        _ensure_dirs(jail, resolved)
-        return _copy_tree(jail, resolved, skip) if recursive else []
-    _ensure_dirs(jail, os.path.dirname(resolved))
+        _ensure_dirs(jail, resolved, keep_modes)
+        return _copy_tree(jail, resolved, skip, keep_modes) if recursive else []
+    _ensure_dirs(jail, os.path.dirname(resolved), keep_modes)
     _copy_file(resolved, _jail_join(jail, resolved))
     return [resolved]
 
@@ -235,16 +253,19 @@ def _jail_join(jail: str, host_path: str) -> str:
     return os.path.join(jail, host_path.lstrip("/"))
 
 
-def _ensure_dirs(jail: str, host_dir: str) -> None:
+def _ensure_dirs(jail: str, host_dir: str, keep_modes: bool = False) -> None:
     """Create host_dir's real components in the jail, refusing symlinks there."""
-    current = jail
+    current, host = jail, "/"
     for part in [p for p in host_dir.split("/") if p]:
         current = os.path.join(current, part)
+        host = os.path.join(host, part)
         if os.path.islink(current):
             raise JailError(f"{current} is a symlink inside the jail where a folder is expected; "
                             "refusing to write through it")
         if not os.path.isdir(current):
-            os.mkdir(current, 0o755)
+            os.mkdir(current, 0o700)
+            mode = (os.stat(host).st_mode & 0o755) if keep_modes else 0o755
+            os.chmod(current, mode)
 
 
 def _copy_file(src: str, dst: str) -> None:
@@ -261,12 +282,12 @@ def _copy_file(src: str, dst: str) -> None:
     shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _copy_tree(jail: str, root: str, skip: set[str]) -> list[str]:
+def _copy_tree(jail: str, root: str, skip: set[str], keep_modes: bool = False) -> list[str]:
     copied = []
     for dirpath, dirnames, filenames in os.walk(root):   # does not descend into symlinked folders
         dirnames[:] = [d for d in dirnames if not (dirpath == root and d in skip)]
         jail_dir = _jail_join(jail, dirpath)
-        _ensure_dirs(jail, dirpath)
+        _ensure_dirs(jail, dirpath, keep_modes)
         for name in dirnames + filenames:
             src = os.path.join(dirpath, name)
             dst = os.path.join(jail_dir, name)
@@ -503,6 +524,19 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                 continue
             visit(rel, principal.uid, principal.gid, perm.mode, f"{principal.name} ({perm.location})", True)
             granted.append((principal, rel, perm.location))
+    # The app root is first on every principal's sys.path: a provider-owned
+    # entry there that others can read and that is named like a module would
+    # let that provider plant code other principals import.
+    for principal, rel, location in granted:
+        if "/" in rel:
+            continue
+        change = owners.get(rel)
+        name = rel[:-3] if rel.endswith(".py") else rel
+        if change is not None and name.isidentifier() and change.mode & 0o055:
+            problems.append(f"{rel}: given to {principal.name} at {location} with mode {oct(change.mode)}, "
+                            f"but a readable {rel!r} at the app root is importable by every principal, "
+                            f"so {principal.name} could plant code in them; use 0o700 or a path below a "
+                            "folder (e.g. 'data/" + rel + "/')")
     # A provider must be able to reach what it was given: every folder above
     # must let it search, after all changes (another provider's 0o700 folder
     # around it would make its perms useless, and its calls fail at run time).

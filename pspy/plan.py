@@ -218,7 +218,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                                         line=s.line, callers=callers, methods=list(s.methods)))
         principals.append(PrincipalPlan(
             name=name, kind="provider", uid=uids[name], gid=gids[primary[name]], group=primary[name],
-            extra_groups=list(spec.extra_groups), groups=sorted(gids[g] for g in spec.extra_groups),
+            extra_groups=list(spec.extra_groups), groups=[gids[g] for g in spec.extra_groups],
             env=list(options.env.get(name, [])),
             socket=f"{SOCKET_DIR}/{name}/rpc.sock",
             services=services,

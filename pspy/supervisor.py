@@ -23,6 +23,7 @@ from .sandbox.spawn import provider_argv, spawn_principal
 
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
+FRONT_END_SETTLE = 1.0
 
 
 def log_path(plan: Plan, name: str) -> str:
@@ -123,6 +124,16 @@ class Supervisor:
         if front.argv:
             child = self.children[front.name] = Child(front)
             self._start(child)
+            # A front end that dies at once (a missing module, a port in use)
+            # is reported now rather than restarted quietly in the background.
+            deadline = time.monotonic() + FRONT_END_SETTLE
+            while time.monotonic() < deadline and child.proc.poll() is None:
+                time.sleep(0.05)
+            if child.proc.poll() is not None:
+                raise SandboxError(f"the front end ({' '.join(front.argv)}) exited with status "
+                                   f"{child.proc.returncode} at start; its log "
+                                   f"{log_path(self.plan, front.name)} ends with:\n"
+                                   + tail(log_path(self.plan, front.name)))
         self._write_state()
 
     def _wait_ready(self, child: Child) -> None:

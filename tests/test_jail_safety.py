@@ -6,10 +6,13 @@ and that the user gets one clear message instead of a traceback.
 
 import json
 import os
+import pathlib
+import shutil
+import tempfile
 
 import pytest
 
-from conftest import access_of, pspy, write_app
+from conftest import access_of, probe, pspy, write_app
 
 pytestmark = pytest.mark.root
 
@@ -148,19 +151,20 @@ def test_setup_script_runs_before_provider_data_comes_back(tmp_path):
 
 
 def test_nested_perms_of_two_providers_keep_both_providers_data(tmp_path):
+    # (a folder name that is not a Python identifier: see the sys.path test below)
     app = write_app(tmp_path / "app", {
-        "a.py": "import pspy\n@pspy.service(service_provider='Alpha', perms={'data/a/': 0o700})\ndef f(): pass\n",
-        "z.py": "import pspy\n@pspy.service(service_provider='Zeta', perms={'data/': 0o711})\ndef g(): pass\n"})
+        "a.py": "import pspy\n@pspy.service(service_provider='Alpha', perms={'var-data/a/': 0o700})\ndef f(): pass\n",
+        "z.py": "import pspy\n@pspy.service(service_provider='Zeta', perms={'var-data/': 0o711})\ndef g(): pass\n"})
     jail = str(tmp_path / "jail")
     pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
-    for rel in ("data/a/alpha.txt", "data/zeta.txt"):
+    for rel in ("var-data/a/alpha.txt", "var-data/zeta.txt"):
         with open(os.path.join(jail, "app", rel), "w") as f:
             f.write(rel)
     pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
-    for rel in ("data/a/alpha.txt", "data/zeta.txt"):
+    for rel in ("var-data/a/alpha.txt", "var-data/zeta.txt"):
         assert open(os.path.join(jail, "app", rel)).read() == rel
-    seen = access_of(jail, "Alpha", ["data/a/alpha.txt"])
-    assert seen["data/a/alpha.txt"] == {"read": "ok", "write": "ok"}
+    seen = access_of(jail, "Alpha", ["var-data/a/alpha.txt"])
+    assert seen["var-data/a/alpha.txt"] == {"read": "ok", "write": "ok"}
 
 
 def test_hard_link_in_the_app_source_is_refused(tmp_path, victim):
@@ -236,3 +240,54 @@ def test_jail_under_a_folder_others_can_write_is_refused(tmp_path):
     os.chown(owned, 65534, 65534)
     proc = pspy("bootstrap", app, "--jail", str(owned / "jail"), "--no-run")
     assert proc.returncode == 1 and "not root" in proc.stderr
+
+
+def test_shared_data_named_like_a_module_at_the_app_root_is_refused(tmp_path):
+    # The app root is first on sys.path: a provider could plant json/__init__.py
+    # in a readable 'json/' and every principal importing json would run it.
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"json/": 0o711}')})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1 and "importable by every principal" in proc.stderr
+    private = write_app(tmp_path / "app2", {"store.py": SERVICE.replace("{PERMS}", '{"json/": 0o700}')})
+    pspy("bootstrap", private, "--jail", str(tmp_path / "jail2"), "--no-run", check=True)   # control
+
+
+@pytest.fixture
+def outside_tmp():
+    """A host folder outside /tmp (which --files refuses), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="pspy-test-", dir="/var/lib")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path)
+    shutil.rmtree(path)
+
+
+def test_extra_files_keep_their_host_folder_modes(tmp_path, outside_tmp):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    extra = outside_tmp / "extra"
+    (extra / "closed").mkdir(parents=True)
+    (extra / "closed" / "secret.txt").write_text("root only\n")
+    (extra / "open.txt").write_text("for everyone\n")
+    os.chmod(extra, 0o755)
+    os.chmod(extra / "closed", 0o700)
+    os.chmod(extra / "open.txt", 0o644)
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--files", str(extra), "--no-run", check=True)
+    assert os.path.exists(os.path.join(jail, str(extra).lstrip("/"), "closed", "secret.txt"))
+    seen = probe(jail, "Store", f"""
+        import json
+        out = {{}}
+        for p in ({str(extra / "open.txt")!r}, {str(extra / "closed" / "secret.txt")!r}):
+            try:
+                open(p).read(); out[p] = "ok"
+            except Exception as e:
+                out[p] = type(e).__name__
+        print(json.dumps(out))
+        """)
+    assert seen[str(extra / "open.txt")] == "ok"
+    assert seen[str(extra / "closed" / "secret.txt")] == "PermissionError"
+
+
+def test_extra_files_from_tmp_are_refused(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--files", "/tmp", "--no-run")
+    assert proc.returncode == 1 and "under /tmp" in proc.stderr

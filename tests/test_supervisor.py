@@ -93,3 +93,11 @@ def test_killing_the_supervisor_leaves_no_principal_running(tmp_path):
     while _jail_pids(jail) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _jail_pids(jail) == []   # the parent-death signal took them down
+
+
+def test_a_front_end_that_dies_at_start_fails_the_bootstrap(tmp_path):
+    jail = str(tmp_path / "jail")
+    proc = pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", "--", "python", "-c", "raise SystemExit(3)")
+    assert proc.returncode == 1
+    assert "front end" in proc.stderr and "status 3" in proc.stderr
+    assert _jail_pids(jail) == []   # the providers it had started were stopped

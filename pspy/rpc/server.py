@@ -28,6 +28,8 @@ log = logging.getLogger("pspy.rpc")
 
 SUPERVISOR = "pspy-supervisor"   # the name given to uid 0 peers: allowed to ping only
 _PEERCRED = struct.Struct("3i")
+MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection to end
+UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Server:
         self.max_frame = max_frame
         self._listener: socket.socket | None = None
         self._loop_local = threading.local()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._may_call_something = frozenset().union(*(e.callers for e in endpoints.values()))
 
     def bind(self, path: str) -> None:
         try:
@@ -81,14 +85,27 @@ class Server:
     def serve_forever(self) -> None:
         assert self._listener is not None
         while True:
-            sock, _ = self._listener.accept()
-            threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
+            self._slots.acquire()   # a bounded number of connection threads
+            try:
+                sock, _ = self._listener.accept()
+                threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
+            except BaseException:
+                self._slots.release()
+                raise
 
     def _serve_connection(self, sock: socket.socket) -> None:
-        conn = protocol.Connection(sock, self.max_frame)
         try:
             pid, uid, _gid = peer_credentials(sock)
             caller = SUPERVISOR if uid == 0 else self.principal_of_uid(uid)
+            # Refusals still get an answer (PermissionDenied), but a caller that
+            # may call nothing cannot make this provider buffer large frames.
+            allowed = caller in self._may_call_something
+            conn = protocol.Connection(sock, self.max_frame if allowed else UNAUTHORISED_MAX_FRAME)
+        except BaseException:
+            sock.close()
+            self._slots.release()
+            raise
+        try:
             while True:
                 try:
                     request = codec.decode(conn.recv())
@@ -110,6 +127,7 @@ class Server:
                     return
         finally:
             conn.close()
+            self._slots.release()
 
     def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict) -> list:
         """The response to one request, as a value still to be encoded."""

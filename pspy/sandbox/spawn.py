@@ -8,10 +8,13 @@ the descriptors the caller names survive exec (close_fds).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
 from ..runtime import ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
+from ..errors import JailError, SandboxError
 from . import caps, chroot, ids
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -70,25 +73,69 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
     env = principal_env(plan, principal)
     if pass_fds:
         env[ENV_LISTEN_FD] = str(pass_fds[0])
-    return subprocess.Popen(
-        resolve_argv(plan, argv), env=env, stdin=stdin, stdout=stdout,
-        stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
-        preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
+    argv = resolve_argv(plan, argv)
+    try:
+        return subprocess.Popen(
+            argv, env=env, stdin=stdin, stdout=stdout,
+            stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
+            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
+    except FileNotFoundError:
+        raise SandboxError(f"cannot run {argv[0]!r} as {principal.name}: no such program in the jail "
+                           f"{plan.jail} (it holds the app, the Python interpreter and its libraries, "
+                           "no shell or system tools; try 'python -c ...')") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SandboxError(f"cannot start {argv[0]!r} as {principal.name} in the jail {plan.jail}: {e}") from None
 
 
 def run_as_principal(plan: Plan, principal: PrincipalPlan, argv: list[str]) -> int:
-    """``pspy exec``: run a command as the principal, with the terminal's stdio."""
-    proc = spawn_principal(plan, principal, argv, stdin=None, supervised=True, new_session=False)
+    """``pspy exec``: run a command as the principal.
+
+    The principal never holds root's terminal: it runs in a session of its
+    own, and stdio that is a terminal is relayed through pipes. Otherwise it
+    could push keystrokes into root's shell (TIOCSTI) or read them.
+    """
+    relayed = {fd: os.isatty(fd) for fd in (0, 1, 2)}
+    pipe = subprocess.PIPE
+    proc = spawn_principal(plan, principal, argv, supervised=True, new_session=True,
+                           stdin=pipe if relayed[0] else None,
+                           stdout=pipe if relayed[1] else None,
+                           stderr=pipe if relayed[2] else None)
+    threads = []
+    if relayed[0]:
+        threading.Thread(target=_relay, args=(0, proc.stdin.fileno(), proc.stdin), daemon=True).start()
+    for fd, stream in ((1, proc.stdout), (2, proc.stderr)):
+        if relayed[fd]:
+            t = threading.Thread(target=_relay, args=(stream.fileno(), fd, stream), daemon=True)
+            t.start()
+            threads.append(t)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            # Ctrl-C reaches pspy exec, not the principal's own session: pass it on.
+            proc.send_signal(signal.SIGINT)
+    for t in threads:
+        t.join(5)
+    return code
+
+
+def _relay(src: int, dst: int, owner) -> None:
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.wait()
-        return 130
+        while True:
+            data = os.read(src, 65536)
+            if not data:
+                break
+            os.write(dst, data)
+    except OSError:
+        pass
+    finally:
+        if dst > 2:
+            owner.close()
 
 
 def run_script(plan: Plan, script: str, cwd: str) -> None:
     """The app's set-up script (e.g. create databases), as root inside the jail."""
-    from ..errors import JailError
     env = {"PATH": BASE_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONPATH": LIB_DIR}
     proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
@@ -100,7 +147,6 @@ def run_script(plan: Plan, script: str, cwd: str) -> None:
 
 def _check_plan_present(plan: Plan) -> None:
     if not os.path.exists(plan_path(plan.jail)):
-        from ..errors import SandboxError
         raise SandboxError(f"{plan_path(plan.jail)} is missing; bootstrap the app first")
 
 
