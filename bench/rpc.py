@@ -194,6 +194,7 @@ class Pyro:
         from Pyro5 import config
         config.SERIALIZER = self.serializer
         proxy = Pyro5.api.Proxy(f"PYRO:svc@./u:{self.path}")
+        proxy._pyroSerializer = self.serializer   # per proxy: config.SERIALIZER is process-wide
         proxy._pyroBind()
         if payload_name.startswith("small"):
             return lambda: proxy.add(1, 2)
@@ -389,6 +390,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls (smoke test)")
+    parser.add_argument("--pin", choices=("same", "split", "none"), default="same",
+                        help="latency runs: servers and client on the same core (default), on "
+                             "different cores, or left to the scheduler")
     parser.add_argument("--only", metavar="NAMES", default="",
                         help="comma-separated name prefixes of systems to run besides the floor")
     args = parser.parse_args(argv)
@@ -404,7 +408,12 @@ def main(argv=None) -> int:
     # cross-core wake-up costs tens of microseconds in a VM), which the
     # scheduler decides differently run to run; pin every server and the
     # client to the same core so all systems are measured alike.
-    server_cpu = client_cpu = {cpus[0]}
+    if args.pin == "same" or len(cpus) == 1:
+        server_cpu = client_cpu = {cpus[0]}
+    elif args.pin == "split":
+        server_cpu, client_cpu = {cpus[-1]}, {cpus[0]}
+    else:
+        server_cpu = client_cpu = set(cpus)
     os.sched_setaffinity(0, server_cpu)
     for system in chosen:
         system.start(CONCURRENT_CLIENTS)
@@ -452,7 +461,7 @@ def main(argv=None) -> int:
 
     print(f"RPC round trips, one run, {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
           "median / p99 in microseconds, ratio = median / floor median;\n"
-          f"latency with servers pinned to CPU {min(server_cpu)} and the client to CPU {min(client_cpu)}, "
+          f"latency with servers on CPUs {sorted(server_cpu)} and the client on CPUs {sorted(client_cpu)}, "
           f"{ROUNDS} interleaved rounds; throughput unpinned, {CONCURRENT_CLIENTS} client processes")
     header = f"{'system':<38}" + "".join(f"{p:>30}" for p in PAYLOADS) + f"{'4 clients calls/s (x floor)':>32}"
     print(header)

@@ -79,12 +79,14 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         # Encoded before a connection is taken: a value that cannot cross fails
         # here, with nothing sent; the same bytes serve the one allowed retry.
-        with codec.encoded([service, args if type(args) is list else list(args), kwargs or {}]) as payload:
+        args, attachments = codec.split_large(args if type(args) is list else list(args))
+        with codec.encoded([service, args, kwargs or {}]) as payload:
             conn, pooled = self._take()
             try:
                 _set_timeout(conn, timeout)
+                send = conn.send_with_attachments if attachments else conn.send
                 try:
-                    conn.send(payload)
+                    send(payload, attachments) if attachments else send(payload)
                 except OSError as e:
                     if not (pooled and e.errno in _NOT_DELIVERED):
                         raise ServiceUnavailable(f"could not send to {self.provider!r}: {e}; "
@@ -95,7 +97,7 @@ class Client:
                     conn, pooled = self._connect(), False
                     _set_timeout(conn, timeout)
                     try:
-                        conn.send(payload)
+                        conn.send_with_attachments(payload, attachments) if attachments else conn.send(payload)
                     except OSError as e2:
                         raise ServiceUnavailable(f"could not send to {self.provider!r}: {e2}; "
                                                  "the request was not delivered") from None
@@ -103,7 +105,7 @@ class Client:
                 conn.close()
                 raise
         try:
-            response = codec.decode(conn.recv())
+            response = conn.recv_message()
         except (BlockingIOError, socket.timeout):
             conn.close()
             raise ServiceTimeout(f"{self.provider}.{service} did not answer within {timeout}s; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import struct
 import threading
 import uuid
 
@@ -32,6 +33,9 @@ EXT_DECIMAL = 6
 EXT_UUID = 7
 EXT_BIGINT = 8
 EXT_OBJECT = 9     # a registered dataclass: [name, {field: value}]
+EXT_ATTACHMENT = 10   # a large bytes value sent after the body, by index (see protocol)
+
+ATTACH_MIN = 64 * 1024   # bytes values from this size travel as attachments: no copy into the body
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 ALLOWED_TYPES = ("None, bool, int, float, str, bytes, list, tuple, dict, set, frozenset, "
@@ -168,21 +172,82 @@ class encoded:
             _local.packer = None
 
 
+def pack_into_buffer(value) -> tuple[msgpack.Packer, memoryview]:
+    """The hot-path form of ``encoded``: call ``release(packer, view)`` when done."""
+    packer = _packer()
+    try:
+        packer.pack(value)
+    except (_Unsupported, OverflowError, ValueError, TypeError) as e:
+        packer.reset()
+        _raise_unsupported(e)
+    return packer, packer.getbuffer()
+
+
+def release(packer: msgpack.Packer, view: memoryview) -> None:
+    size = len(view)
+    view.release()
+    packer.reset()
+    if size > _KEEP_PACKER_BELOW:
+        _local.packer = None
+
+
 def encode(value) -> bytes:
     """Encode ``value``; raise SerializationError naming the first unsupported type."""
     with encoded(value) as view:
         return bytes(view)
 
 
-def _ext_hook(code: int, data: bytes, depth: int):
+def split_large(values: list) -> tuple[list, list]:
+    """(values with large bytes replaced by placeholders, those bytes); cheap when none is large."""
+    for v in values:
+        if type(v) is bytes and len(v) >= ATTACH_MIN:
+            break
+    else:
+        return values, []
+    attachments: list = []
+    return [attach(v, attachments) for v in values], attachments
+
+
+def attach(value, attachments: list):
+    """A large bytes value becomes a placeholder and joins ``attachments``."""
+    if type(value) is bytes and len(value) >= ATTACH_MIN:
+        attachments.append(value)
+        return msgpack.ExtType(EXT_ATTACHMENT, struct.pack(">I", len(attachments) - 1))
+    return value
+
+
+class _Attachments:
+    """The attachments of one frame; each may be taken once (no amplification)."""
+
+    __slots__ = ("views", "taken")
+
+    def __init__(self, views):
+        self.views = views
+        self.taken = set()
+
+    def take(self, data: bytes) -> bytes:
+        if len(data) != 4:
+            raise ProtocolError("malformed attachment reference")
+        (index,) = struct.unpack(">I", data)
+        if index >= len(self.views) or index in self.taken:
+            raise ProtocolError(f"attachment {index} is missing or used twice")
+        self.taken.add(index)
+        return bytes(self.views[index])
+
+
+def _ext_hook(code: int, data: bytes, depth: int, attachments: "_Attachments | None" = None):
     if depth > MAX_DEPTH:
         raise ProtocolError(f"value nested deeper than {MAX_DEPTH} levels")
+    if code == EXT_ATTACHMENT:
+        if attachments is None:
+            raise ProtocolError("attachment reference in a frame without attachments")
+        return attachments.take(data)
     if code == EXT_TUPLE:
-        return tuple(_unpack(data, depth + 1))
+        return tuple(_unpack(data, depth + 1, attachments))
     if code == EXT_SET:
-        return set(_unpack(data, depth + 1))
+        return set(_unpack(data, depth + 1, attachments))
     if code == EXT_FROZENSET:
-        return frozenset(_unpack(data, depth + 1))
+        return frozenset(_unpack(data, depth + 1, attachments))
     if code == EXT_DATETIME:
         text, offset = _unpack(data, depth + 1)
         value = datetime.datetime.fromisoformat(text)
@@ -196,7 +261,7 @@ def _ext_hook(code: int, data: bytes, depth: int):
     if code == EXT_UUID:
         return uuid.UUID(bytes=data)
     if code == EXT_OBJECT:
-        name, fields = _unpack(data, depth + 1)
+        name, fields = _unpack(data, depth + 1, attachments)
         cls = _by_name.get(name) if isinstance(name, str) else None
         if cls is None or cls not in _fields_of:
             raise ProtocolError(f"{name!r} is not a registered @pspy.serializable dataclass here")
@@ -218,18 +283,25 @@ def _ext_hook(code: int, data: bytes, depth: int):
     raise ProtocolError(f"unknown extension type {code}")
 
 
-def _unpack(data: bytes, depth: int):
+def _unpack(data: bytes, depth: int, attachments: "_Attachments | None" = None):
     # msgpack decodes its own Timestamp extension (-1) without calling
     # ext_hook; timestamp=3 makes it a UTC datetime, an allowed type, instead
     # of a msgpack.Timestamp the receiving code never expects.
-    return msgpack.unpackb(data, ext_hook=lambda c, d: _ext_hook(c, d, depth), timestamp=3,
+    return msgpack.unpackb(data, ext_hook=lambda c, d: _ext_hook(c, d, depth, attachments), timestamp=3,
                            raw=False, strict_map_key=False, use_list=True)
 
 
-def decode(data: bytes):
+def _top_hook(code: int, data: bytes):
+    return _ext_hook(code, data, 0)
+
+
+def decode(data: bytes, attachments=None):
     """Decode bytes from the other side; any malformation is a ProtocolError."""
     try:
-        return _unpack(data, 0)
+        if attachments:
+            return _unpack(data, 0, _Attachments(attachments))
+        return msgpack.unpackb(data, ext_hook=_top_hook, timestamp=3, raw=False,
+                               strict_map_key=False, use_list=True)
     except ProtocolError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeDecodeError, decimal.InvalidOperation,

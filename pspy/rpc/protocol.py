@@ -4,6 +4,11 @@ A frame is a 4-byte big-endian length followed by that many bytes of
 msgpack (see codec). The length is checked against the limit before any
 buffer is allocated, so a peer cannot make the other side allocate 4 GiB.
 
+Large bytes values travel as attachments: the length's top bit is set, and
+the frame is [count][count lengths][msgpack body][attachments], the body
+naming each attachment by index. They are sent from the caller's own
+object with one sendmsg(), never copied into the body.
+
     request:  [service, args, kwargs]
     response: [status, payload]
 
@@ -22,6 +27,7 @@ from . import codec
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+_HAS_ATTACHMENTS = 1 << 31
 _BUFFER = 64 * 1024
 _JOIN_BELOW = 64 * 1024   # below this, header + body are joined and sent with one send()
 
@@ -54,10 +60,41 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def send_message(self, value) -> None:
+    def send_message(self, value, attachments: list | tuple = ()) -> None:
         """Encode and send, straight from the encoder's buffer."""
-        with codec.encoded(value) as view:
-            self.send(view)
+        packer, view = codec.pack_into_buffer(value)
+        try:
+            if attachments:
+                self.send_with_attachments(view, attachments)
+            else:
+                self.send(view)
+        finally:
+            codec.release(packer, view)
+
+    def send_with_attachments(self, body, attachments) -> None:
+        table = struct.pack(f">{len(attachments) + 1}I", len(attachments), *map(len, attachments))
+        n = len(table) + len(body) + sum(map(len, attachments))
+        if n > self.max_frame:
+            raise ProtocolError(f"message of {n} bytes exceeds the {self.max_frame}-byte frame limit")
+        self._send_all([_HEADER.pack(n | _HAS_ATTACHMENTS), table, body, *attachments])
+
+    def _send_all(self, parts: list) -> None:
+        views = [memoryview(p).cast("B") for p in parts]
+        while views:
+            sent = self.sock.sendmsg(views[:64])
+            while views and sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            if views and sent:
+                views[0] = views[0][sent:]
+
+    def recv_message(self):
+        """Receive and decode one message, attachments included."""
+        frame = self.recv(attachments_allowed=True)
+        if type(frame) is not tuple:
+            return codec.decode(frame)
+        body, attachments = frame
+        return codec.decode(body, attachments)
 
     def send(self, payload) -> None:
         n = len(payload)
@@ -74,15 +111,30 @@ class Connection:
         if sent - 4 < n:
             self.sock.sendall(memoryview(payload)[sent - 4:])
 
-    def recv(self):
-        """The next frame's body: a buffer valid until the next recv() on this connection."""
+    def recv(self, attachments_allowed: bool = False):
+        """The next frame's body: a buffer valid until the next recv() on this connection.
+
+        With attachments_allowed, a frame with attachments comes back as
+        (body, [attachment views]).
+        """
         while self._end - self._start < 4:
             self._fill()
         (length,) = _HEADER.unpack_from(self._buf, self._start)
+        if length & _HAS_ATTACHMENTS:
+            if not attachments_allowed:
+                raise ProtocolError("unexpected attachments")
+            self._start += 4
+            length &= ~_HAS_ATTACHMENTS
+            if length > self.max_frame:
+                raise ProtocolError(f"peer announced a {length}-byte frame, over the "
+                                    f"{self.max_frame}-byte limit")
+            return _split_attachments(self._read(self._start, length))
         if length > self.max_frame:
             raise ProtocolError(f"peer announced a {length}-byte frame, over the "
                                 f"{self.max_frame}-byte limit")
-        begin = self._start + 4
+        return self._read(self._start + 4, length)
+
+    def _read(self, begin: int, length: int) -> memoryview:
         if begin + length > len(self._buf):
             return self._recv_large(begin, length)
         while self._end - begin < length:
@@ -121,6 +173,25 @@ class Connection:
                 raise ProtocolError("connection closed in the middle of a frame")
             got += n
         return view
+
+
+def _split_attachments(frame: memoryview) -> tuple[memoryview, list[memoryview]]:
+    if len(frame) < 4:
+        raise ProtocolError("truncated attachment table")
+    (count,) = struct.unpack_from(">I", frame)
+    table_end = 4 + 4 * count
+    if count == 0 or count > 1024 or table_end > len(frame):
+        raise ProtocolError("malformed attachment table")
+    lengths = struct.unpack_from(f">{count}I", frame, 4)
+    body_len = len(frame) - table_end - sum(lengths)
+    if body_len < 0:
+        raise ProtocolError("attachments longer than their frame")
+    body = frame[table_end:table_end + body_len]
+    attachments, offset = [], table_end + body_len
+    for n in lengths:
+        attachments.append(frame[offset:offset + n])
+        offset += n
+    return body, attachments
 
 
 # Kept for callers that frame a plain socket once (tests, the supervisor's ping).

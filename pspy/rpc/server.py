@@ -108,13 +108,16 @@ class Server:
         try:
             while True:
                 try:
-                    request = codec.decode(conn.recv())
+                    request = conn.recv_message()
                     if (type(request) is not list or len(request) != 3 or type(request[0]) is not str
                             or type(request[1]) is not list or type(request[2]) is not dict):
                         raise ProtocolError("request is not [service, args, kwargs]")
                     response = self._handle(caller, uid, pid, *request)
+                    attachments: list[bytes] = []
+                    if response[0] == protocol.OK and type(response[1]) is bytes:
+                        response[1] = codec.attach(response[1], attachments)
                     try:
-                        conn.send_message(response)
+                        conn.send_message(response, attachments)
                     except SerializationError as e:   # raised while encoding, before any byte is sent
                         conn.send_message(self._error("pspy.SerializationError",
                                                       f"return value of {self.provider}.{request[0]}: {e}"))
