@@ -11,10 +11,10 @@ Run ``pspy bootstrap APP_DIR`` as root to start every provider in its own
 jailed process; without pspy the decorator changes nothing.
 """
 
-from .decorator import service
+from .decorator import serializable, service
 from .errors import (CallInterrupted, PermissionDenied, PspyError, RemoteError, RPCError,
                      SerializationError, ServiceTimeout, ServiceUnavailable)
 
 __version__ = "0.1.0"
-__all__ = ["service", "PspyError", "RPCError", "RemoteError", "SerializationError",
+__all__ = ["service", "serializable", "PspyError", "RPCError", "RemoteError", "SerializationError",
            "ServiceUnavailable", "CallInterrupted", "ServiceTimeout", "PermissionDenied"]

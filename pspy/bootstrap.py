@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from . import config, jail, registry
 from .discover import discover
 from .errors import ConfigError, PlanError, PspyError
-from .plan import DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path
+from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_MAX_FRAME, DEFAULT_RPC_TIMEOUT,
+                   DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
 from .sandbox.spawn import run_script
 from .supervisor import Supervisor, jail_processes, log_path, supervisor_alive
 
@@ -57,6 +58,9 @@ def options_for(req: Request) -> Options:
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
+        rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
+        max_frame=cfg.get("max_frame", DEFAULT_MAX_FRAME),
+        debug=cfg.get("debug", False) or os.environ.get("PSPY_DEBUG") == "1",
         auto_ids=req.uid_base is None and req.gid_base is None and "uid_base" not in cfg and "gid_base" not in cfg)
 
 

@@ -19,6 +19,9 @@ KEYS = {
     "files": list,
     "front_end": list,
     "env": dict,
+    "rpc_timeout": (int, float),
+    "max_frame": int,
+    "debug": bool,
 }
 
 
@@ -34,12 +37,18 @@ def load(app_dir: str) -> dict:
     for key, value in data.items():
         if key not in KEYS:
             raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(KEYS)}")
-        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} must be a {KEYS[key].__name__}, got {value!r}")
+        expected = KEYS[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            kind = "number" if isinstance(expected, tuple) else expected.__name__
+            raise ConfigError(f"{path}: {key} must be a {kind}, got {value!r}")
     for key in ("files", "front_end"):
         if not all(isinstance(v, str) for v in data.get(key, [])):
             raise ConfigError(f"{path}: {key} must be a list of strings")
     for principal, names in data.get("env", {}).items():
         if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() for n in names):
             raise ConfigError(f"{path}: env.{principal} must be a list of variable names, got {names!r}")
+    if "rpc_timeout" in data and not 0 < data["rpc_timeout"] <= 86400:
+        raise ConfigError(f"{path}: rpc_timeout must be in (0, 86400] seconds")
+    if "max_frame" in data and not 1024 <= data["max_frame"] <= 1 << 30:
+        raise ConfigError(f"{path}: max_frame must be between 1024 and 1073741824 bytes")
     return data

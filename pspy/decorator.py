@@ -11,19 +11,21 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 from . import runtime
+from .rpc import codec
 
 T = TypeVar("T")
 
 
 def service(*, service_provider: str, group: str | None = None,
             perms: dict[str, int] | None = None, extra_groups: list[str] | None = None,
-            callers: list[str] | None = None) -> Callable[[T], T]:
+            callers: list[str] | None = None, timeout: float | None = None) -> Callable[[T], T]:
     """Declare a function or class as a service run by ``service_provider``.
 
     group: the provider's primary group (default: a group named after it).
     perms: app paths (globs allowed) the provider owns, with their modes.
     extra_groups: supplementary groups of the provider.
     callers: principals allowed to call (default: every principal of the app).
+    timeout: seconds a caller waits for this service (default: the app's rpc_timeout).
     """
     def decorate(obj: T) -> T:
         rt = runtime.current()
@@ -31,3 +33,16 @@ def service(*, service_provider: str, group: str | None = None,
             return obj
         return rt.bind(service_provider, obj)
     return decorate
+
+
+def serializable(cls: type | None = None, *, name: str | None = None):
+    """Let a dataclass or an exception class cross between principals.
+
+    ``@pspy.serializable`` or ``@pspy.serializable(name="Point")``. The class
+    travels by name (default: its qualified name) and fields; the receiver
+    rebuilds it only if it registered a class under that name, with the same
+    fields. Register the class on both sides (import the module that defines it).
+    """
+    def register(target: type) -> type:
+        return codec.register(target, name)
+    return register(cls) if cls is not None else register

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .errors import DiscoveryError
 
 # Keyword arguments of the paper's decorator, plus pspy's ``callers``.
-KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers")
+KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout")
 # Designed arguments whose enforcement is not built yet. Accepting them
 # silently would promise isolation pspy does not give, so they are refused.
 NOT_YET_SUPPORTED = ("seccomp", "network")
@@ -38,6 +38,7 @@ class ServiceSpec:
     provider: str
     callers: tuple[str, ...] | None   # None: every principal of the app
     methods: tuple[str, ...] = ()     # public methods of a class service
+    timeout: float | None = None      # seconds; None: the app's rpc_timeout
 
     @property
     def location(self) -> str:
@@ -233,6 +234,10 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and NAME_RE.match(v)
                                                            for v in value):
             problems.append((loc, f"{key} must be a list of names, got {value!r}"))
+    timeout = args.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= 86400):
+        problems.append((loc, f"timeout must be a number of seconds in (0, 86400], got {timeout!r}"))
     perms = args.get("perms")
     if perms is not None:
         if not isinstance(perms, dict):
@@ -256,7 +261,7 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
     return ServiceSpec(name=node.name, kind=kind, module=module_name(rel), file=rel,
                        line=node.decorator_list[0].lineno if node.decorator_list else node.lineno,
                        provider=provider, callers=tuple(callers) if callers is not None else None,
-                       methods=methods)
+                       methods=methods, timeout=float(timeout) if timeout is not None else None)
 
 
 def normalize_perm_path(path: str) -> str:

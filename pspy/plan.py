@@ -23,6 +23,8 @@ PLAN_VERSION = 1
 DEFAULT_UID_BASE = 40000
 DEFAULT_GID_BASE = 40000
 DEFAULT_JAIL = "/jail"
+DEFAULT_RPC_TIMEOUT = 30.0       # seconds a caller waits for a reply
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # Inside the jail (chroot mode these are absolute paths in the principal's view).
 APP_DIR = "/app"
 STATE_DIR = "/.pspy"
@@ -41,6 +43,7 @@ class ServicePlan:
     line: int
     callers: list[str]
     methods: list[str] = field(default_factory=list)
+    timeout: float | None = None     # None: Plan.rpc_timeout
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Plan:
     script: str | None = None
     files: list[str] = field(default_factory=list)
     app_dir: str = APP_DIR
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    max_frame: int = DEFAULT_MAX_FRAME
+    debug: bool = False              # remote tracebacks reach callers
     version: int = PLAN_VERSION
 
     # --- lookups -----------------------------------------------------------
@@ -171,6 +177,9 @@ class Options:
     interpreter: str = ""
     app_name: str = ""
     auto_ids: bool = False     # bases not given: bootstrap may move them to a free block
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    max_frame: int = DEFAULT_MAX_FRAME
+    debug: bool = False
 
 
 MAX_ID = 2**31 - 2
@@ -215,7 +224,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         for s in sorted(spec.services, key=lambda s: s.name):
             callers = list(s.callers) if s.callers is not None else [n for n in names if n != name]
             services.append(ServicePlan(name=s.name, kind=s.kind, module=s.module, file=s.file,
-                                        line=s.line, callers=callers, methods=list(s.methods)))
+                                        line=s.line, callers=callers, methods=list(s.methods),
+                                        timeout=s.timeout))
         principals.append(PrincipalPlan(
             name=name, kind="provider", uid=uids[name], gid=gids[primary[name]], group=primary[name],
             extra_groups=list(spec.extra_groups), groups=[gids[g] for g in spec.extra_groups],
@@ -229,7 +239,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode="chroot",
                 uid_base=options.uid_base, gid_base=options.gid_base,
                 interpreter=options.interpreter, groups=gids, principals=principals,
-                script=options.script, files=list(options.files))
+                script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
+                max_frame=options.max_frame, debug=options.debug)
 
 
 def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:

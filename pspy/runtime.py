@@ -80,7 +80,8 @@ class Runtime:
             c = self._clients.get(provider)
             if c is None:
                 socket_path = self.plan.principal(provider).socket
-                c = self._clients[provider] = Client(provider, socket_path)
+                c = self._clients[provider] = Client(provider, socket_path, timeout=self.plan.rpc_timeout,
+                                                     max_frame=self.plan.max_frame)
             return c
 
 
@@ -91,15 +92,22 @@ def _where(obj) -> str:
         return getattr(obj, "__module__", "?")
 
 
-def _call(rt: Runtime, provider: str, service: str, original, args, kwargs):
+def _call(rt: Runtime, provider: str, service: str, original, args, kwargs, timeout=None,
+          bound_self: bool = False):
     try:
-        return rt.client(provider).call(service, args, kwargs)
-    except SerializationError:
-        raise SerializationError(_which_argument(provider, service, original, args, kwargs)) from None
+        return rt.client(provider).call(service, args, kwargs, timeout=timeout)
+    except SerializationError as e:
+        # A method's signature starts with self, which is not sent: (None,) stands in for it.
+        which = _which_argument(provider, service, original, ((None,) + tuple(args)) if bound_self else args,
+                                kwargs)
+        if which is None:
+            raise   # not an argument: the provider's return value, already named
+        raise SerializationError(which) from e
 
 
-def _which_argument(provider, service, original, args, kwargs) -> str:
-    """Name the parameter whose value cannot cross, as the minitwit lesson asks."""
+def _which_argument(provider, service, original, args, kwargs) -> str | None:
+    """Name the parameter whose value cannot cross, as the minitwit lesson asks;
+    None when every argument encodes."""
     try:
         bound = inspect.signature(original).bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
@@ -109,7 +117,7 @@ def _which_argument(provider, service, original, args, kwargs) -> str:
             codec.encode(value)
         except SerializationError as e:
             return f"calling {provider}.{service}: parameter {param!r}: {e}"
-    return f"calling {provider}.{service}: the arguments cannot be encoded"
+    return None
 
 
 def _function_stub(rt: Runtime, provider: str, original, spec: ServicePlan):
@@ -118,13 +126,13 @@ def _function_stub(rt: Runtime, provider: str, original, spec: ServicePlan):
         async def async_stub(*args, **kwargs):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                None, lambda: _call(rt, provider, spec.name, original, args, kwargs))
+                None, lambda: _call(rt, provider, spec.name, original, args, kwargs, spec.timeout))
         async_stub.__pspy_remote__ = provider
         return async_stub
 
     @functools.wraps(original)
     def stub(*args, **kwargs):
-        return _call(rt, provider, spec.name, original, args, kwargs)
+        return _call(rt, provider, spec.name, original, args, kwargs, spec.timeout)
     stub.__pspy_remote__ = provider
     return stub
 
@@ -146,11 +154,8 @@ def _class_proxy(rt: Runtime, provider: str, cls, spec: ServicePlan):
             # The provider calls the bound method of its one instance, so
             # `self` is not sent; (None,) stands in for it when naming parameters.
             def send(self, *args, **kwargs):
-                try:
-                    return rt.client(provider).call(remote_name, args, kwargs)
-                except SerializationError:
-                    raise SerializationError(_which_argument(
-                        provider, remote_name, original, (None,) + args, kwargs)) from None
+                return _call(rt, provider, remote_name, original, args, kwargs, spec.timeout,
+                             bound_self=True)
             if original is not None:
                 functools.update_wrapper(send, original)
             return send
@@ -191,7 +196,8 @@ def serve_provider() -> int:
         importlib.import_module(module)
     endpoints = _endpoints(rt)
     uids = {p.uid: p.name for p in rt.plan.principals}
-    server = Server(rt.me.name, endpoints, uids.get, debug=os.environ.get(ENV_DEBUG) == "1")
+    server = Server(rt.me.name, endpoints, uids.get, max_frame=rt.plan.max_frame,
+                    debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1")
     listen_fd = os.environ.get(ENV_LISTEN_FD)
     if listen_fd is not None:
         server.adopt(int(listen_fd))

@@ -1,0 +1,6 @@
+import pspy
+
+
+@pspy.service(service_provider="Other", callers=["web"])
+def hello(name):
+    return f"hello {name}"
