@@ -394,7 +394,7 @@ def main(argv=None) -> int:
                         help="latency runs: servers and client on the same core (default), on "
                              "different cores, or left to the scheduler")
     parser.add_argument("--only", metavar="NAMES", default="",
-                        help="comma-separated name prefixes of systems to run besides the floor")
+                        help="comma-separated name prefixes of systems to run besides the baselines")
     args = parser.parse_args(argv)
     multiprocessing.set_start_method("fork")
     scale = 0.1 if args.quick else 1.0
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
 
     wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
     chosen = [s for s in systems()
-              if not wanted or isinstance(s, Floor) or any(s.name.lower().startswith(w) for w in wanted)]
+              if not wanted or isinstance(s, (Floor, Direct)) or any(s.name.lower().startswith(w) for w in wanted)]
     cpus = sorted(os.sched_getaffinity(0))
     # Latency depends a lot on whether client and server share a core (a
     # cross-core wake-up costs tens of microseconds in a VM), which the

@@ -1,0 +1,23 @@
+"""bench/rpc.py keeps working and writes the figures it promises (no timing checks)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_rpc_bench_writes_medians_p99_ratios_and_throughput(tmp_path):
+    out = tmp_path / "rpc.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "rpc.py"), "--quick", "--only", "pspy",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"]
+    assert {"floor (socketpair, frames, no codec)", "pspy", "direct in-process call"} <= set(results)
+    for name in ("pspy", "floor (socketpair, frames, no codec)"):
+        entry = results[name]
+        for payload in ("small add(1, 2)", "echo 4 KiB", "echo 1 MiB"):
+            assert set(entry[payload]) == {"median_us", "p99_us", "ratio_to_floor"}
+        assert entry["concurrent"]["calls_per_s"] > 0
+    assert "pspy" in proc.stdout   # the table was printed
