@@ -11,11 +11,11 @@ Fork-safe: a child process never uses its parent's connections.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import socket
 import struct
-import threading
 
 from ..errors import (CallInterrupted, PermissionDenied, ProtocolError, RemoteError,
                       SerializationError, ServiceTimeout, ServiceUnavailable)
@@ -25,6 +25,19 @@ from .server import builtin_exception
 _NOT_DELIVERED = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 _POOL_SIZE = 32
 
+# Bumped in every forked child: a pool made before the fork belongs to the
+# parent, and sharing its sockets would interleave two processes' frames.
+# Checking a counter costs nothing per call, unlike os.getpid() (a syscall).
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Client:
     def __init__(self, provider: str, path: str, *, timeout: float | None = None,
@@ -33,9 +46,9 @@ class Client:
         self.path = path
         self.timeout = timeout          # default for calls that give none; None: wait forever
         self.max_frame = max_frame
-        self._lock = threading.Lock()
-        self._idle: list[protocol.Connection] = []
-        self._pid = os.getpid()
+        # deque.append and deque.pop are atomic: the pool needs no lock.
+        self._idle: collections.deque[protocol.Connection] = collections.deque()
+        self._generation = _fork_generation
 
     # --- connections ----------------------------------------------------------
     def _connect(self) -> protocol.Connection:
@@ -50,43 +63,43 @@ class Client:
 
     def _take(self) -> tuple[protocol.Connection, bool]:
         """A connection, and whether it came from the pool (and may be stale)."""
-        with self._lock:
-            if self._pid != os.getpid():
-                # After fork the pool belongs to the parent: sharing a socket
-                # would interleave two processes' frames.
-                self._idle = []
-                self._pid = os.getpid()
-            elif self._idle:
-                return self._idle.pop(), True
-        return self._connect(), False
+        if self._generation != _fork_generation:
+            self._idle = collections.deque()   # the parent's; never closed here, never used
+            self._generation = _fork_generation
+        try:
+            return self._idle.pop(), True
+        except IndexError:
+            return self._connect(), False
 
     def _give_back(self, conn: protocol.Connection) -> None:
-        with self._lock:
-            if self._pid == os.getpid() and len(self._idle) < _POOL_SIZE:
-                self._idle.append(conn)
-                return
-        conn.close()
+        if self._generation == _fork_generation and len(self._idle) < _POOL_SIZE:
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
 
     # --- calls -------------------------------------------------------------------
     def call(self, service: str, args: tuple | list = (), kwargs: dict | None = None, *,
              timeout: float | None = None):
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is None:
+            timeout = self.timeout
+        args, attachments = codec.split_large(args if type(args) is list else list(args))
         # Encoded before a connection is taken: a value that cannot cross fails
         # here, with nothing sent; the same bytes serve the one allowed retry.
-        args, attachments = codec.split_large(args if type(args) is list else list(args))
-        with codec.encoded([service, args, kwargs or {}]) as payload:
+        packer, payload = codec.pack_into_buffer([service, args, kwargs or {}])
+        try:
             conn, pooled = self._take()
             try:
-                _set_timeout(conn, timeout)
-                send = conn.send_with_attachments if attachments else conn.send
+                if conn.timeout != timeout:
+                    _set_timeout(conn, timeout)
                 try:
-                    send(payload, attachments) if attachments else send(payload)
+                    conn.send_with_attachments(payload, attachments) if attachments else conn.send(payload)
                 except OSError as e:
                     if not (pooled and e.errno in _NOT_DELIVERED):
                         raise ServiceUnavailable(f"could not send to {self.provider!r}: {e}; "
@@ -104,6 +117,8 @@ class Client:
             except BaseException:
                 conn.close()
                 raise
+        finally:
+            codec.release(packer, payload)
         try:
             response = conn.recv_message()
         except (BlockingIOError, socket.timeout):
@@ -119,6 +134,8 @@ class Client:
             conn.close()
             raise
         self._give_back(conn)
+        if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
+            return response[1]
         return _result(self.provider, service, response)
 
     def ping(self) -> str:
@@ -129,8 +146,6 @@ def _set_timeout(conn: protocol.Connection, timeout: float | None) -> None:
     # A kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO) instead of Python's socket
     # timeout: the latter polls before every recv, a syscall per call. Set
     # only when it changes, so steady-state calls pay nothing for it.
-    if conn.timeout == timeout:
-        return
     seconds = timeout or 0.0
     tv = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
     if timeout is not None and tv == struct.pack("ll", 0, 0):

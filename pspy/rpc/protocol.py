@@ -66,6 +66,8 @@ class Connection:
         try:
             if attachments:
                 self.send_with_attachments(view, attachments)
+            elif len(view) < _JOIN_BELOW and len(view) <= self.max_frame:
+                self.sock.sendall(_HEADER.pack(len(view)) + view)
             else:
                 self.send(view)
         finally:

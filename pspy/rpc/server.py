@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -112,9 +113,9 @@ class Server:
                     if (type(request) is not list or len(request) != 3 or type(request[0]) is not str
                             or type(request[1]) is not list or type(request[2]) is not dict):
                         raise ProtocolError("request is not [service, args, kwargs]")
-                    response = self._handle(caller, uid, pid, *request)
+                    response = self._handle(caller, uid, pid, request[0], request[1], request[2])
                     attachments: list[bytes] = []
-                    if response[0] == protocol.OK and type(response[1]) is bytes:
+                    if type(response[1]) is bytes and response[0] == protocol.OK:
                         response[1] = codec.attach(response[1], attachments)
                     try:
                         conn.send_message(response, attachments)
@@ -152,7 +153,7 @@ class Server:
                 result = endpoint.func(*args, **kwargs)
             else:
                 result = endpoint.func(*args)
-            if endpoint.is_async or inspect.iscoroutine(result):
+            if endpoint.is_async or type(result) is types.CoroutineType:
                 result = self._run_coroutine(result)
         except Exception as e:  # noqa: BLE001 - every service failure goes back to the caller
             return self._exception_response(e)
