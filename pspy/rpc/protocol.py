@@ -92,6 +92,17 @@ class Connection:
 
     def recv_message(self):
         """Receive and decode one message, attachments included."""
+        if self._start == self._end:
+            # The common case, one small frame arriving whole into an empty
+            # buffer, costs a single recv() and no bookkeeping.
+            n = self.sock.recv_into(self._view)
+            if n == 0:
+                raise PeerClosed()
+            if n >= 4:
+                (length,) = _HEADER.unpack_from(self._buf, 0)
+                if length == n - 4 and length <= self.max_frame:
+                    return codec.decode(self._view[4:n])
+            self._start, self._end = 0, n
         frame = self.recv(attachments_allowed=True)
         if type(frame) is not tuple:
             return codec.decode(frame)
