@@ -1,0 +1,99 @@
+"""Namespace and mount system calls Python 3.11's os module lacks.
+
+Thin wrappers over the cffi-built helper; a failure raises NativeError
+naming the step and the path, e.g. "bind-mount /usr onto /newroot/usr
+failed: EPERM (Operation not permitted)".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..errors import SandboxError
+
+try:
+    from ._helper import ffi, lib
+except ImportError as e:   # pragma: no cover - a broken install
+    raise SandboxError(f"pspy's native helper is not built ({e}); reinstall pspy with a C compiler "
+                       "available (pip install .)") from None
+
+CLONE_NEWNS = lib.CLONE_NEWNS
+CLONE_NEWUTS = lib.CLONE_NEWUTS
+CLONE_NEWIPC = lib.CLONE_NEWIPC
+CLONE_NEWUSER = lib.CLONE_NEWUSER
+CLONE_NEWPID = lib.CLONE_NEWPID
+CLONE_NEWNET = lib.CLONE_NEWNET
+CLONE_NEWCGROUP = lib.CLONE_NEWCGROUP
+MS_RDONLY = lib.MS_RDONLY
+MS_NOSUID = lib.MS_NOSUID
+MS_NODEV = lib.MS_NODEV
+MS_NOEXEC = lib.MS_NOEXEC
+MS_REMOUNT = lib.MS_REMOUNT
+MS_BIND = lib.MS_BIND
+MS_REC = lib.MS_REC
+MS_PRIVATE = lib.MS_PRIVATE
+MS_SLAVE = lib.MS_SLAVE
+MNT_DETACH = lib.MNT_DETACH
+
+
+class NativeError(SandboxError, OSError):
+    def __init__(self, step: str, err: int):
+        self.errno = err
+        super().__init__(f"{step} failed: {errno.errorcode.get(err, err)} ({os.strerror(err)})")
+
+
+def _check(result: int, step: str) -> None:
+    if result != 0:
+        raise NativeError(step, ffi.errno)
+
+
+def _c(path: str | None):
+    return ffi.NULL if path is None else os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    _check(lib.pspy_unshare(flags), f"unshare({_flag_names(flags)})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(lib.pspy_setns(fd, nstype), f"setns({_flag_names(nstype)})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None,
+          step: str | None = None) -> None:
+    _check(lib.pspy_mount(_c(source), _c(target), _c(fstype), flags, _c(data)),
+           step or f"mount {fstype or source} on {target}")
+
+
+def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True) -> None:
+    """Bind source onto target; read-only binds are remounted (bind mounts ignore MS_RDONLY at first)."""
+    flags = MS_BIND | (MS_REC if recursive else 0)
+    mount(source, target, None, flags, step=f"bind-mount {source} onto {target}")
+    remount = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+    try:
+        mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
+    except NativeError as e:
+        if e.errno != errno.EPERM:
+            raise
+        # A bind of a mount with locked flags (e.g. nodev, from a user
+        # namespace) must keep them: retry keeping what the source had.
+        st = os.statvfs(target)
+        keep = (MS_NOEXEC if st.f_flag & os.ST_NOEXEC else 0)
+        mount(None, target, None, remount | keep, step=f"remount {target} read-only")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(lib.pspy_umount2(_c(target), flags), f"unmount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(lib.pspy_pivot_root(_c(new_root), _c(put_old)), f"pivot_root into {new_root}")
+
+
+def _flag_names(flags: int) -> str:
+    names = [name for name, bit in (("CLONE_NEWUSER", CLONE_NEWUSER), ("CLONE_NEWNS", CLONE_NEWNS),
+                                    ("CLONE_NEWPID", CLONE_NEWPID), ("CLONE_NEWNET", CLONE_NEWNET),
+                                    ("CLONE_NEWIPC", CLONE_NEWIPC), ("CLONE_NEWUTS", CLONE_NEWUTS),
+                                    ("CLONE_NEWCGROUP", CLONE_NEWCGROUP)) if flags & bit]
+    return "|".join(names) or hex(flags)
