@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .jail import data_paths
 from .plan import Plan
 
 R, W, X = 4, 2, 1
@@ -94,11 +95,29 @@ def access(jail: str, app_dir: str, who: Identity) -> dict:
     return {"readable": readable, "writable": writable, "symlinks": symlinks}
 
 
+def _namespace_view(plan: Plan, name: str, seen: dict, owned: dict[str, set[str]]) -> dict:
+    """In namespace mode other principals' data is not mounted at all, and only
+    the principal's own data paths are mounted read-write."""
+    mine = owned.get(name, set())
+    hidden = set().union(*(paths for other, paths in owned.items() if other != name)) - mine
+
+    def under(path: str, roots: set[str]) -> bool:
+        path = path.rstrip("/")
+        return any(path == r or path.startswith(r + "/") for r in roots)
+
+    return {"readable": [p for p in seen["readable"] if not under(p, hidden)],
+            "writable": [p for p in seen["writable"] if under(p, mine)],
+            "symlinks": [p for p in seen["symlinks"] if not under(p.split(" -> ")[0], hidden)]}
+
+
 def report(plan: Plan) -> dict:
     principals = []
+    owned = data_paths(plan, plan.host_path(plan.app_dir)) if plan.mode == "namespaces" else {}
     for p in plan.principals:
         who = identity_of(plan, p.name)
         seen = access(plan.jail, plan.app_dir, who)
+        if plan.mode == "namespaces":
+            seen = _namespace_view(plan, p.name, seen, owned)
         may_call = [name for q in plan.providers if q.name != p.name
                     for s in q.services if p.name in s.callers
                     for name in ([f"{q.name}.{s.name}.{m}" for m in s.methods] if s.kind == "class"
@@ -109,17 +128,28 @@ def report(plan: Plan) -> dict:
             "serves": [s.name for s in p.services],
             "may_call": may_call,
             "readable": seen["readable"], "writable": seen["writable"], "symlinks": seen["symlinks"],
+            "namespaces": (["user", "mount", "pid", "ipc", "uts"] + ([] if p.network else ["network"]))
+            if plan.mode == "namespaces" else [],
+            "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
         })
-    return {
-        "app": plan.app_name, "jail": plan.jail, "mode": plan.mode,
-        "isolation": {
+    if plan.mode == "namespaces":
+        isolation = {
+            "uid_separation": True,
+            "filesystem": "a tmpfs root per principal: system and Python read-only, the app read-only, "
+                          "its own data read-write, other principals' data not mounted",
+            "network": "providers without network=True get an empty network namespace (loopback only)",
+            "processes": "each principal sees only its own PID namespace",
+        }
+    else:
+        isolation = {
             "uid_separation": True,
             "filesystem": "chroot into the jail; Unix permissions are the only barrier between principals",
             "network": "shared with the host (chroot mode isolates no network)",
-            "processes": "principals see host processes (no PID namespace in chroot mode)",
-        },
-        "principals": principals,
-    }
+            "processes": "no PID namespace: the jail has no /proc, but principals can signal host "
+                         "processes of their own uid",
+        }
+    return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode, "isolation": isolation,
+            "principals": principals}
 
 
 def report_for_ids(jail: str, app_dir: str, uid: int, gid: int, groups: tuple[int, ...]) -> dict:
@@ -150,6 +180,8 @@ def format_text(data: dict) -> str:
             out.append(f"  serves:    {', '.join(p['serves'])}")
         if "may_call" in p:
             out.append(f"  may call:  {', '.join(p['may_call']) or 'nothing'}")
+        if p.get("namespaces"):
+            out.append(f"  namespaces: {', '.join(p['namespaces'])}; network: {p['network']}")
         out.append(f"  can write: {', '.join(p['writable']) or 'nothing in the app'}")
         out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
         if p.get("symlinks"):

@@ -20,7 +20,7 @@ from .errors import ConfigError, PlanError, PspyError
 from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_MAX_FRAME, DEFAULT_RPC_TIMEOUT,
                    DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
 from .sandbox.spawn import run_script
-from .supervisor import Supervisor, jail_processes, log_path, supervisor_alive
+from .supervisor import Supervisor, app_processes, jail_processes, log_path, supervisor_alive
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Request:
     uid_base: int | None = None
     gid_base: int | None = None
     front_end: list[str] = field(default_factory=list)
+    namespaces: bool = False
 
 
 def options_for(req: Request) -> Options:
@@ -61,6 +62,7 @@ def options_for(req: Request) -> Options:
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
         max_frame=cfg.get("max_frame", DEFAULT_MAX_FRAME),
         debug=cfg.get("debug", False) or os.environ.get("PSPY_DEBUG") == "1",
+        mode="namespaces" if req.namespaces else "chroot",
         auto_ids=req.uid_base is None and req.gid_base is None and "uid_base" not in cfg and "gid_base" not in cfg)
 
 
@@ -74,6 +76,9 @@ def build(req: Request, say=print) -> Plan:
     if not manifest.providers:
         raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
     if os.geteuid() != 0:
+        if req.namespaces:
+            raise PspyError("rootless namespace mode is not built yet: run 'pspy bootstrap --namespaces' "
+                            "as root")
         raise PspyError("bootstrap in chroot mode needs root (it creates the principals' files, "
                         "chroots and changes uids); run it with sudo")
     previous = None
@@ -84,7 +89,8 @@ def build(req: Request, say=print) -> Plan:
             previous = None
     jail.check_jail_path(options.jail, req.app_dir)
     jail.check_trusted(options.jail)
-    if (previous and supervisor_alive(previous)) or (os.path.isdir(options.jail) and jail_processes(options.jail)):
+    if (previous and (supervisor_alive(previous) or app_processes(previous))) or \
+            (os.path.isdir(options.jail) and jail_processes(options.jail)):
         raise PspyError(f"the app in {options.jail} is running; run 'pspy stop --jail {options.jail}' first")
     with registry.locked() as jails:
         plan = _plan_with_free_ids(manifest, options, previous, jails)

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--gid-base", type=int, help="first gid for groups (default 40000)")
     b.add_argument("--detach", action="store_true", help="return once every provider answers")
     b.add_argument("--no-run", action="store_true", help="build the jail and plan, start nothing")
+    b.add_argument("--namespaces", action="store_true",
+                   help="each principal in its own user, mount, PID, IPC, UTS (and network) namespaces")
 
     for name, help_text in (("status", "show which principals run and answer"),
                             ("stop", "stop every process of the app")):
@@ -88,7 +90,8 @@ def _dispatch(args, tail: list[str]) -> int:
     if args.command == "bootstrap":
         from . import bootstrap
         req = bootstrap.Request(app_dir=args.app_dir, jail=args.jail, script=args.script, files=args.files,
-                                uid_base=args.uid_base, gid_base=args.gid_base, front_end=tail)
+                                uid_base=args.uid_base, gid_base=args.gid_base, front_end=tail,
+                                namespaces=args.namespaces)
         plan = bootstrap.build(req)
         print(f"pspy: jail ready in {plan.jail}: {', '.join(p.name for p in plan.principals)}")
         if args.no_run:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from .errors import DiscoveryError
 
 # Keyword arguments of the paper's decorator, plus pspy's ``callers``.
-KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout")
+KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout", "network")
 # Designed arguments whose enforcement is not built yet. Accepting them
 # silently would promise isolation pspy does not give, so they are refused.
-NOT_YET_SUPPORTED = ("seccomp", "network")
+NOT_YET_SUPPORTED = ("seccomp",)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 FRONT_END_NAME = "web"
@@ -60,6 +60,8 @@ class ProviderSpec:
     perms: dict[str, PermSpec] = field(default_factory=dict)
     extra_groups: list[str] = field(default_factory=list)
     services: list[ServiceSpec] = field(default_factory=list)
+    network: bool | None = None          # None: not said (providers default to no network)
+    network_location: str | None = None
 
 
 @dataclass
@@ -234,6 +236,9 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and NAME_RE.match(v)
                                                            for v in value):
             problems.append((loc, f"{key} must be a list of names, got {value!r}"))
+    network = args.get("network")
+    if network is not None and not isinstance(network, bool):
+        problems.append((loc, f"network must be True or False, got {network!r}"))
     timeout = args.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout <= 86400):
@@ -325,6 +330,13 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
         for g in args.get("extra_groups") or ():
             if g not in prov.extra_groups:
                 prov.extra_groups.append(g)
+        network = args.get("network")
+        if network is not None:
+            if prov.network is not None and prov.network != network:
+                problems.append((loc, f"provider {spec.provider!r} is given network={network} here but "
+                                      f"network={prov.network} at {prov.network_location}"))
+            elif prov.network is None:
+                prov.network, prov.network_location = network, loc
     # Two providers must not claim the same path with different owners.
     claimed: dict[str, tuple[str, PermSpec]] = {}
     for prov in providers.values():

@@ -88,7 +88,11 @@ def check_trusted(jail: str) -> None:
 
 
 def prepare_root(plan: Plan) -> None:
-    """State folders, /tmp, /dev, the interpreter and pspy itself."""
+    """State folders, and in chroot mode /tmp, /dev, the interpreter and pspy itself.
+
+    Namespace mode copies nothing: each principal's root is a tmpfs with
+    binds (sandbox/mount.py); the jail only holds the staged app and state.
+    """
     jail = plan.jail
     _mkdir(jail, 0o755)
     _mkdir(in_jail(plan, STATE_DIR), 0o755)
@@ -100,6 +104,9 @@ def prepare_root(plan: Plan) -> None:
         # over, so these folders stay root's: no principal can swap a socket
         # (or a link to a host socket) under the supervisor's feet.
         _mkdir(in_jail(plan, os.path.dirname(p.socket)), 0o755)
+    if plan.mode == "namespaces":
+        _mkdir(in_jail(plan, STATE_DIR + "/root"), 0o700)   # mount point of each principal's new root
+        return
     tmp = os.path.join(jail, "tmp")
     _mkdir(tmp, 0o1777)
     dev = os.path.join(jail, "dev")
@@ -180,6 +187,7 @@ def copy_pspy(plan: Plan) -> None:
     if os.path.lexists(dst):
         shutil.rmtree(dst)
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copyfile(os.path.join(src, "_sitecustomize.py"), os.path.join(lib, "sitecustomize.py"))
 
 
 def _is_elf(path: str) -> bool:
@@ -435,6 +443,12 @@ def match_pattern(root: str, pattern: str) -> list[str]:
                 nxt.append(rel)
         results = nxt
     return results
+
+
+def data_paths(plan: Plan, app_root: str) -> dict[str, set[str]]:
+    """Each provider's data paths (app-relative), as its perms match them in the jail."""
+    return {p.name: {rel for perm in p.perms for rel in match_pattern(app_root, perm.pattern)}
+            for p in plan.providers}
 
 
 @dataclass

@@ -68,6 +68,7 @@ class PrincipalPlan:
     perms: list[PermPlan] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)   # imported by the provider to serve
     argv: list[str] = field(default_factory=list)      # front end command
+    network: bool = False        # host network (True) or an empty network namespace (namespace mode)
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -81,7 +82,7 @@ class Plan:
     app_name: str
     app_source: str              # the app folder on the host that was copied
     jail: str
-    mode: str                    # "chroot" for now
+    mode: str                    # "chroot" or "namespaces"
     uid_base: int
     gid_base: int
     interpreter: str             # absolute path, the same inside and outside the jail
@@ -93,6 +94,7 @@ class Plan:
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     max_frame: int = DEFAULT_MAX_FRAME
     debug: bool = False              # remote tracebacks reach callers
+    rootless: bool = False           # namespace mode without root: one host uid for every principal
     version: int = PLAN_VERSION
 
     # --- lookups -----------------------------------------------------------
@@ -180,6 +182,8 @@ class Options:
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     max_frame: int = DEFAULT_MAX_FRAME
     debug: bool = False
+    mode: str = "chroot"
+    rootless: bool = False
 
 
 MAX_ID = 2**31 - 2
@@ -217,7 +221,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     principals = [PrincipalPlan(
         name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
         group=FRONT_END_NAME, extra_groups=[], groups=[], env=list(options.env.get(FRONT_END_NAME, [])),
-        argv=list(options.front_end))]
+        argv=list(options.front_end), network=True)]
     for name in provider_names:
         spec = manifest.providers[name]
         services = []
@@ -234,9 +238,11 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             services=services,
             perms=[PermPlan(p.pattern, p.mode, p.location)
                    for p in sorted(spec.perms.values(), key=lambda p: p.pattern)],
-            modules=sorted({s.module for s in spec.services})))
+            modules=sorted({s.module for s in spec.services}),
+            network=bool(spec.network)))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
-                app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode="chroot",
+                app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
+                rootless=options.rootless,
                 uid_base=options.uid_base, gid_base=options.gid_base,
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,

@@ -95,6 +95,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.stopping = False
         self._signal = None
+        self.userns_fd: int | None = None   # namespace mode: the app's user namespace
 
     # --- starting ---------------------------------------------------------------
     def _argv(self, principal: PrincipalPlan) -> list[str]:
@@ -109,13 +110,16 @@ class Supervisor:
         try:
             log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
             child.proc = spawn_principal(self.plan, child.principal, self._argv(child.principal),
-                                         stdout=log, stderr=log, pass_fds=pass_fds)
+                                         stdout=log, stderr=log, pass_fds=pass_fds, userns_fd=self.userns_fd)
         finally:
             log.close()
         child.started = time.monotonic()
         self._write_state()
 
     def start_all(self) -> None:
+        if self.plan.mode == "namespaces":
+            from .sandbox.user import create_user_namespace
+            self.userns_fd = create_user_namespace(self.plan)
         for principal in self.plan.providers:
             child = self.children[principal.name] = Child(principal)
             self._start(child)
@@ -210,7 +214,10 @@ class Supervisor:
                 pass
         for child in self.children.values():
             self._close_listener(child)
-        sweep_jail(self.plan.jail)
+        if self.userns_fd is not None:
+            os.close(self.userns_fd)
+            self.userns_fd = None
+        sweep_jail(self.plan)
         try:
             os.unlink(state_path(self.plan))
         except FileNotFoundError:
@@ -258,12 +265,33 @@ def jail_processes(jail: str) -> list[int]:
     return pids
 
 
-def sweep_jail(jail: str) -> None:
-    """Kill whatever still runs in the jail: nothing of the app is left behind."""
-    if os.path.realpath(jail) == "/":
+def app_processes(plan: Plan) -> list[int]:
+    """Every process of the app: rooted in the jail (chroot mode), or running as
+    one of its uids (both modes; the id registry gives each jail its own)."""
+    uids = {p.uid for p in plan.principals}
+    found = set(jail_processes(plan.jail))
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) in uids:
+                            found.add(int(entry))
+                        break
+        except OSError:
+            continue
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def sweep_jail(plan: Plan) -> None:
+    """Kill whatever of the app still runs: nothing of it is left behind."""
+    if os.path.realpath(plan.jail) == "/":
         raise PspyError("refusing to sweep processes of /: that is every process")
     for _ in range(50):
-        pids = jail_processes(jail)
+        pids = app_processes(plan)
         if not pids:
             return
         for pid in pids:
@@ -272,7 +300,7 @@ def sweep_jail(jail: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
-    raise PspyError(f"processes still running in {jail} after SIGKILL: {jail_processes(jail)}")
+    raise PspyError(f"processes of the app in {plan.jail} still running after SIGKILL: {app_processes(plan)}")
 
 
 def read_state(plan: Plan) -> dict | None:
@@ -308,7 +336,7 @@ def supervisor_alive(plan: Plan) -> int | None:
 def stop(plan: Plan, timeout: float = 15.0) -> bool:
     """Stop a running app; True if something was running."""
     pid = supervisor_alive(plan)
-    was_running = pid is not None or bool(jail_processes(plan.jail))
+    was_running = pid is not None or bool(app_processes(plan))
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -320,7 +348,7 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
             time.sleep(0.05)
         else:
             os.kill(pid, signal.SIGKILL)
-    sweep_jail(plan.jail)
+    sweep_jail(plan)
     try:
         os.unlink(state_path(plan))
     except FileNotFoundError:
@@ -330,7 +358,7 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
 
 def status(plan: Plan) -> list[dict]:
     state = read_state(plan) or {}
-    alive = set(jail_processes(plan.jail))
+    alive = set(app_processes(plan))
     rows = []
     for p in plan.principals:
         pid = (state.get("principals", {}).get(p.name) or {}).get("pid")

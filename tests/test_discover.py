@@ -338,7 +338,7 @@ def test_provider_named_web_is_reserved_for_the_front_end(tmp_path):
     assert "reserved" in message
 
 
-@pytest.mark.parametrize("keyword", ["seccomp='default'", "network=False"])
+@pytest.mark.parametrize("keyword", ["seccomp='default'"])
 def test_isolation_arguments_not_enforced_yet_are_refused(tmp_path, keyword):
     root = write_app(tmp_path, {"auth.py": f"""\
         import pspy
@@ -560,3 +560,26 @@ def test_skipped_folders_are_not_read(tmp_path):
     root = write_app(tmp_path, {".venv/lib/x.py": bad, "__pycache__/y.py": bad, ".hidden/z.py": bad,
                                 "app.py": "import pspy\n"})
     assert discover(root).providers == {}
+
+
+def test_network_must_be_a_bool_and_agree_within_a_provider(tmp_path):
+    root = write_app(tmp_path, {"svc.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Fetch", network=True)
+        def get(url):
+            pass
+
+        @pspy.service(service_provider="Fetch", network=False)
+        def head(url):
+            pass
+
+        @pspy.service(service_provider="Other", network="yes")
+        def other():
+            pass
+        """})
+    with pytest.raises(DiscoveryError) as info:
+        discover(root)
+    problems = dict(info.value.problems)
+    assert "network=True at svc.py:3" in problems["svc.py:7"]
+    assert "True or False" in problems["svc.py:11"]

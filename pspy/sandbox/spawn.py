@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
@@ -66,19 +67,32 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
 
 def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, stdout=None, stderr=None,
                     stdin=subprocess.DEVNULL, supervised: bool = True, new_session: bool = True,
-                    pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+                    pass_fds: tuple[int, ...] = (), userns_fd: int | None = None) -> subprocess.Popen:
     """Start argv as the principal. ``pass_fds`` (the provider's listening
-    socket) keep their numbers; the first is announced in PSPY_LISTEN_FD."""
+    socket) keep their numbers; the first is announced in PSPY_LISTEN_FD.
+    Namespace mode goes through the launcher (sandbox/launch.py), which
+    needs the app's user namespace as ``userns_fd``."""
     _check_plan_present(plan)
     env = principal_env(plan, principal)
     if pass_fds:
         env[ENV_LISTEN_FD] = str(pass_fds[0])
     argv = resolve_argv(plan, argv)
+    preexec = _preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None)
+    popen_argv, cwd = argv, None
+    if plan.mode == "namespaces":
+        if userns_fd is None:
+            raise SandboxError("namespace mode needs the app's user namespace")
+        # -I: the launcher runs as host root, so no environment variable or
+        # current folder may change what it imports.
+        popen_argv = [sys.executable, "-I", "-m", "pspy.sandbox.launch", plan.jail, principal.name,
+                      str(userns_fd), "--", *argv]
+        pass_fds = tuple(pass_fds) + (userns_fd,)
+        preexec, cwd = None, "/"
     try:
         return subprocess.Popen(
-            argv, env=env, stdin=stdin, stdout=stdout,
+            popen_argv, env=env, stdin=stdin, stdout=stdout, cwd=cwd,
             stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
-            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
+            preexec_fn=preexec)
     except FileNotFoundError:
         raise SandboxError(f"cannot run {argv[0]!r} as {principal.name}: no such program in the jail "
                            f"{plan.jail} (it holds the app, the Python interpreter and its libraries, "
@@ -96,10 +110,18 @@ def run_as_principal(plan: Plan, principal: PrincipalPlan, argv: list[str]) -> i
     """
     relayed = {fd: os.isatty(fd) for fd in (0, 1, 2)}
     pipe = subprocess.PIPE
-    proc = spawn_principal(plan, principal, argv, supervised=True, new_session=True,
-                           stdin=pipe if relayed[0] else None,
-                           stdout=pipe if relayed[1] else None,
-                           stderr=pipe if relayed[2] else None)
+    userns_fd = None
+    if plan.mode == "namespaces":
+        from .user import create_user_namespace
+        userns_fd = create_user_namespace(plan)   # the same id maps as the running app's
+    try:
+        proc = spawn_principal(plan, principal, argv, supervised=True, new_session=True,
+                               stdin=pipe if relayed[0] else None,
+                               stdout=pipe if relayed[1] else None,
+                               stderr=pipe if relayed[2] else None, userns_fd=userns_fd)
+    finally:
+        if userns_fd is not None:
+            os.close(userns_fd)
     threads = []
     if relayed[0]:
         threading.Thread(target=_relay, args=(0, proc.stdin.fileno(), proc.stdin), daemon=True).start()
@@ -138,8 +160,17 @@ def run_script(plan: Plan, script: str, cwd: str) -> None:
     """The app's set-up script (e.g. create databases), as root inside the jail."""
     env = {"PATH": BASE_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONPATH": LIB_DIR}
-    proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
-                          close_fds=True, preexec_fn=_preexec(plan, cwd, None, os.getpid()))
+    if plan.mode == "namespaces":
+        # No interpreter in the jail to chroot into: the script runs in the
+        # fresh staged copy on the host (it is the developer's code, and it
+        # never sees provider data, see bootstrap).
+        host_cwd = plan.host_path(cwd)
+        env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
+                              close_fds=True, cwd=host_cwd, preexec_fn=lambda: os.umask(0o022))
+    else:
+        proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
+                              close_fds=True, preexec_fn=_preexec(plan, cwd, None, os.getpid()))
     if proc.returncode != 0:
         raise JailError(f"--script {script} exited with status {proc.returncode}; "
                         "nothing was changed in the jail's app folder")

@@ -1,0 +1,134 @@
+"""Start one principal in namespace mode: ``python -I -m pspy.sandbox.launch``.
+
+Run by the supervisor (or ``pspy exec``) as host root, with the app's user
+namespace open on an fd. In order:
+new mount, PID, IPC, UTS (and network) namespaces, made by host root so
+they belong to the host's user namespace -> loopback -> fork PID 1 ->
+mounts (proc included) -> pivot_root -> fork the principal -> join the
+app's user namespace -> groups, gid, uid -> no capability (bounding set
+too) -> no_new_privs -> parent-death signal -> exec.
+
+Three processes per principal: this launcher (it waits and passes signals
+on), PID 1 of the principal's PID namespace (it reaps), and the principal.
+The first two drop to the principal's ids too once their work is done. If
+the launcher dies, the chain of parent-death signals takes the rest down,
+and the kernel kills a PID namespace whose PID 1 exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import prctl
+
+from .. import _native as n
+from ..plan import APP_DIR, Plan
+from . import caps, ids, mount, net, pid, user
+
+
+def _pdeathsig_or_exit(parent: int) -> None:
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    jail, name, userns_fd, *command = argv
+    if command[:1] == ["--"]:
+        command = command[1:]
+    userns_fd = int(userns_fd)
+    plan = Plan.load(jail)
+    principal = plan.principal(name)
+    supervisor = os.getppid()
+    _pdeathsig_or_exit(supervisor)
+    pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    flags = n.CLONE_NEWNS | n.CLONE_NEWPID | n.CLONE_NEWIPC | n.CLONE_NEWUTS
+    if not principal.network:
+        flags |= n.CLONE_NEWNET
+    n.unshare(flags)
+    # Nothing mounted from here on may propagate back to the host.
+    n.mount(None, "/", None, n.MS_REC | n.MS_PRIVATE, step="make / private")
+    if not principal.network:
+        net.loopback_up()
+    socket.sethostname(f"pspy-{name}"[:63])
+
+    launcher = os.getpid()
+    init = os.fork()
+    if init == 0:
+        _init(plan, principal, command, pspy_dir, launcher, userns_fd)
+    _close_listener()   # only the principal serves on it
+    drop_privileges(principal, userns_fd, f"pspy-run:{name}")
+    return _wait(init)
+
+
+def _init(plan: Plan, principal, command: list[str], pspy_dir: str, launcher: int, userns_fd: int):
+    """PID 1 of the principal's namespace."""
+    # Its parent, the launcher, is outside its PID namespace: getppid() is 0 here.
+    _pdeathsig_or_exit(0)
+    root = mount.build_root(plan, principal, pspy_dir)
+    mount.enter(root)
+    me = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.chdir(APP_DIR)
+        drop_privileges(principal, userns_fd, f"pspy:{principal.name}")
+        _pdeathsig_or_exit(me)   # after the id change, which clears it
+        os.execve(command[0], command, os.environ)
+    _close_listener()
+    drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
+    pid.run_init(child)
+
+
+def _close_listener() -> None:
+    fd = os.environ.get("PSPY_LISTEN_FD")
+    if fd is not None:
+        try:
+            os.close(int(fd))
+        except OSError:
+            pass
+
+
+def drop_privileges(principal, userns_fd: int, name: str) -> None:
+    """Join the app's user namespace, become the principal, keep nothing."""
+    user.enter(userns_fd)
+    os.close(userns_fd)
+    # Joining a user namespace refills the bounding set, so it is emptied
+    # here, with the CAP_SETPCAP the join gives, before the uid drop.
+    caps.drop_bounding_set()
+    ids.drop_to(principal.uid, principal.gid, principal.groups)
+    caps.clear_all()
+    prctl.set_no_new_privs(1)
+    caps.set_name(name)
+
+
+def _wait(child: int) -> int:
+    """The launcher: pass signals on to PID 1, exit with the principal's status."""
+    def forward(signum, _frame):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+    for sig in pid.FORWARDED:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Exception as e:  # noqa: BLE001 - the principal's log shows why it could not start
+        if os.environ.get("PSPY_DEBUG") == "1":
+            import traceback
+            traceback.print_exc()
+        print(f"pspy: cannot start {sys.argv[2] if len(sys.argv) > 2 else 'principal'}: {e}", file=sys.stderr)
+        sys.exit(125)

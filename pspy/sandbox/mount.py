@@ -1,0 +1,179 @@
+"""A principal's filesystem in namespace mode: a fresh tmpfs root holding
+only what it needs, then pivot_root into it.
+
+- read-only binds of the system libraries and the Python installation
+  (nothing is copied: bootstrap time does not grow with site-packages);
+- the app (staged in the jail with its owners and modes) read-only, with
+  the principal's own perms paths read-write and other principals' data
+  paths left out entirely: they do not exist in its view;
+- a private /tmp, /proc of its own PID namespace, a minimal /dev;
+- /.pspy with the plan, pspy itself, and the sockets of the providers it
+  may call, nothing else.
+Runs as the user namespace's root, as PID 1 of the principal's PID
+namespace, inside a new mount namespace; mounts here are private and never
+reach the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .. import _native as n
+from ..jail import data_paths
+from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, plan_path
+
+SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
+ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
+             "mime.types", "ssl")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+RO = n.MS_NOSUID | n.MS_NODEV
+
+
+def new_root_path(plan: Plan) -> str:
+    return os.path.join(plan.jail, STATE_DIR.lstrip("/"), "root")
+
+
+def python_paths() -> list[str]:
+    """The interpreter's own folders (prefixes and sys.path entries outside the system paths)."""
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    for entry in sys.path[1:]:
+        if entry and os.path.isdir(entry):
+            roots.add(os.path.realpath(entry))
+    # Keep only outermost folders, and none inside the system paths (bound already).
+    out = []
+    for path in sorted(roots):
+        if any(path == s or path.startswith(s + "/") for s in SYSTEM_PATHS):
+            continue
+        if any(path.startswith(o + "/") for o in out):
+            continue
+        out.append(path)
+    return out
+
+
+def _mkdirs(root: str, path: str, mode: int = 0o755) -> str:
+    target = os.path.join(root, path.lstrip("/"))
+    os.makedirs(target, mode=mode, exist_ok=True)
+    return target
+
+
+def _bind(root: str, source: str, dest: str | None = None, readonly: bool = True) -> None:
+    dest = dest or source
+    target = os.path.join(root, dest.lstrip("/"))
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.lexists(target):
+            open(target, "w").close()
+    n.bind_mount(source, target, readonly=readonly)
+
+
+def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
+    root = new_root_path(plan)
+    n.mount("tmpfs", root, "tmpfs", RO, "mode=0755,size=16m", step=f"mount a tmpfs root on {root}")
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), os.path.join(root, path.lstrip("/")))
+        elif os.path.isdir(path):
+            _bind(root, path)
+    for path in python_paths():
+        _bind(root, path)
+    _mkdirs(root, "/etc")
+    for name in ETC_FILES:
+        source = os.path.join("/etc", name)
+        if os.path.exists(source):
+            _bind(root, os.path.realpath(source), source)
+    _build_dev(root)
+    tmp = _mkdirs(root, "/tmp")
+    n.mount("tmpfs", tmp, "tmpfs", RO, "mode=1777,size=64m", step=f"mount a private /tmp on {tmp}")
+    # Mounted before pivot_root: in a user namespace the kernel allows a new
+    # proc only while a fully visible one is still in the mount namespace.
+    # It shows the PID namespace of this process, the principal's PID 1.
+    proc = _mkdirs(root, "/proc")
+    n.mount("proc", proc, "proc", n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC, step=f"mount proc on {proc}")
+    _build_app(plan, principal, root)
+    _build_state(plan, principal, root, pspy_dir)
+    return root
+
+
+def _build_dev(root: str) -> None:
+    dev = _mkdirs(root, "/dev")
+    n.mount("tmpfs", dev, "tmpfs", n.MS_NOSUID | n.MS_NOEXEC, "mode=0755,size=64k",
+            step=f"mount a minimal /dev on {dev}")
+    for name in DEVICES:
+        target = os.path.join(dev, name)
+        open(target, "w").close()
+        n.bind_mount(f"/dev/{name}", target, readonly=False)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    os.chmod(os.path.join(dev, "shm"), 0o1777)
+    n.mount(None, dev, None, n.MS_REMOUNT | n.MS_NOSUID | n.MS_NOEXEC | n.MS_RDONLY,
+            step=f"remount {dev} read-only")
+
+
+def _build_app(plan: Plan, principal: PrincipalPlan, root: str) -> None:
+    source = plan.host_path(APP_DIR)
+    owned = data_paths(plan, source)
+    mine = owned.get(principal.name, set())
+    hidden = set().union(*(paths for name, paths in owned.items() if name != principal.name)) - mine
+    _assemble(source, _mkdirs(root, APP_DIR), "", hidden, mine)
+
+
+def _assemble(src: str, dst: str, rel: str, hidden: set[str], mine: set[str]) -> None:
+    """Mirror src into dst with binds, leaving hidden paths out and mine writable."""
+    special = hidden | mine
+    for name in sorted(os.listdir(src)):
+        r = f"{rel}{name}"
+        s, d = os.path.join(src, name), os.path.join(dst, name)
+        st = os.lstat(s)
+        if r in hidden:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(s), d)
+            continue
+        if r in mine:
+            _bind_entry(s, d, st, readonly=False)
+        elif stat.S_ISDIR(st.st_mode) and any(p.startswith(r + "/") for p in special):
+            os.mkdir(d)
+            os.chmod(d, stat.S_IMODE(st.st_mode))
+            _assemble(s, d, r + "/", hidden, mine)
+        else:
+            _bind_entry(s, d, st, readonly=True)
+
+
+def _bind_entry(source: str, target: str, st: os.stat_result, readonly: bool) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        os.mkdir(target)
+    else:
+        open(target, "w").close()
+    n.bind_mount(source, target, readonly=readonly, recursive=False)
+
+
+def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str) -> None:
+    _bind(root, plan_path(plan.jail), f"{STATE_DIR}/plan.json")
+    _bind(root, pspy_dir, f"{LIB_DIR}/pspy")
+    _bind(root, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
+    # Only the sockets of providers this principal may call are in its view.
+    callees = {q.name for q in plan.providers if q.name != principal.name
+               and any(principal.name in s.callers for s in q.services)}
+    _mkdirs(root, SOCKET_DIR)
+    for q in plan.providers:
+        if q.name in callees:
+            folder = os.path.dirname(q.socket)
+            _bind(root, plan.host_path(folder), folder)
+
+
+def enter(root: str) -> None:
+    """pivot_root into root, then detach the old root entirely."""
+    n.mount(None, root, None, n.MS_REMOUNT | n.MS_RDONLY | n.MS_NOSUID | n.MS_NODEV,
+            step=f"remount the new root {root} read-only")
+    os.chdir(root)
+    # pivot_root(".", ".") stacks the old root on top of the new one; the
+    # detach below then removes it, leaving no path back to the host.
+    n.pivot_root(".", ".")
+    n.umount2(".", n.MNT_DETACH)
+    os.chdir("/")
