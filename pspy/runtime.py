@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 
-from .errors import PspyError, SerializationError
+from .errors import PermissionDenied, PspyError, SerializationError, ServiceUnavailable
 from .plan import Plan, PrincipalPlan, ServicePlan
 from .rpc import codec
 from .rpc.client import Client
@@ -93,9 +93,17 @@ def _where(obj) -> str:
 
 
 def _call(rt: Runtime, provider: str, service: str, original, args, kwargs, timeout=None,
-          bound_self: bool = False):
+          bound_self: bool = False, callers: list[str] | None = None):
     try:
         return rt.client(provider).call(service, args, kwargs, timeout=timeout)
+    except ServiceUnavailable:
+        if callers is not None and rt.me.name not in callers:
+            # In namespace mode a provider none of whose services this principal
+            # may call is not even in its view: say why, rather than "unreachable".
+            raise PermissionDenied(f"{rt.me.name} may not call {provider}.{service} (allowed callers: "
+                                   f"{', '.join(callers) or 'none'}); its socket is not in "
+                                   f"{rt.me.name}'s view") from None
+        raise
     except SerializationError as e:
         # A method's signature starts with self, which is not sent: (None,) stands in for it.
         which = _which_argument(provider, service, original, ((None,) + tuple(args)) if bound_self else args,
@@ -126,13 +134,14 @@ def _function_stub(rt: Runtime, provider: str, original, spec: ServicePlan):
         async def async_stub(*args, **kwargs):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                None, lambda: _call(rt, provider, spec.name, original, args, kwargs, spec.timeout))
+                None, lambda: _call(rt, provider, spec.name, original, args, kwargs, spec.timeout,
+                                    callers=spec.callers))
         async_stub.__pspy_remote__ = provider
         return async_stub
 
     @functools.wraps(original)
     def stub(*args, **kwargs):
-        return _call(rt, provider, spec.name, original, args, kwargs, spec.timeout)
+        return _call(rt, provider, spec.name, original, args, kwargs, spec.timeout, callers=spec.callers)
     stub.__pspy_remote__ = provider
     return stub
 
@@ -155,7 +164,7 @@ def _class_proxy(rt: Runtime, provider: str, cls, spec: ServicePlan):
             # `self` is not sent; (None,) stands in for it when naming parameters.
             def send(self, *args, **kwargs):
                 return _call(rt, provider, remote_name, original, args, kwargs, spec.timeout,
-                             bound_self=True)
+                             bound_self=True, callers=spec.callers)
             if original is not None:
                 functools.update_wrapper(send, original)
             return send

@@ -1,4 +1,4 @@
-"""RPC between real sandboxed principals (chroot mode): errors, types,
+"""RPC between real sandboxed principals (chroot and namespace modes): errors, types,
 timeouts, at-most-once delivery, caller authorisation and concurrency.
 
 Every call below is made by a principal process inside the jail (through
@@ -33,10 +33,11 @@ def call(jail, principal, expr):
     return probe(jail, principal, CALL + f"print(json.dumps(outcome(lambda: {expr}), default=repr))")
 
 
-@pytest.fixture(scope="module")
-def jail(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("calc") / "jail")
-    pspy("bootstrap", CALC, "--jail", path, "--detach", check=True)
+@pytest.fixture(scope="module", params=["chroot", "namespaces"])
+def jail(request, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp(f"calc-{request.param}") / "jail")
+    flags = ["--namespaces"] if request.param == "namespaces" else []
+    pspy("bootstrap", CALC, "--jail", path, "--detach", *flags, check=True)
     yield path
     pspy("stop", "--jail", path)
 
@@ -97,6 +98,7 @@ print(json.dumps([inspect.iscoroutinefunction(worker.async_add), asyncio.run(wor
 
 def test_caller_not_in_callers_is_refused_and_logged(jail):
     assert call(jail, "web", "other.hello('web')") == ["ok", "hello web"]   # control
+    assert call(jail, "Worker", "other.ping()") == ["ok", "pong"]           # control: Worker reaches Other
     kind, message = call(jail, "Worker", "other.hello('worker')")
     assert kind == "PermissionDenied" and "Worker may not call Other.hello" in message
     log = open(os.path.join(jail, ".pspy", "logs", "Other.log")).read()
@@ -141,8 +143,9 @@ def test_a_provider_dying_mid_call_gives_call_interrupted_and_no_resend(jail):
     assert call(jail, "web", "worker.calls_recorded()") == ["ok", before + 1]
 
 
-def test_a_provider_that_is_down_gives_service_unavailable(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--namespaces"]], ids=["chroot", "namespaces"])
+def test_a_provider_that_is_down_gives_service_unavailable(tmp_path, flags):
     path = str(tmp_path / "jail")
-    pspy("bootstrap", CALC, "--jail", path, "--no-run", check=True)   # built, nothing running
+    pspy("bootstrap", CALC, "--jail", path, "--no-run", *flags, check=True)   # built, nothing running
     kind, message = call(path, "web", "worker.add(1, 2)")
     assert kind == "ServiceUnavailable" and "not sent" in message
