@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 def service(*, service_provider: str, group: str | None = None,
             perms: dict[str, int] | None = None, extra_groups: list[str] | None = None,
-            callers: list[str] | None = None, timeout: float | None = None) -> Callable[[T], T]:
+            callers: list[str] | None = None, timeout: float | None = None,
+            network: bool | None = None) -> Callable[[T], T]:
     """Declare a function or class as a service run by ``service_provider``.
 
     group: the provider's primary group (default: a group named after it).
@@ -26,6 +27,8 @@ def service(*, service_provider: str, group: str | None = None,
     extra_groups: supplementary groups of the provider.
     callers: principals allowed to call (default: every principal of the app).
     timeout: seconds a caller waits for this service (default: the app's rpc_timeout).
+    network: whether the provider keeps the host's network (namespace mode;
+      default False: an empty network namespace with loopback only).
     """
     def decorate(obj: T) -> T:
         rt = runtime.current()

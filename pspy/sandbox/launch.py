@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
         _init(plan, principal, command, pspy_dir, launcher, userns_fd)
     _close_listener()   # only the principal serves on it
     drop_privileges(principal, userns_fd, f"pspy-run:{name}")
+    _pdeathsig_or_exit(supervisor)   # again: the id change cleared it
     return _wait(init)
 
 
@@ -80,6 +81,7 @@ def _init(plan: Plan, principal, command: list[str], pspy_dir: str, launcher: in
         os.execve(command[0], command, os.environ)
     _close_listener()
     drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
+    _pdeathsig_or_exit(0)   # again: the id change cleared it
     pid.run_init(child)
 
 

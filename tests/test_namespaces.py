@@ -1,0 +1,209 @@
+"""The escape battery: namespace mode, probed from inside each principal.
+
+Each forbidden attempt is paired with a control that is allowed. Probes run
+through `pspy exec`, which builds the same sandbox as the supervisor does.
+"""
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import REPO, probe, pspy
+
+pytestmark = pytest.mark.root
+
+ESCAPE = os.path.join(REPO, "tests", "apps", "escape")
+
+LIBC = """
+import ctypes, ctypes.util, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def syscall_errno(result):
+    return "ok" if result == 0 else errno.errorcode[ctypes.get_errno()]
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except Exception as e:
+        return type(e).__name__
+"""
+
+
+@pytest.fixture(scope="module")
+def jail(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("escape") / "jail")
+    pspy("bootstrap", ESCAPE, "--jail", path, "--namespaces", "--detach", check=True)
+    yield path
+    pspy("stop", "--jail", path)
+
+
+def test_proc_shows_only_the_principals_own_pid_namespace(jail):
+    pids = probe(jail, "Store", "import os, json; print(json.dumps(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())))")
+    assert pids == [1, 2]   # its PID 1 and itself; no host or sibling process
+
+
+def test_signalling_a_sibling_principal_fails(jail):
+    state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
+    sibling = state["principals"]["Net"]["pid"]
+    os.kill(sibling, 0)   # control: it runs, seen from the host
+    result = probe(jail, "Store", LIBC + f"""
+print(json.dumps([attempt(lambda: os.kill({sibling}, 0)), attempt(lambda: os.kill(os.getpid(), 0))]))
+""")
+    assert result == ["ProcessLookupError", "ok"]
+    os.kill(sibling, 0)   # still alive
+
+
+def test_other_principals_data_is_absent_and_only_own_paths_are_writable(jail):
+    result = probe(jail, "Store", LIBC + """
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+print(json.dumps({
+    "other data exists": os.path.exists("data/net"),
+    "own data exists": os.path.exists("data/store"),
+    "own data write": attempt(lambda: write("data/store/x")),
+    "app code write": attempt(lambda: write("store.py")),
+    "new app file": attempt(lambda: write("new.py")),
+    "usr write": attempt(lambda: write("/usr/x")),
+    "etc write": attempt(lambda: write("/etc/x")),
+    "root write": attempt(lambda: write("/x")),
+    "tmp write": attempt(lambda: write("/tmp/x")),
+    "host home visible": os.path.exists("/home") or os.path.exists("/var"),
+}))
+""")
+    assert result["other data exists"] is False and result["own data exists"] is True
+    assert result["own data write"] == "ok" and result["tmp write"] == "ok"   # controls
+    for key in ("app code write", "new app file", "usr write", "etc write", "root write"):
+        assert result[key] in ("OSError", "PermissionError"), (key, result[key])
+    assert result["host home visible"] is False
+
+
+def test_mount_umount_pivot_root_chroot_setuid_and_modules_fail(jail):
+    result = probe(jail, "Store", LIBC + """
+import platform
+nr = {"x86_64": {"pivot_root": 155, "init_module": 175, "finit_module": 313},
+      "aarch64": {"pivot_root": 41, "init_module": 105, "finit_module": 273}}[platform.machine()]
+print(json.dumps({
+    "mount": syscall_errno(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None)),
+    "umount": syscall_errno(libc.umount2(b"/app", 0)),
+    "pivot_root": syscall_errno(libc.syscall(nr["pivot_root"], b"/tmp", b"/tmp")),
+    "chroot": attempt(lambda: os.chroot("/tmp")),
+    "setuid(0)": attempt(lambda: os.setuid(0)),
+    "init_module": syscall_errno(libc.syscall(nr["init_module"], None, 0, b"")),
+    "finit_module": syscall_errno(libc.syscall(nr["finit_module"], -1, b"", 0)),
+    "getuid": os.getuid(),
+}))
+""")
+    assert result["mount"] == "EPERM" and result["umount"] == "EPERM"
+    assert result["pivot_root"] == "EPERM"
+    assert result["chroot"] == "PermissionError"
+    assert result["setuid(0)"] in ("PermissionError", "OSError")   # EPERM, or EINVAL: no uid 0 is mapped
+    # ENOSYS where the kernel has no module support at all (as on this VM)
+    assert result["init_module"] in ("EPERM", "ENOSYS")
+    assert result["finit_module"] in ("EPERM", "EBADF", "ENOSYS")
+    assert result["getuid"] != 0   # control: it runs as its own uid
+
+
+def test_no_capability_no_new_privs_and_setuid_binaries_gain_nothing(jail):
+    result = probe(jail, "Store", LIBC + """
+import subprocess
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+passwd = [p for p in ("/usr/bin/passwd", "/usr/bin/su") if os.path.exists(p)]
+runs = subprocess.run([passwd[0], "-S", "root"], capture_output=True).returncode if passwd else None
+st = os.statvfs("/usr")
+print(json.dumps({k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb", "NoNewPrivs")}
+                 | {"setuid binary exit": runs, "usr nosuid": bool(st.f_flag & os.ST_NOSUID),
+                    "setuid binary present": bool(passwd)}))
+""")
+    for key in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"):
+        assert int(result[key], 16) == 0, (key, result[key])
+    assert result["NoNewPrivs"] == "1"
+    assert result["usr nosuid"] is True
+    if result["setuid binary present"]:
+        assert result["setuid binary exit"] != 0   # it ran, but as the principal: root's data stays closed
+
+
+@pytest.fixture
+def host_listeners():
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(8)
+    abstract = socket.socket(socket.AF_UNIX)
+    name = f"pspy-test-{os.getpid()}-{time.monotonic_ns()}"
+    abstract.bind("\0" + name)
+    abstract.listen(8)
+    yield tcp.getsockname()[1], name
+    tcp.close()
+    abstract.close()
+
+
+NET_PROBE = LIBC + """
+import socket
+def tcp():
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    s.close()
+def abstract():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect("\\0{name}")
+    s.close()
+print(json.dumps([attempt(tcp), attempt(abstract)]))
+"""
+
+
+def test_without_network_host_tcp_and_abstract_sockets_are_unreachable(jail, host_listeners):
+    port, name = host_listeners
+    assert probe(jail, "Store", NET_PROBE.format(port=port, name=name)) == ["ConnectionRefusedError",
+                                                                           "ConnectionRefusedError"]
+
+
+def test_with_network_true_the_host_is_reachable(jail, host_listeners):
+    port, name = host_listeners
+    assert probe(jail, "Net", NET_PROBE.format(port=port, name=name)) == ["ok", "ok"]
+
+
+def test_proc_root_cwd_and_descriptors_give_no_path_to_the_host(jail):
+    result = probe(jail, "Store", """
+import json, os
+print(json.dumps({
+    "root of pid 1": sorted(os.listdir("/proc/1/root")) if os.access("/proc/1/root", os.R_OK) else None,
+    "shadow via pid 1": os.path.exists("/proc/1/root/etc/shadow"),
+    "cwd": os.readlink("/proc/self/cwd"),
+    "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    "fd targets": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
+}))
+""")
+    assert result["shadow via pid 1"] is False
+    assert result["root of pid 1"] is None or "home" not in result["root of pid 1"]
+    assert result["cwd"] == "/app"
+    assert result["fds"] == [0, 1, 2, 3]   # stdio and the descriptor listdir itself opened
+    assert all(t.startswith(("pipe:", "socket:", "/dev/null")) for t in result["fd targets"]), result
+
+
+def test_killing_the_supervisor_leaves_no_principal(tmp_path):
+    path = str(tmp_path / "jail")
+    pspy("bootstrap", ESCAPE, "--jail", path, "--namespaces", "--detach", check=True)
+    plan = json.load(open(os.path.join(path, ".pspy", "plan.json")))
+    uids = {p["uid"] for p in plan["principals"]}
+
+    def app_pids():
+        out = []
+        for entry in os.listdir("/proc"):
+            try:
+                for line in open(f"/proc/{entry}/status"):
+                    if line.startswith("Uid:") and int(line.split()[1]) in uids:
+                        out.append(int(entry))
+            except (OSError, ValueError):
+                pass
+        return out
+
+    assert app_pids()   # control: running
+    state = json.load(open(os.path.join(path, ".pspy", "run", "state.json")))
+    os.kill(state["supervisor"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while app_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert app_pids() == []
