@@ -1,7 +1,8 @@
-"""Start one principal in namespace mode: ``python -I -m pspy.sandbox.launch``.
+"""Start one principal in namespace mode.
 
-Run by the supervisor (or ``pspy exec``) as host root, with the app's user
-namespace open on an fd. In order:
+``launch()`` forks the launcher from the supervisor (or ``pspy exec``),
+running as host root with the app's user namespace open on an fd: no new
+interpreter starts before the principal's own. In order:
 new mount, PID, IPC, UTS (and network) namespaces, made by host root so
 they belong to the host's user namespace -> loopback -> fork PID 1 ->
 mounts (proc included) -> pivot_root -> fork the principal -> join the
@@ -20,7 +21,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
+import subprocess
+import time
 
 import prctl
 
@@ -35,13 +37,95 @@ def _pdeathsig_or_exit(parent: int) -> None:
         os._exit(1)
 
 
-def main(argv: list[str]) -> int:
-    jail, name, userns_fd, *command = argv
-    if command[:1] == ["--"]:
-        command = command[1:]
-    userns_fd = int(userns_fd)
-    plan = Plan.load(jail)
-    principal = plan.principal(name)
+class Launched:
+    """The forked launcher, with the part of subprocess.Popen's interface pspy uses."""
+
+    def __init__(self, pid: int, stdin=None, stdout=None, stderr=None):
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"launcher {self.pid}", timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+def _std_fd(spec, index: int, pipes: list):
+    """The child's end for a Popen-style stdio argument, and the parent's stream.
+    Descriptors opened here for the child are listed in ``pipes`` (closed in the parent)."""
+    if spec is None:
+        return index, None
+    if spec == subprocess.DEVNULL:
+        fd = os.open(os.devnull, os.O_RDWR)
+        pipes.append(fd)
+        return fd, None
+    if spec == subprocess.PIPE:
+        r, w = os.pipe()
+        pipes.append(r if index == 0 else w)
+        if index == 0:
+            return r, os.fdopen(w, "wb", buffering=0)
+        return w, os.fdopen(r, "rb", buffering=0)
+    return (spec if isinstance(spec, int) else spec.fileno()), None
+
+
+def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int, *, stdin=None,
+           stdout=None, stderr=None, pass_fds: tuple[int, ...] = ()) -> Launched:
+    """Fork the launcher for ``principal``; it runs ``command`` inside its namespaces."""
+    pipes: list[int] = []
+    child_fds, streams = zip(*(_std_fd(spec, i, pipes) for i, spec in enumerate((stdin, stdout, stderr))))
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            os.setsid()
+            for i, fd in enumerate(child_fds):
+                if fd != i:
+                    os.dup2(fd, i)
+            keep = sorted({0, 1, 2, userns_fd, *pass_fds})
+            for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
+                os.closerange(low + 1, high)   # nothing of the supervisor's but what the plan names
+            for fd in keep[3:]:
+                os.set_inheritable(fd, True)
+            for sig in list(pid_signals()):
+                signal.signal(sig, signal.SIG_DFL)
+            os.environ.clear()
+            os.environ.update(env)
+            code = run(plan, principal, userns_fd, command)
+        except BaseException as e:  # noqa: BLE001 - the principal's log shows why it could not start
+            try:
+                if env.get("PSPY_DEBUG") == "1":
+                    import traceback
+                    traceback.print_exc()
+                os.write(2, f"pspy: cannot start {principal.name}: {e}\n".encode())
+            finally:
+                os._exit(code)
+        os._exit(code)
+    for fd in pipes:
+        os.close(fd)
+    return Launched(pid, *streams)
+
+
+def pid_signals():
+    return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
+
+
+def run(plan: Plan, principal, userns_fd: int, command: list[str]) -> int:
+    name = principal.name
     supervisor = os.getppid()
     _pdeathsig_or_exit(supervisor)
     pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,14 +207,3 @@ def _wait(child: int) -> int:
         except InterruptedError:
             continue
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except Exception as e:  # noqa: BLE001 - the principal's log shows why it could not start
-        if os.environ.get("PSPY_DEBUG") == "1":
-            import traceback
-            traceback.print_exc()
-        print(f"pspy: cannot start {sys.argv[2] if len(sys.argv) > 2 else 'principal'}: {e}", file=sys.stderr)
-        sys.exit(125)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pyroute2 import IPRoute
+
 from ..errors import SandboxError
 
 
 def loopback_up() -> None:
     """Bring lo up in the current (new) network namespace, through pyroute2."""
-    from pyroute2 import IPRoute
     try:
         with IPRoute() as ipr:
             (index,) = ipr.link_lookup(ifname="lo")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
@@ -77,22 +76,17 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
     if pass_fds:
         env[ENV_LISTEN_FD] = str(pass_fds[0])
     argv = resolve_argv(plan, argv)
-    preexec = _preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None)
-    popen_argv, cwd = argv, None
     if plan.mode == "namespaces":
         if userns_fd is None:
             raise SandboxError("namespace mode needs the app's user namespace")
-        # -I: the launcher runs as host root, so no environment variable or
-        # current folder may change what it imports.
-        popen_argv = [sys.executable, "-I", "-m", "pspy.sandbox.launch", plan.jail, principal.name,
-                      str(userns_fd), "--", *argv]
-        pass_fds = tuple(pass_fds) + (userns_fd,)
-        preexec, cwd = None, "/"
+        from .launch import launch
+        return launch(plan, principal, argv, env, userns_fd, stdin=stdin, stdout=stdout, stderr=stderr,
+                      pass_fds=tuple(pass_fds))
     try:
         return subprocess.Popen(
-            popen_argv, env=env, stdin=stdin, stdout=stdout, cwd=cwd,
+            argv, env=env, stdin=stdin, stdout=stdout,
             stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
-            preexec_fn=preexec)
+            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
     except FileNotFoundError:
         raise SandboxError(f"cannot run {argv[0]!r} as {principal.name}: no such program in the jail "
                            f"{plan.jail} (it holds the app, the Python interpreter and its libraries, "
