@@ -73,6 +73,10 @@ def _bind(root: str, source: str, dest: str | None = None, readonly: bool = True
 def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
     root = new_root_path(plan)
     n.mount("tmpfs", root, "tmpfs", RO, "mode=0755,size=16m", step=f"mount a tmpfs root on {root}")
+    # The private /tmp first: an interpreter (a venv, say) may live under
+    # /tmp on the host, and its bind must sit on top of the tmpfs, not under.
+    tmp = _mkdirs(root, "/tmp")
+    n.mount("tmpfs", tmp, "tmpfs", RO, "mode=1777,size=64m", step=f"mount a private /tmp on {tmp}")
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), os.path.join(root, path.lstrip("/")))
@@ -86,8 +90,6 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
         if os.path.exists(source):
             _bind(root, os.path.realpath(source), source)
     _build_dev(root)
-    tmp = _mkdirs(root, "/tmp")
-    n.mount("tmpfs", tmp, "tmpfs", RO, "mode=1777,size=64m", step=f"mount a private /tmp on {tmp}")
     # Mounted before pivot_root: in a user namespace the kernel allows a new
     # proc only while a fully visible one is still in the mount namespace.
     # It shows the PID namespace of this process, the principal's PID 1.

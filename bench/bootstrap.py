@@ -1,0 +1,170 @@
+"""Bootstrap and start-up costs of pspy's two isolation modes, in one run.
+
+    sudo python bench/bootstrap.py [--runs N] [--padding-mb M] [--json FILE]
+
+1. `pspy bootstrap --no-run` of zoobank into a fresh jail, in chroot mode
+   (which copies the interpreter and site-packages) and namespace mode
+   (which copies nothing), with the real site-packages and with one padded
+   by M MB of extra package files; ratios against namespace mode.
+2. Start-up of one principal: `python -c pass` on the host against the same
+   command run as a principal in each mode; the difference is what the
+   sandbox adds (target: at most 5 ms in namespace mode). Then the time from
+   spawn to "the provider answers on its socket", per provider and mode.
+The padding is a folder pspy_bench_padding/ put into this interpreter's
+site-packages for the run and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZOOBANK = os.path.join(REPO, "examples", "zoobank")
+sys.path.insert(0, REPO)
+
+
+def timed_bootstrap(jail: str, mode: str) -> float:
+    flags = ["--namespaces"] if mode == "namespaces" else []
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pspy", "bootstrap", ZOOBANK, "--jail", jail, "--no-run",
+                           *flags], capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bootstrap failed: {proc.stderr}")
+    return elapsed
+
+
+def pad_site_packages(megabytes: int) -> str:
+    site = sysconfig.get_paths()["purelib"]
+    pad = os.path.join(site, "pspy_bench_padding")
+    os.makedirs(pad, exist_ok=True)
+    chunk = ("# padding\n" + "x = 1\n" * 8000).encode()   # about 48 KiB a file
+    for i in range(megabytes * 1024 * 1024 // len(chunk)):
+        with open(os.path.join(pad, f"module_{i}.py"), "wb") as f:
+            f.write(chunk)
+    return pad
+
+
+def bootstrap_times(runs: int, padding_mb: int, workdir: str) -> dict:
+    out = {}
+    for label in ("real site-packages", f"site-packages + {padding_mb} MB"):
+        pad = pad_site_packages(padding_mb) if label != "real site-packages" else None
+        try:
+            for mode in ("chroot", "namespaces"):
+                samples = []
+                for r in range(runs):
+                    jail = os.path.join(workdir, f"jail-{mode}-{len(out)}-{r}")
+                    samples.append(timed_bootstrap(jail, mode))
+                    subprocess.run([sys.executable, "-m", "pspy", "stop", "--jail", jail], capture_output=True)
+                    shutil.rmtree(jail, ignore_errors=True)
+                out[(label, mode)] = statistics.median(samples)
+        finally:
+            if pad:
+                shutil.rmtree(pad, ignore_errors=True)
+    return out
+
+
+def startup_times(runs: int, workdir: str) -> dict:
+    from pspy.plan import Plan
+    from pspy.sandbox.spawn import provider_argv, spawn_principal
+    from pspy.sandbox.user import create_user_namespace
+    from pspy.supervisor import listen, ping
+
+    out = {}
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - t0)
+    out["python -c pass, host"] = statistics.median(samples)
+    for mode in ("chroot", "namespaces"):
+        jail = os.path.join(workdir, f"start-{mode}")
+        flags = ["--namespaces"] if mode == "namespaces" else []
+        subprocess.run([sys.executable, "-m", "pspy", "bootstrap", ZOOBANK, "--jail", jail, "--no-run", *flags],
+                       check=True, capture_output=True)
+        plan = Plan.load(jail)
+        userns = create_user_namespace(plan) if mode == "namespaces" else None
+        try:
+            web = plan.principal("web")
+            samples = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                proc = spawn_principal(plan, web, ["python", "-c", "pass"], userns_fd=userns)
+                proc.wait()
+                samples.append(time.perf_counter() - t0)
+            out[f"python -c pass, as web ({mode})"] = statistics.median(samples)
+            for provider in plan.providers:
+                samples = []
+                for _ in range(runs):
+                    listener = listen(plan, provider)
+                    t0 = time.perf_counter()
+                    proc = spawn_principal(plan, provider, provider_argv(plan), pass_fds=(listener.fileno(),),
+                                           userns_fd=userns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    while not ping(plan, provider, timeout=0.5):
+                        if proc.poll() is not None:
+                            raise SystemExit(f"{provider.name} exited with {proc.returncode}")
+                        time.sleep(0.001)
+                    samples.append(time.perf_counter() - t0)
+                    proc.send_signal(15)
+                    proc.wait()
+                    listener.close()
+                out[f"spawn -> {provider.name} answers ({mode})"] = statistics.median(samples)
+        finally:
+            if userns is not None:
+                os.close(userns)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--padding-mb", type=int, default=200)
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench/bootstrap.py bootstraps jails: run it as root")
+    workdir = tempfile.mkdtemp(prefix="pspy-bench-", dir="/var/tmp")
+    os.chmod(workdir, 0o755)
+    try:
+        boot = bootstrap_times(args.runs, args.padding_mb, workdir)
+        start = startup_times(max(args.runs, 10), workdir)
+    finally:
+        for entry in os.listdir(workdir):
+            subprocess.run([sys.executable, "-m", "pspy", "stop", "--jail", os.path.join(workdir, entry)],
+                           capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"pspy bootstrap of zoobank (--no-run), median of {args.runs}; ratio = chroot / namespaces")
+    print(f"{'site-packages':<34}{'chroot mode':>14}{'namespace mode':>17}{'ratio':>9}")
+    labels = sorted({label for label, _ in boot}, key=lambda label: "+" in label)
+    for label in labels:
+        c, n = boot[(label, "chroot")], boot[(label, "namespaces")]
+        print(f"{label:<34}{c * 1000:>11.0f} ms{n * 1000:>14.0f} ms{c / n:>8.1f}x")
+    print()
+    print(f"start-up, median of {max(args.runs, 10)}; overhead = as a principal - on the host")
+    base = start["python -c pass, host"]
+    print(f"{'what':<44}{'time':>10}{'vs host python':>18}")
+    for key, value in start.items():
+        extra = f"{(value - base) * 1000:>+14.1f} ms" if key.startswith("python") else ""
+        print(f"{key:<44}{value * 1000:>7.1f} ms{extra}")
+    for mode in ("chroot", "namespaces"):
+        overhead = start[f"python -c pass, as web ({mode})"] - base
+        print(f"{'sandbox overhead per principal (' + mode + ')':<44}{overhead * 1000:>7.1f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"bootstrap_s": {f"{label} / {mode}": v for (label, mode), v in boot.items()},
+                       "startup_s": start}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
