@@ -180,6 +180,11 @@ def _app_uids(jail):
     return {p["uid"] for p in plan["principals"]}
 
 
+def _app_pids(jail):
+    uids = _app_uids(jail)
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) in uids]
+
+
 def _uid_of(pid):
     try:
         for line in open(f"/proc/{pid}/status"):
@@ -190,7 +195,7 @@ def _uid_of(pid):
 
 
 def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
-    pids = _running_pids(zoobank["jail"])
+    pids = _principal_pids(zoobank)
 
     def environ(pid):
         raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
@@ -203,6 +208,14 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD"}, env
+    # Nor does any other process of the app (the launcher and PID 1 of namespace mode included).
+    for pid in _app_pids(zoobank["jail"]):
+        try:
+            raw = open(f"/proc/{pid}/environ", "rb").read()
+        except OSError:
+            continue
+        if pid != pids["web"]:
+            assert b"front-end-only-secret" not in raw, pid
 
 
 def test_principals_inherit_no_descriptor_but_stdio(zoobank):

@@ -92,6 +92,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     if pid == 0:
         code = 125
         try:
+            _scrub_inherited_environment()
             os.setsid()
             for i, fd in enumerate(child_fds):
                 if fd != i:
@@ -118,6 +119,25 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     for fd in pipes:
         os.close(fd)
     return Launched(pid, *streams)
+
+
+def _scrub_inherited_environment() -> None:
+    """Zero the environment block this forked child inherited from the supervisor.
+
+    A fork keeps the supervisor's original environment in memory (what
+    /proc/PID/environ shows), secrets of other principals included; the
+    launcher and the principal's PID 1 run as the principal afterwards, so
+    that copy is wiped. The principal itself is exec'd with its own clean env.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # Fields 50 and 51 of /proc/PID/stat (env_start, env_end); the split above
+    # starts at field 3.
+    start, end = int(fields[47]), int(fields[48])
+    if 0 < start < end:
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(b"\0" * (end - start))
 
 
 def pid_signals():
