@@ -73,7 +73,7 @@ def conflicts(plan: Plan, jails: dict) -> list[str]:
                 out.append(f"{kind} {mine[kind][0]}-{mine[kind][1]} overlap those of the jail {jail} "
                            f"({ranges[kind][0]}-{ranges[kind][1]})")
     uids = {p.uid: p.name for p in plan.principals}
-    for pid, uid in _process_uids():
+    for pid, uid in process_uids():
         if uid in uids and _root_of(pid) != plan.jail:
             out.append(f"uid {uid} planned for {uids[uid]} is in use by process {pid} outside this jail")
             break
@@ -84,7 +84,8 @@ def record(plan: Plan, jails: dict) -> None:
     jails[plan.jail] = _ranges(plan)
 
 
-def _process_uids():
+def process_uids():
+    """(pid, real uid) of every process on the host."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import PspyError, SandboxError
 from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
+from .registry import process_uids
 from .rpc import protocol
 from .rpc.client import Client
 from .sandbox.spawn import provider_argv, spawn_principal
@@ -269,19 +270,7 @@ def app_processes(plan: Plan) -> list[int]:
     """Every process of the app: rooted in the jail (chroot mode), or running as
     one of its uids (both modes; the id registry gives each jail its own)."""
     uids = {p.uid for p in plan.principals}
-    found = set(jail_processes(plan.jail))
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) in uids:
-                            found.add(int(entry))
-                        break
-        except OSError:
-            continue
+    found = set(jail_processes(plan.jail)) | {pid for pid, uid in process_uids() if uid in uids}
     found.discard(os.getpid())
     return sorted(found)
 
