@@ -119,7 +119,9 @@ class Supervisor:
 
     def start_all(self) -> None:
         if self.plan.mode == "namespaces":
+            from .sandbox import net
             from .sandbox.user import create_user_namespace
+            net.warm_up()
             self.userns_fd = create_user_namespace(self.plan)
         for principal in self.plan.providers:
             child = self.children[principal.name] = Child(principal)

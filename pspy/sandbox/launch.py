@@ -53,11 +53,19 @@ class Launched:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout is None:
+            while self.returncode is None:
+                try:
+                    _, status = os.waitpid(self.pid, 0)
+                except ChildProcessError:
+                    break
+                self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
         while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(f"launcher {self.pid}", timeout)
-            time.sleep(0.01)
+            time.sleep(0.001)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
