@@ -207,3 +207,22 @@ def test_killing_the_supervisor_leaves_no_principal(tmp_path):
     while app_pids() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert app_pids() == []
+
+
+def test_the_minimal_dev_works_and_holds_nothing_else(jail):
+    result = probe(jail, "Store", LIBC + """
+def use(path, mode):
+    with open(path, mode) as f:
+        f.read(4) if "r" in mode else f.write(b"x")
+print(json.dumps({
+    "entries": sorted(e for e in os.listdir("/dev") if not os.path.islink(f"/dev/{e}")),
+    "null": attempt(lambda: use("/dev/null", "wb")),
+    "urandom": attempt(lambda: use("/dev/urandom", "rb")),
+    "zero": attempt(lambda: use("/dev/zero", "rb")),
+    "mknod": attempt(lambda: os.mknod("/tmp/disk", 0o600 | 0o060000, os.makedev(8, 0))),
+    "shm": attempt(lambda: use("/dev/shm/x", "wb")),
+}))
+""")
+    assert result["null"] == result["urandom"] == result["zero"] == result["shm"] == "ok"   # controls
+    assert result["entries"] == ["full", "null", "random", "shm", "urandom", "zero"]
+    assert result["mknod"] == "PermissionError"

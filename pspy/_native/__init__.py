@@ -66,11 +66,13 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
            step or f"mount {fstype or source} on {target}")
 
 
-def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True) -> None:
-    """Bind source onto target; read-only binds are remounted (bind mounts ignore MS_RDONLY at first)."""
+def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True,
+               device: bool = False) -> None:
+    """Bind source onto target, then remount it nosuid, nodev (unless it is a device
+    node meant to be used) and, if asked, read-only: a first bind ignores those flags."""
     flags = MS_BIND | (MS_REC if recursive else 0)
     mount(source, target, None, flags, step=f"bind-mount {source} onto {target}")
-    remount = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+    remount = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV) | (MS_RDONLY if readonly else 0)
     try:
         mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
     except NativeError as e:

@@ -107,14 +107,18 @@ def _build_dev(root: str) -> None:
     for name in DEVICES:
         target = os.path.join(dev, name)
         open(target, "w").close()
-        n.bind_mount(f"/dev/{name}", target, readonly=False)
+        n.bind_mount(f"/dev/{name}", target, readonly=False, recursive=False, device=True)
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
-    os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    os.chmod(os.path.join(dev, "shm"), 0o1777)
+    shm = os.path.join(dev, "shm")
+    os.mkdir(shm)
     n.mount(None, dev, None, n.MS_REMOUNT | n.MS_NOSUID | n.MS_NOEXEC | n.MS_RDONLY,
             step=f"remount {dev} read-only")
+    # POSIX shared memory and semaphores (multiprocessing uses them): a
+    # private, small tmpfs of the principal's own.
+    n.mount("tmpfs", shm, "tmpfs", n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC, "mode=1777,size=16m",
+            step=f"mount a private /dev/shm on {shm}")
 
 
 def _build_app(plan: Plan, principal: PrincipalPlan, root: str) -> None:
