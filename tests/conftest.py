@@ -42,8 +42,8 @@ def probe(jail, principal, code):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# Tries each operation and reports "ok" or the exception's type name.
-ACCESS_PROBE = """
+# Probe code: attempt(fn) runs fn and reports "ok" or the exception's type name.
+ATTEMPT = """
 import json, os
 def attempt(fn):
     try:
@@ -51,6 +51,9 @@ def attempt(fn):
         return "ok"
     except Exception as e:
         return type(e).__name__
+"""
+
+ACCESS_PROBE = ATTEMPT + """
 def read(p):
     with open(p, "rb") as f:
         f.read(1)

@@ -12,23 +12,17 @@ import time
 
 import pytest
 
-from conftest import REPO, probe, pspy
+from conftest import ATTEMPT, REPO, probe, pspy
 
 pytestmark = pytest.mark.root
 
 ESCAPE = os.path.join(REPO, "tests", "apps", "escape")
 
-LIBC = """
-import ctypes, ctypes.util, errno, json, os
+LIBC = ATTEMPT + """
+import ctypes, errno
 libc = ctypes.CDLL(None, use_errno=True)
 def syscall_errno(result):
     return "ok" if result == 0 else errno.errorcode[ctypes.get_errno()]
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except Exception as e:
-        return type(e).__name__
 """
 
 

@@ -8,6 +8,7 @@ In namespace mode another principal's data is not even there.
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,9 @@ import urllib.request
 import pytest
 
 from conftest import ZOOBANK, access_of, free_port, probe, pspy
+
+sys.path.insert(0, ZOOBANK)
+import workload  # noqa: E402 - the example's API client, reused rather than rewritten
 
 pytestmark = pytest.mark.root
 
@@ -24,16 +28,8 @@ CODE_FILES = ["app.py", "auth.py", "bank.py", "db_paths.py"]
 
 
 def api(port, method, path, body=None, token=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    """The example's own API client (examples/zoobank/workload.py)."""
+    return workload.call(f"http://127.0.0.1:{port}", method, path, body, token)
 
 
 def wait_http(port, timeout=20):
