@@ -53,9 +53,16 @@ def check_jail_path(jail: str, app_source: str) -> None:
         raise JailError(f"jail {jail} is inside the app folder {app_source}; put it elsewhere")
     if src.startswith(real + "/"):
         raise JailError(f"app folder {app_source} is inside the jail {jail}; put it elsewhere")
-    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(plan_path(real)):
+    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(plan_path(real)) \
+            and not os.path.exists(_marker(real)):
         raise JailError(f"{jail} exists, is not empty and is not a pspy jail (no {plan_path(real)}); "
                         "refusing to write into it")
+
+
+def _marker(jail: str) -> str:
+    # Written first: a bootstrap that fails later leaves a folder pspy still
+    # recognises as its own, instead of one it refuses as a stranger's.
+    return os.path.join(jail, STATE_DIR.lstrip("/"), "pspy-jail")
 
 
 def check_trusted(jail: str) -> None:
@@ -96,6 +103,8 @@ def prepare_root(plan: Plan) -> None:
     jail = plan.jail
     _mkdir(jail, 0o755)
     _mkdir(in_jail(plan, STATE_DIR), 0o755)
+    with open(_marker(jail), "w") as f:
+        f.write("this folder is a pspy jail\n")
     _mkdir(in_jail(plan, LOG_DIR), 0o700)
     _mkdir(in_jail(plan, RUN_DIR), 0o700)
     _mkdir(in_jail(plan, SOCKET_DIR), 0o755)
@@ -551,6 +560,16 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                             f"but a readable {rel!r} at the app root is importable by every principal, "
                             f"so {principal.name} could plant code in them; use 0o700 or a path below a "
                             "folder (e.g. 'data/" + rel + "/')")
+    # Namespace mode mounts each provider's data paths into its view alone; a
+    # path inside another provider's would be mounted into both, or neither.
+    if plan.mode == "namespaces":
+        for principal, rel, location in granted:
+            for other, other_rel, other_location in granted:
+                if other is principal or not other_rel.startswith(rel + "/"):
+                    continue
+                problems.append(f"{other_rel}: given to {other.name} at {other_location} inside {rel}, "
+                                f"given to {principal.name} at {location}; namespace mode mounts each "
+                                "provider's data alone, so data paths of two providers must not nest")
     # A provider must be able to reach what it was given: every folder above
     # must let it search, after all changes (another provider's 0o700 folder
     # around it would make its perms useless, and its calls fail at run time).

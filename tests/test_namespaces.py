@@ -220,3 +220,70 @@ print(json.dumps({
     assert result["null"] == result["urandom"] == result["zero"] == result["shm"] == "ok"   # controls
     assert result["entries"] == ["full", "null", "random", "shm", "urandom", "zero"]
     assert result["mknod"] == "PermissionError"
+
+
+def test_principal_has_a_session_keyring_of_its_own(jail):
+    # Root puts a secret in its session keyring, then probes through pspy exec.
+    code = r"""
+import ctypes, os, platform, subprocess, sys
+nr = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+KEY_SPEC_SESSION_KEYRING = -3
+assert libc.syscall(nr[1], 1, None) > 0   # KEYCTL_JOIN_SESSION_KEYRING: a fresh one for this test
+key = libc.syscall(nr[0], b"user", b"pspy-test-secret", b"ROOT-SECRET", 11, KEY_SPEC_SESSION_KEYRING)
+assert key > 0
+assert libc.syscall(nr[1], 10, KEY_SPEC_SESSION_KEYRING, b"user", b"pspy-test-secret", 0) == key   # control
+probe = '''
+import ctypes, json, platform
+nr = {"x86_64": 250, "aarch64": 219}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+found = libc.syscall(nr, 10, -3, b"user", b"pspy-test-secret", 0)   # KEYCTL_SEARCH in @s
+print(json.dumps(found))
+'''
+sys.exit(subprocess.run([sys.executable, "-m", "pspy", "exec", "--jail", sys.argv[1], "Store", "--",
+                         "python", "-c", probe]).returncode)
+"""
+    import subprocess, sys
+    proc = subprocess.run([sys.executable, "-c", code, jail], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == -1   # not found: not root's keyring
+
+
+def test_pid_1_shows_neither_the_supervisors_command_nor_its_environment(jail):
+    result = probe(jail, "Store", LIBC + """
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+def content(path):
+    try:
+        return read(path).decode(errors="replace")
+    except Exception as e:
+        return type(e).__name__
+print(json.dumps({"cmdline": content("/proc/1/cmdline"), "environ": content("/proc/1/environ"),
+                  "umask": oct(os.umask(0o077))}))
+""")
+    # PID 1 runs pspy's code as the principal: what it inherited from root
+    # (the command line, the environment) is wiped, or closed to the principal.
+    assert "pspy" not in result["cmdline"] and "exec" not in result["cmdline"], result
+    assert "PATH" not in result["environ"], result
+    assert result["umask"] == "0o77"
+
+
+def test_nested_data_paths_of_two_providers_are_refused_in_namespace_mode(tmp_path):
+    from conftest import write_app
+    app = write_app(tmp_path / "app", {
+        "a.py": "import pspy\n@pspy.service(service_provider='Alpha', perms={'var/data/': 0o700})\ndef f(): pass\n",
+        "b.py": "import pspy\n@pspy.service(service_provider='Beta', perms={'var/data/b/': 0o700})\ndef g(): pass\n"})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--no-run")
+    assert proc.returncode == 1 and "must not nest" in proc.stderr
+
+
+def test_what_runs_pspy_does_not_widen_the_principals_view(jail, tmp_path):
+    # PYTHONPATH of whoever runs pspy exec must not be bound into the principal.
+    visible = probe(jail, "Store", "import os, json; print(json.dumps(os.path.exists('/var/tmp')))")
+    assert visible is False
+    proc = pspy("exec", "--jail", jail, "Store", "--", "python", "-c",
+                "import os, json; print(json.dumps(os.path.exists('/var/tmp')))", env={"PYTHONPATH": "/var/tmp"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("false")

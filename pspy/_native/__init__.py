@@ -73,16 +73,11 @@ def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True,
     flags = MS_BIND | (MS_REC if recursive else 0)
     mount(source, target, None, flags, step=f"bind-mount {source} onto {target}")
     remount = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV) | (MS_RDONLY if readonly else 0)
-    try:
-        mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
-    except NativeError as e:
-        if e.errno != errno.EPERM:
-            raise
-        # A bind of a mount with locked flags (e.g. nodev, from a user
-        # namespace) must keep them: retry keeping what the source had.
-        st = os.statvfs(target)
-        keep = (MS_NOEXEC if st.f_flag & os.ST_NOEXEC else 0)
-        mount(None, target, None, remount | keep, step=f"remount {target} read-only")
+    if os.statvfs(target).f_flag & os.ST_NOEXEC:
+        remount |= MS_NOEXEC   # a remount replaces the flags: keep what the source had
+    mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
+    if recursive:
+        remount_tree(target, readonly)
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -91,6 +86,29 @@ def umount2(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(lib.pspy_pivot_root(_c(new_root), _c(put_old)), f"pivot_root into {new_root}")
+
+
+def join_new_session_keyring() -> None:
+    """Leave the inherited session keyring (root's keys) for a new, empty one."""
+    if lib.pspy_join_new_session_keyring() < 0:
+        raise NativeError("join a new session keyring", ffi.errno)
+
+
+def remount_tree(target: str, readonly: bool) -> None:
+    """Remount every mount below target too: a recursive bind's submounts keep their
+    own flags, so a read-only /usr could still hold a writable /usr/local."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    prefix = target.rstrip("/") + "/"
+    for fields in mounts:
+        point = fields[4].replace("\\040", " ")
+        if not point.startswith(prefix):
+            continue
+        options = fields[5].split(",")
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+        if "noexec" in options:
+            flags |= MS_NOEXEC
+        mount(None, point, None, flags, step=f"remount {point} {'read-only' if readonly else ''}".strip())
 
 
 def _flag_names(flags: int) -> str:

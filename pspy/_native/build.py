@@ -2,7 +2,7 @@
 
 Only what Python 3.11's os module lacks for sandboxing: unshare and setns
 with namespace flags, mount (bind, remount read-only, proc, tmpfs),
-umount2 and pivot_root. Each is a thin wrapper returning -1 with errno set;
+umount2, pivot_root, and joining a new session keyring. Each is a thin wrapper returning -1 with errno set;
 pspy._native turns that into an exception naming the step and the path.
 """
 
@@ -17,6 +17,7 @@ ffibuilder.cdef("""
                    unsigned long flags, const char *data);
     int pspy_umount2(const char *target, int flags);
     int pspy_pivot_root(const char *new_root, const char *put_old);
+    long pspy_join_new_session_keyring(void);
 
     #define CLONE_NEWNS ...
     #define CLONE_NEWUTS ...
@@ -52,6 +53,11 @@ ffibuilder.set_source("pspy._native._helper", r"""
         return mount(source, target, fstype, flags, data);
     }
     int pspy_umount2(const char *target, int flags) { return umount2(target, flags); }
+    /* keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session
+       keyring, so a principal does not share the keys of whoever started it */
+    long pspy_join_new_session_keyring(void) {
+        return syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, (char *) 0);
+    }
     /* glibc has no wrapper for pivot_root */
     int pspy_pivot_root(const char *new_root, const char *put_old) {
         return (int) syscall(SYS_pivot_root, new_root, put_old);

@@ -19,6 +19,7 @@ and the kernel kills a PID namespace whose PID 1 exits.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -96,6 +97,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     """Fork the launcher for ``principal``; it runs ``command`` inside its namespaces."""
     pipes: list[int] = []
     child_fds, streams = zip(*(_std_fd(spec, i, pipes) for i, spec in enumerate((stdin, stdout, stderr))))
+    supervisor = os.getpid()   # read before the fork: a child reading getppid() late could see 1
     pid = os.fork()
     if pid == 0:
         code = 125
@@ -114,7 +116,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
                 signal.signal(sig, signal.SIG_DFL)
             os.environ.clear()
             os.environ.update(env)
-            code = run(plan, principal, userns_fd, command)
+            code = run(plan, principal, userns_fd, command, supervisor)
         except BaseException as e:  # noqa: BLE001 - the principal's log shows why it could not start
             try:
                 if env.get("PSPY_DEBUG") == "1":
@@ -130,7 +132,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
 
 
 def _scrub_inherited_environment() -> None:
-    """Zero the environment block this forked child inherited from the supervisor.
+    """Zero the environment block and command line this forked child inherited.
 
     A fork keeps the supervisor's original environment in memory (what
     /proc/PID/environ shows), secrets of other principals included; the
@@ -141,20 +143,22 @@ def _scrub_inherited_environment() -> None:
         fields = f.read().rsplit(b")", 1)[1].split()
     # Fields 50 and 51 of /proc/PID/stat (env_start, env_end); the split above
     # starts at field 3.
-    start, end = int(fields[47]), int(fields[48])
-    if 0 < start < end:
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            mem.write(b"\0" * (end - start))
+    # arg_start, arg_end, env_start, env_end: the command line goes too (it
+    # may hold `pspy exec ... -c CODE`); ps then shows the process's name.
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    with open("/proc/self/mem", "r+b", buffering=0) as mem:
+        for start, end in ((arg_start, arg_end), (env_start, env_end)):
+            if 0 < start < end:
+                mem.seek(start)
+                mem.write(b"\0" * (end - start))
 
 
 def pid_signals():
     return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def run(plan: Plan, principal, userns_fd: int, command: list[str]) -> int:
+def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: int) -> int:
     name = principal.name
-    supervisor = os.getppid()
     _pdeathsig_or_exit(supervisor)
     pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,33 +172,46 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str]) -> int:
         net.loopback_up()
     socket.sethostname(f"pspy-{name}"[:63])
 
-    launcher = os.getpid()
+    # PID 1's parent is outside its PID namespace (getppid() is 0 there), so
+    # it learns whether the launcher still lives from this pipe: the launcher
+    # holds the write end until it exits.
+    alive_r, alive_w = os.pipe()
     init = os.fork()
     if init == 0:
-        _init(plan, principal, command, pspy_dir, launcher, userns_fd)
+        os.close(alive_w)
+        _init(plan, principal, command, pspy_dir, alive_r, userns_fd)
+    os.close(alive_r)
     _close_listener()   # only the principal serves on it
     drop_privileges(principal, userns_fd, f"pspy-run:{name}")
     _pdeathsig_or_exit(supervisor)   # again: the id change cleared it
     return _wait(init)
 
 
-def _init(plan: Plan, principal, command: list[str], pspy_dir: str, launcher: int, userns_fd: int):
+def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int, userns_fd: int):
     """PID 1 of the principal's namespace."""
-    # Its parent, the launcher, is outside its PID namespace: getppid() is 0 here.
-    _pdeathsig_or_exit(0)
+    _arm_pdeathsig_for_init(alive_r)
     root = mount.build_root(plan, principal, pspy_dir)
     mount.enter(root)
     me = os.getpid()
     child = os.fork()
     if child == 0:
+        os.close(alive_r)
         os.chdir(APP_DIR)
         drop_privileges(principal, userns_fd, f"pspy:{principal.name}")
         _pdeathsig_or_exit(me)   # after the id change, which clears it
         os.execve(command[0], command, os.environ)
     _close_listener()
     drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
-    _pdeathsig_or_exit(0)   # again: the id change cleared it
+    _arm_pdeathsig_for_init(alive_r)   # again: the id change cleared it
+    os.close(alive_r)
     pid.run_init(child)
+
+
+def _arm_pdeathsig_for_init(alive_r: int) -> None:
+    prctl.set_pdeathsig(signal.SIGKILL)
+    readable, _, _ = select.select([alive_r], [], [], 0)
+    if readable:   # end of file: the launcher is gone
+        os._exit(1)
 
 
 def _close_listener() -> None:
@@ -214,6 +231,8 @@ def drop_privileges(principal, userns_fd: int, name: str) -> None:
     # here, with the CAP_SETPCAP the join gives, before the uid drop.
     caps.drop_bounding_set()
     ids.drop_to(principal.uid, principal.gid, principal.groups)
+    n.join_new_session_keyring()   # not root's session keyring: a new, empty one
+    os.umask(0o077)                # what a principal creates is its own
     caps.clear_all()
     prctl.set_no_new_privs(1)
     caps.set_name(name)

@@ -21,6 +21,7 @@ import stat
 import sys
 
 from .. import _native as n
+from ..errors import SandboxError
 from ..jail import data_paths
 from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, plan_path
 
@@ -35,13 +36,19 @@ def new_root_path(plan: Plan) -> str:
     return os.path.join(plan.jail, STATE_DIR.lstrip("/"), "root")
 
 
-def python_paths() -> list[str]:
-    """The interpreter's own folders (prefixes and sys.path entries outside the system paths)."""
+def python_paths(jail: str) -> list[str]:
+    """The interpreter's own prefixes, outside the system paths (bound already).
+
+    Only the prefixes, never sys.path: that comes from the environment of
+    whoever runs pspy (PYTHONPATH, .pth files), and must not decide what
+    every principal sees. "/" and anything holding the jail are refused.
+    """
     roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
-    for entry in sys.path[1:]:
-        if entry and os.path.isdir(entry):
-            roots.add(os.path.realpath(entry))
-    # Keep only outermost folders, and none inside the system paths (bound already).
+    jail = os.path.realpath(jail)
+    for root in roots:
+        if root == "/" or jail == root or jail.startswith(root + "/"):
+            raise SandboxError(f"the Python prefix {root} holds the jail {jail} (or is /); "
+                               "put the jail outside the Python installation")
     out = []
     for path in sorted(roots):
         if any(path == s or path.startswith(s + "/") for s in SYSTEM_PATHS):
@@ -82,7 +89,7 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
             os.symlink(os.readlink(path), os.path.join(root, path.lstrip("/")))
         elif os.path.isdir(path):
             _bind(root, path)
-    for path in python_paths():
+    for path in python_paths(plan.jail):
         _bind(root, path)
     _mkdirs(root, "/etc")
     for name in ETC_FILES:

@@ -15,6 +15,7 @@ import threading
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
 from ..runtime import ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
 from ..errors import JailError, SandboxError
+from .. import _native
 from . import caps, chroot, ids
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -60,6 +61,8 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
         chroot.enter(plan.jail, cwd)
         if principal is not None:
             ids.drop_to(principal.uid, principal.gid, principal.groups)
+            # Not the supervisor's session keyring (root's keys): a new, empty one.
+            _native.join_new_session_keyring()
         caps.lock_down(parent_pid)
     return child
 
