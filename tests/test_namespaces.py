@@ -222,7 +222,16 @@ print(json.dumps({
     assert result["mknod"] == "PermissionError"
 
 
-def test_principal_has_a_session_keyring_of_its_own(jail):
+@pytest.fixture(scope="module")
+def chroot_jail(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("escape-chroot") / "jail")
+    pspy("bootstrap", ESCAPE, "--jail", path, "--no-run", check=True)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["chroot", "namespaces"])
+def test_principal_has_a_session_keyring_of_its_own(jail, chroot_jail, mode):
+    jail = chroot_jail if mode == "chroot" else jail
     # Root puts a secret in its session keyring, then probes through pspy exec.
     code = r"""
 import ctypes, os, platform, subprocess, sys
@@ -287,3 +296,30 @@ def test_what_runs_pspy_does_not_widen_the_principals_view(jail, tmp_path):
     proc = pspy("exec", "--jail", jail, "Store", "--", "python", "-c",
                 "import os, json; print(json.dumps(os.path.exists('/var/tmp')))", env={"PYTHONPATH": "/var/tmp"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("false")
+
+
+def test_mounts_below_a_read_only_bind_are_read_only_too(tmp_path):
+    # A host mount under the Python prefix (like /usr/local under /usr) is
+    # bound with it; it must not stay writable inside.
+    import sys
+    from pspy import _native
+    below = os.path.join(os.path.realpath(sys.prefix), f"pspy-test-mount-{os.getpid()}")
+    os.mkdir(below)
+    try:
+        _native.mount("tmpfs", below, "tmpfs", 0, "mode=0777")
+        try:
+            with open(os.path.join(below, "host"), "w") as f:   # control: writable on the host
+                f.write("x")
+            path = str(tmp_path / "jail")
+            pspy("bootstrap", ESCAPE, "--jail", path, "--namespaces", "--no-run", check=True)
+            result = probe(path, "Store", ATTEMPT + f"""
+def write():
+    with open({os.path.join(below, 'inside')!r}, "w") as f:
+        f.write("x")
+print(json.dumps([os.path.exists({os.path.join(below, 'host')!r}), attempt(write)]))
+""")
+            assert result == [True, "OSError"]   # seen, but EROFS
+        finally:
+            _native.umount2(below, _native.MNT_DETACH)
+    finally:
+        os.rmdir(below)
