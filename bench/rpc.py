@@ -451,7 +451,7 @@ def main(argv=None) -> int:
             system.stop()
 
     floor = results[Floor.name]
-    for name, entry in results.items():
+    for entry in results.values():
         for payload_name in PAYLOADS:
             entry[payload_name]["ratio_to_floor"] = round(
                 entry[payload_name]["median_us"] / floor[payload_name]["median_us"], 2)

@@ -5,7 +5,6 @@ Every call below is made by a principal process inside the jail (through
 `pspy exec`), to a provider the supervisor runs in the jail.
 """
 
-import json
 import os
 import time
 
