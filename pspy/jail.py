@@ -30,10 +30,6 @@ _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def in_jail(plan: Plan, jail_path: str) -> str:
-    return plan.host_path(jail_path)
-
-
 # --- the jail root ---------------------------------------------------------------
 
 def check_jail_path(jail: str, app_source: str) -> None:
@@ -102,19 +98,19 @@ def prepare_root(plan: Plan) -> None:
     """
     jail = plan.jail
     _mkdir(jail, 0o755)
-    _mkdir(in_jail(plan, STATE_DIR), 0o755)
+    _mkdir(plan.host_path(STATE_DIR), 0o755)
     with open(_marker(jail), "w") as f:
         f.write("this folder is a pspy jail\n")
-    _mkdir(in_jail(plan, LOG_DIR), 0o700)
-    _mkdir(in_jail(plan, RUN_DIR), 0o700)
-    _mkdir(in_jail(plan, SOCKET_DIR), 0o755)
+    _mkdir(plan.host_path(LOG_DIR), 0o700)
+    _mkdir(plan.host_path(RUN_DIR), 0o700)
+    _mkdir(plan.host_path(SOCKET_DIR), 0o755)
     for p in plan.providers:
         # The supervisor creates each provider's listening socket and hands it
         # over, so these folders stay root's: no principal can swap a socket
         # (or a link to a host socket) under the supervisor's feet.
-        _mkdir(in_jail(plan, os.path.dirname(p.socket)), 0o755)
+        _mkdir(plan.host_path(os.path.dirname(p.socket)), 0o755)
     if plan.mode == "namespaces":
-        _mkdir(in_jail(plan, STATE_DIR + "/root"), 0o700)   # mount point of each principal's new root
+        _mkdir(plan.host_path(STATE_DIR + "/root"), 0o700)   # mount point of each principal's new root
         return
     tmp = os.path.join(jail, "tmp")
     _mkdir(tmp, 0o1777)
@@ -190,7 +186,7 @@ def copy_interpreter(plan: Plan) -> None:
 def copy_pspy(plan: Plan) -> None:
     """pspy's own package, fresh each time, first on every principal's PYTHONPATH."""
     src = os.path.dirname(os.path.abspath(__file__))
-    lib = in_jail(plan, LIB_DIR)
+    lib = plan.host_path(LIB_DIR)
     _mkdir(lib, 0o755)
     dst = os.path.join(lib, "pspy")
     if os.path.lexists(dst):
@@ -333,7 +329,7 @@ def stage_app(plan: Plan) -> Staging:
     script, which runs as root, only ever sees the developer's files and
     nothing a provider wrote.
     """
-    final = in_jail(plan, APP_DIR)
+    final = plan.host_path(APP_DIR)
     staging = final + ".new"
     if os.path.lexists(staging):
         shutil.rmtree(staging)
@@ -388,7 +384,7 @@ def carry_over_data(plan: Plan, result: Staging) -> None:
     Only the outermost matches move (a match inside another moves with it).
     Each move is recorded so that a refused bootstrap can put it back.
     """
-    old_app = in_jail(plan, APP_DIR)
+    old_app = plan.host_path(APP_DIR)
     if not os.path.isdir(old_app) or os.path.islink(old_app):
         return
     staging = result.path
@@ -650,7 +646,7 @@ def _open_beneath(root_fd: int, rel: str) -> int:
 
 def commit_app(plan: Plan, staging: Staging) -> None:
     """Swap the checked staging folder in place of the app, then drop the old copy."""
-    final = in_jail(plan, APP_DIR)
+    final = plan.host_path(APP_DIR)
     old = final + ".old"
     if os.path.lexists(old):
         shutil.rmtree(old)

@@ -76,6 +76,9 @@ class Runtime:
         return _function_stub(self, provider, obj, spec)
 
     def client(self, provider: str) -> Client:
+        c = self._clients.get(provider)   # every stub call comes here: no lock once it exists
+        if c is not None:
+            return c
         with self._lock:
             c = self._clients.get(provider)
             if c is None:

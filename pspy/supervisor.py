@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import PspyError, SandboxError
 from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
@@ -86,7 +86,6 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     backoff: float = 0.5
-    history: list[float] = field(default_factory=list)
 
 
 class Supervisor:
@@ -95,7 +94,6 @@ class Supervisor:
         self.say = say
         self.children: dict[str, Child] = {}
         self.stopping = False
-        self._signal = None
         self.userns_fd: int | None = None   # namespace mode: the app's user namespace
 
     # --- starting ---------------------------------------------------------------
@@ -159,7 +157,6 @@ class Supervisor:
 
     # --- running ------------------------------------------------------------------
     def _on_signal(self, signum, _frame):
-        self._signal = signum
         self.stopping = True
 
     def install_signal_handlers(self) -> None:

@@ -143,37 +143,9 @@ def _raise_unsupported(e: BaseException):
     raise SerializationError(f"cannot encode value: {e}") from None
 
 
-class encoded:
-    """``with encoded(value) as view:`` the message as a buffer, valid inside the block.
-
-    Used by the transport to send straight from the packer's buffer.
-    """
-
-    __slots__ = ("value", "packer", "view")
-
-    def __init__(self, value):
-        self.value = value
-
-    def __enter__(self) -> memoryview:
-        self.packer = _packer()
-        try:
-            self.packer.pack(self.value)
-        except (_Unsupported, OverflowError, ValueError, TypeError) as e:
-            self.packer.reset()
-            _raise_unsupported(e)
-        self.view = self.packer.getbuffer()
-        return self.view
-
-    def __exit__(self, *exc) -> None:
-        size = len(self.view)
-        self.view.release()
-        self.packer.reset()
-        if size > _KEEP_PACKER_BELOW:
-            _local.packer = None
-
-
 def pack_into_buffer(value) -> tuple[msgpack.Packer, memoryview]:
-    """The hot-path form of ``encoded``: call ``release(packer, view)`` when done."""
+    """The message in the thread's packer buffer, to send from without a copy;
+    call ``release(packer, view)`` when done."""
     packer = _packer()
     try:
         packer.pack(value)
@@ -193,8 +165,11 @@ def release(packer: msgpack.Packer, view: memoryview) -> None:
 
 def encode(value) -> bytes:
     """Encode ``value``; raise SerializationError naming the first unsupported type."""
-    with encoded(value) as view:
+    packer, view = pack_into_buffer(value)
+    try:
         return bytes(view)
+    finally:
+        release(packer, view)
 
 
 def split_large(values: list) -> tuple[list, list]:

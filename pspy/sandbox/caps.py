@@ -6,16 +6,20 @@ import signal
 import prctl
 
 
+def arm_parent_death(parent_pid: int) -> None:
+    """SIGKILL when the parent dies. Arm it after any id change (which clears
+    it); the check after it closes the race where the parent died first."""
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def lock_down(parent_pid: int | None) -> None:
     # no_new_privs: no setuid-root or file-capability binary in the jail can
     # give the principal more than it has now.
     prctl.set_no_new_privs(1)
     if parent_pid is not None:
-        # Set after the uid change, which clears it. The check after it closes
-        # the race where the parent died before the signal was armed.
-        prctl.set_pdeathsig(signal.SIGKILL)
-        if os.getppid() != parent_pid:
-            os._exit(1)
+        arm_parent_death(parent_pid)
 
 
 def drop_bounding_set() -> None:

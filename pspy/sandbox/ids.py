@@ -7,6 +7,15 @@ ids together, so no saved id of 0 is left to switch back to.
 
 import os
 
+from .. import _native
+
+
+def become(principal) -> None:
+    """The principal's ids, and a new, empty session keyring: whoever started
+    it (root) may hold keys in its own, which the principal must not share."""
+    drop_to(principal.uid, principal.gid, principal.groups)
+    _native.join_new_session_keyring()
+
 
 def drop_to(uid: int, gid: int, groups: list[int]) -> None:
     os.setgroups(groups)

@@ -32,12 +32,6 @@ from ..plan import APP_DIR, Plan
 from . import caps, ids, mount, net, pid, user
 
 
-def _pdeathsig_or_exit(parent: int) -> None:
-    prctl.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 class Launched:
     """The forked launcher, with the part of subprocess.Popen's interface pspy uses."""
 
@@ -159,7 +153,7 @@ def pid_signals():
 
 def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: int) -> int:
     name = principal.name
-    _pdeathsig_or_exit(supervisor)
+    caps.arm_parent_death(supervisor)
     pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     flags = n.CLONE_NEWNS | n.CLONE_NEWPID | n.CLONE_NEWIPC | n.CLONE_NEWUTS
@@ -183,7 +177,7 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: i
     os.close(alive_r)
     _close_listener()   # only the principal serves on it
     drop_privileges(principal, userns_fd, f"pspy-run:{name}")
-    _pdeathsig_or_exit(supervisor)   # again: the id change cleared it
+    caps.arm_parent_death(supervisor)   # again: the id change cleared it
     return _wait(init)
 
 
@@ -198,7 +192,7 @@ def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int
         os.close(alive_r)
         os.chdir(APP_DIR)
         drop_privileges(principal, userns_fd, f"pspy:{principal.name}")
-        _pdeathsig_or_exit(me)   # after the id change, which clears it
+        caps.arm_parent_death(me)   # after the id change, which clears it
         os.execve(command[0], command, os.environ)
     _close_listener()
     drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
@@ -230,8 +224,7 @@ def drop_privileges(principal, userns_fd: int, name: str) -> None:
     # Joining a user namespace refills the bounding set, so it is emptied
     # here, with the CAP_SETPCAP the join gives, before the uid drop.
     caps.drop_bounding_set()
-    ids.drop_to(principal.uid, principal.gid, principal.groups)
-    n.join_new_session_keyring()   # not root's session keyring: a new, empty one
+    ids.become(principal)
     os.umask(0o077)                # what a principal creates is its own
     caps.clear_all()
     prctl.set_no_new_privs(1)

@@ -15,7 +15,6 @@ import threading
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
 from ..runtime import ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
 from ..errors import JailError, SandboxError
-from .. import _native
 from . import caps, chroot, ids
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -60,9 +59,7 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
         os.umask(0o077 if principal is not None else 0o022)
         chroot.enter(plan.jail, cwd)
         if principal is not None:
-            ids.drop_to(principal.uid, principal.gid, principal.groups)
-            # Not the supervisor's session keyring (root's keys): a new, empty one.
-            _native.join_new_session_keyring()
+            ids.become(principal)
         caps.lock_down(parent_pid)
     return child
 
