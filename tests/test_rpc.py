@@ -50,7 +50,7 @@ def start_server(sock_dir):
         server = Server("Bank", endpoints, principal_of_uid, **options)
         path = os.path.join(sock_dir, f"bank{len(listeners)}.sock")
         server.bind(path)
-        listeners.append(server._listener)
+        listeners.append(server._listeners[0][0])
 
         def serve():
             try:
@@ -241,6 +241,31 @@ def test_uid_0_is_the_supervisor_which_may_ping_but_not_call_services(start_serv
     assert c.ping() == "Bank"
     with pytest.raises(PermissionDenied):
         c.call("transfer")
+
+
+def test_rootless_the_listening_socket_names_the_caller_whatever_its_uid(sock_dir, monkeypatch):
+    """Rootless, every principal has one uid: each caller gets its own socket,
+    and the socket a connection arrives on is who the caller is."""
+    fake_peer_uid(monkeypatch, 0)   # a uid that would otherwise mean the supervisor
+    server = Server("Bank", {"transfer": Endpoint("transfer", lambda: "moved", frozenset({"web"}))},
+                    lambda uid: "web")
+    socks = {}
+    for identity in ("web", "Auth", server_module.SUPERVISOR):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = os.path.join(sock_dir, f"{identity}.sock")
+        s.bind(path)
+        s.listen(8)
+        server.adopt(os.dup(s.fileno()), identity)
+        s.close()
+        socks[identity] = path
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    assert client(socks["web"]).call("transfer") == "moved"
+    with pytest.raises(PermissionDenied) as info:
+        client(socks["Auth"]).call("transfer")
+    assert "Auth" in str(info.value)
+    assert client(socks[server_module.SUPERVISOR]).ping() == "Bank"
+    with pytest.raises(PermissionDenied):
+        client(socks[server_module.SUPERVISOR]).call("transfer")
 
 
 # --- transport failures -----------------------------------------------------

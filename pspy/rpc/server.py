@@ -2,7 +2,9 @@
 
 The caller's identity comes from the kernel (SO_PEERCRED on the Unix
 socket, read once at accept), mapped to a principal through the plan's
-uids; nothing the caller sends is trusted for it. A thread serves each
+uids; or, rootless, where every principal has the same uid, from the
+listening socket the connection came in on (each caller's view holds only
+its own). Nothing the caller sends is trusted for it. A thread serves each
 connection, so a slow call does not hold up other callers. A malformed
 frame closes that connection only.
 """
@@ -14,6 +16,7 @@ import builtins
 import inspect
 import logging
 import os
+import selectors
 import socket
 import struct
 import threading
@@ -59,7 +62,7 @@ class Server:
         self.principal_of_uid = principal_of_uid
         self.debug = debug
         self.max_frame = max_frame
-        self._listener: socket.socket | None = None
+        self._listeners: list[tuple[socket.socket, str | None]] = []   # (socket, identity or None: by uid)
         self._loop_local = threading.local()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._may_call_something = frozenset().union(*(e.callers for e in endpoints.values()))
@@ -74,30 +77,54 @@ class Server:
         # Anyone who can reach the socket may connect; authorisation is per call, by uid.
         os.chmod(path, 0o666)
         sock.listen(128)
-        self._listener = sock
+        self._listeners.append((sock, None))
 
-    def adopt(self, fd: int) -> None:
-        """Serve on a listening socket made by someone else (the supervisor)."""
+    def adopt(self, fd: int, identity: str | None = None) -> None:
+        """Serve on a listening socket made by someone else (the supervisor).
+        With ``identity``, every connection on it is that principal's."""
         sock = socket.socket(fileno=fd)
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"fd {fd} is not a Unix stream socket")
-        self._listener = sock
+        self._listeners.append((sock, identity))
 
     def serve_forever(self) -> None:
-        assert self._listener is not None
+        assert self._listeners
+        selector = None
+        if len(self._listeners) > 1:
+            selector = selectors.DefaultSelector()
+            for sock, identity in self._listeners:
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ, identity)
+        listener, identity = self._listeners[0]
         while True:
             self._slots.acquire()   # a bounded number of connection threads
             try:
-                sock, _ = self._listener.accept()
-                threading.Thread(target=self._serve_connection, args=(sock,), daemon=True).start()
+                if selector is not None:
+                    listener, identity = self._ready(selector)
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:   # another accept took it first
+                    self._slots.release()
+                    continue
+                sock.setblocking(True)
+                threading.Thread(target=self._serve_connection, args=(sock, identity), daemon=True).start()
             except BaseException:
                 self._slots.release()
                 raise
 
-    def _serve_connection(self, sock: socket.socket) -> None:
+    @staticmethod
+    def _ready(selector) -> tuple[socket.socket, str | None]:
+        while True:
+            for key, _ in selector.select():
+                return key.fileobj, key.data
+
+    def _serve_connection(self, sock: socket.socket, identity: str | None = None) -> None:
         try:
             pid, uid, _gid = peer_credentials(sock)
-            caller = SUPERVISOR if uid == 0 else self.principal_of_uid(uid)
+            if identity is not None:
+                caller = identity
+            else:
+                caller = SUPERVISOR if uid == 0 else self.principal_of_uid(uid)
             # Refusals still get an answer (PermissionDenied), but a caller that
             # may call nothing cannot make this provider buffer large frames.
             allowed = caller in self._may_call_something
