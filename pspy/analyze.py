@@ -132,7 +132,21 @@ def report(plan: Plan) -> dict:
             if plan.mode == "namespaces" else [],
             "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
         })
-    if plan.mode == "namespaces":
+    if plan.rootless:
+        isolation = {
+            "uid_separation": False,
+            "warning": f"rootless: uid separation is NOT in effect. Every principal runs as your own uid "
+                       f"{plan.uid_base} (gid {plan.gid_base}); principals are kept apart only by "
+                       "namespaces and mounts, and hold no capability. Unix permissions do not separate "
+                       "them, so anything of yours mounted into a principal's view is open to it as "
+                       "it is to you. Bootstrap as root for separate uids.",
+            "callers": "known by the socket each caller alone is given (uids cannot tell principals apart)",
+            "filesystem": "a tmpfs root per principal: system and Python read-only, the app read-only, "
+                          "its own data read-write, other principals' data not mounted",
+            "network": "providers without network=True get an empty network namespace (loopback only)",
+            "processes": "each principal sees only its own PID namespace",
+        }
+    elif plan.mode == "namespaces":
         isolation = {
             "uid_separation": True,
             "filesystem": "a tmpfs root per principal: system and Python read-only, the app read-only, "
@@ -148,8 +162,8 @@ def report(plan: Plan) -> dict:
             "processes": "no PID namespace: the jail has no /proc, but principals can signal host "
                          "processes of their own uid",
         }
-    return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode, "isolation": isolation,
-            "principals": principals}
+    return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode + (" (rootless)" if plan.rootless else ""),
+            "rootless": plan.rootless, "isolation": isolation, "principals": principals}
 
 
 def report_for_ids(jail: str, app_dir: str, uid: int, gid: int, groups: tuple[int, ...]) -> dict:
@@ -164,7 +178,13 @@ def format_text(data: dict) -> str:
     out = []
     if "app" in data:
         out.append(f"pspy analyze: {data['app']} in {data['jail']} ({data['mode']} mode)")
+        if "warning" in data["isolation"]:
+            out.append(f"  WARNING: {data['isolation']['warning']}")
         for key, value in data["isolation"].items():
+            if key == "warning":
+                continue
+            if key == "uid_separation":
+                value = "yes" if value else "NO (every principal has the same uid)"
             out.append(f"  {key.replace('_', ' ')}: {value}")
     for p in data["principals"]:
         out.append("")

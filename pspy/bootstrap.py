@@ -47,14 +47,26 @@ def options_for(req: Request) -> Options:
         if not os.path.isfile(os.path.join(req.app_dir, norm)):
             raise ConfigError(f"--script {os.path.join(req.app_dir, norm)}: no such file in the app")
         script = norm
+    rootless = req.namespaces and os.geteuid() != 0
+    if rootless and (req.uid_base is not None or req.gid_base is not None):
+        raise ConfigError("--uid-base/--gid-base need root: rootless, every principal runs under your "
+                          "own uid and gid")
     files = [os.path.abspath(f) for f in (req.files or cfg.get("files", []))]
     for f in files:
         if not os.path.lexists(f):
             raise ConfigError(f"--files {f}: no such file or folder")
+    jail_dir = req.jail or cfg.get("jail")
+    if rootless and not jail_dir:
+        raise ConfigError(f"rootless mode needs a jail folder of yours: give --jail DIR (the default, "
+                          f"{DEFAULT_JAIL}, is for root)")
+    if rootless:
+        uid_base, gid_base = os.getuid(), os.getgid()
+    else:
+        uid_base = req.uid_base if req.uid_base is not None else cfg.get("uid_base", DEFAULT_UID_BASE)
+        gid_base = req.gid_base if req.gid_base is not None else cfg.get("gid_base", DEFAULT_GID_BASE)
     return Options(
-        jail=os.path.abspath(req.jail or cfg.get("jail") or DEFAULT_JAIL),
-        uid_base=req.uid_base if req.uid_base is not None else cfg.get("uid_base", DEFAULT_UID_BASE),
-        gid_base=req.gid_base if req.gid_base is not None else cfg.get("gid_base", DEFAULT_GID_BASE),
+        jail=os.path.abspath(jail_dir or DEFAULT_JAIL),
+        uid_base=uid_base, gid_base=gid_base, rootless=rootless,
         front_end=list(req.front_end or cfg.get("front_end", [])),
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
         script=script, files=files, interpreter=sys.executable,
@@ -63,7 +75,8 @@ def options_for(req: Request) -> Options:
         max_frame=cfg.get("max_frame", DEFAULT_MAX_FRAME),
         debug=cfg.get("debug", False) or os.environ.get("PSPY_DEBUG") == "1",
         mode="namespaces" if req.namespaces else "chroot",
-        auto_ids=req.uid_base is None and req.gid_base is None and "uid_base" not in cfg and "gid_base" not in cfg)
+        auto_ids=(not rootless and req.uid_base is None and req.gid_base is None
+                  and "uid_base" not in cfg and "gid_base" not in cfg))
 
 
 def build(req: Request, say=print) -> Plan:
@@ -75,12 +88,10 @@ def build(req: Request, say=print) -> Plan:
     manifest = discover(req.app_dir)   # pure, so decorator mistakes show even without root
     if not manifest.providers:
         raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
-    if os.geteuid() != 0:
-        if req.namespaces:
-            raise PspyError("rootless namespace mode is not built yet: run 'pspy bootstrap --namespaces' "
-                            "as root")
+    if os.geteuid() != 0 and not options.rootless:
         raise PspyError("bootstrap in chroot mode needs root (it creates the principals' files, "
-                        "chroots and changes uids); run it with sudo")
+                        "chroots and changes uids); run it with sudo, or use --namespaces, which "
+                        "works without root (all principals then run under your uid)")
     previous = None
     if os.path.exists(plan_path(options.jail)):
         try:
@@ -92,6 +103,14 @@ def build(req: Request, say=print) -> Plan:
     if (previous and (supervisor_alive(previous) or app_processes(previous))) or \
             (os.path.isdir(options.jail) and jail_processes(options.jail)):
         raise PspyError(f"the app in {options.jail} is running; run 'pspy stop --jail {options.jail}' first")
+    if options.rootless:
+        # No ids to allocate: every principal is the caller. The host-wide id
+        # registry is root's and is neither read nor written.
+        if previous is not None and not previous.rootless:
+            raise PspyError(f"{options.jail} was bootstrapped by root; a rootless bootstrap cannot reuse it")
+        plan = build_plan(manifest, options, previous)
+        _build_jail(plan, say)
+        return plan
     with registry.locked() as jails:
         plan = _plan_with_free_ids(manifest, options, previous, jails)
         _build_jail(plan, say)

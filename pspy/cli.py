@@ -144,8 +144,12 @@ def _dispatch(args, tail: list[str]) -> int:
     if args.command == "exec":
         if not tail:
             raise PspyError("pspy exec needs a command after '--'")
-        if os.geteuid() != 0:
-            raise PspyError("pspy exec in chroot mode needs root")
+        if plan.rootless:
+            if os.geteuid() != plan.uid_base:
+                raise PspyError(f"{plan.jail} holds a rootless app of uid {plan.uid_base}; "
+                                "run pspy exec as that user")
+        elif os.geteuid() != 0:
+            raise PspyError(f"pspy exec needs root: {plan.jail} was bootstrapped by root")
         from .sandbox.spawn import run_as_principal
         return run_as_principal(plan, plan.principal(args.principal), tail)
     raise PspyError(f"unknown command {args.command}")

@@ -66,8 +66,10 @@ def check_trusted(jail: str) -> None:
 
     Every folder from / down to the jail (and its state folder) must be
     root's and writable by no one else, except sticky folders such as /tmp,
-    where others cannot rename or remove root's entries.
+    where others cannot rename or remove root's entries. Rootless, folders
+    of the caller are trusted too: the jail is theirs.
     """
+    me = os.geteuid()
     real = os.path.realpath(jail)
     if real == "/":
         raise JailError("refusing to use / as a jail")
@@ -81,13 +83,14 @@ def check_trusted(jail: str) -> None:
             st = os.lstat(path)
         except FileNotFoundError:
             break   # not created yet: bootstrap makes it root's
-        if st.st_uid != 0:
-            raise JailError(f"{path} is owned by uid {st.st_uid}, not root; a jail must lie under "
-                            "folders only root can change")
-        writable_by_others = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
+        who = "root" if me == 0 else f"root or you (uid {me})"
+        if st.st_uid not in (0, me):
+            raise JailError(f"{path} is owned by uid {st.st_uid}, not {who}; a jail must lie under "
+                            f"folders only {who} can change")
+        writable_by_others = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid not in (0, os.getegid()))
         if writable_by_others and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
             raise JailError(f"{path} is writable by others ({oct(st.st_mode & 0o7777)}); a jail must lie "
-                            "under folders only root can change")
+                            f"under folders only {who} can change")
 
 
 def prepare_root(plan: Plan) -> None:
@@ -109,6 +112,9 @@ def prepare_root(plan: Plan) -> None:
         # over, so these folders stay root's: no principal can swap a socket
         # (or a link to a host socket) under the supervisor's feet.
         _mkdir(plan.host_path(os.path.dirname(p.socket)), 0o755)
+        if plan.rootless:
+            for caller in plan.callers_of(p):
+                _mkdir(plan.host_path(os.path.dirname(plan.caller_socket(p, caller))), 0o755)
     if plan.mode == "namespaces":
         _mkdir(plan.host_path(STATE_DIR + "/root"), 0o700)   # mount point of each principal's new root
         return
@@ -147,7 +153,7 @@ def _mkdir(path: str, mode: int) -> None:
     if os.path.islink(path):
         raise JailError(f"{path} is a symlink where pspy expects a folder; refusing to follow it")
     os.makedirs(path, exist_ok=True)
-    os.chown(path, 0, 0, follow_symlinks=False)
+    os.chown(path, os.geteuid(), os.getegid(), follow_symlinks=False)   # root's; rootless, the caller's
     os.chmod(path, mode)
 
 
@@ -519,8 +525,10 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
         else:
             problems.append(f"{rel}: special file in the app; refusing")
 
-    # Everything starts owned by root and writable by no principal.
-    visit("", 0, 0, 0o755, "app", True)
+    # Everything starts owned by root and writable by no principal (rootless:
+    # by the caller, whom every principal is; mounts keep the app read-only).
+    owner = (plan.uid_base, plan.gid_base) if plan.rootless else (0, 0)
+    visit("", owner[0], owner[1], 0o755, "app", True)
     ordered = []
     for principal in plan.providers:
         for perm in principal.perms:

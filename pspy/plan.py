@@ -111,6 +111,16 @@ class Plan:
                 return p
         return None
 
+    def callers_of(self, provider: PrincipalPlan) -> list[str]:
+        """Principals that may call at least one service of ``provider``."""
+        return sorted({c for s in provider.services for c in s.callers if c != provider.name})
+
+    def caller_socket(self, provider: PrincipalPlan, caller: str) -> str:
+        """Rootless: the socket ``caller`` alone reaches ``provider`` through
+        (mounted at ``provider.socket`` in its view); which socket a call comes
+        in on says who made it, since every principal has the same uid."""
+        return f"{os.path.dirname(provider.socket)}/by/{caller}/{os.path.basename(provider.socket)}"
+
     @property
     def providers(self) -> list[PrincipalPlan]:
         return [p for p in self.principals if p.kind == "provider"]
@@ -190,9 +200,13 @@ MAX_ID = 2**31 - 2
 
 
 def build_plan(manifest: Manifest, options: Options, previous: Plan | None = None) -> Plan:
-    """Decide ids, groups, sockets and callers. Reuses ``previous`` ids when the bases match."""
+    """Decide ids, groups, sockets and callers. Reuses ``previous`` ids when the bases match.
+
+    Rootless, every principal and group gets the caller's own uid and gid
+    (the bases): nothing else can be mapped without root.
+    """
     for label, base in (("uid", options.uid_base), ("gid", options.gid_base)):
-        if not 1000 <= base <= MAX_ID - 10000:
+        if not options.rootless and not 1000 <= base <= MAX_ID - 10000:
             raise PlanError(f"--{label}-base {base} is outside 1000..{MAX_ID - 10000}; "
                             "principals must not share ids with system accounts")
     provider_names = sorted(manifest.providers)
@@ -202,9 +216,11 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             raise PlanError(f"env is configured for {principal!r}, which is not a principal "
                             f"of this app ({', '.join(names)})")
 
-    reuse = previous is not None and previous.uid_base == options.uid_base
+    reuse = previous is not None and previous.uid_base == options.uid_base and not previous.rootless
     old_uids = {p.name: p.uid for p in previous.principals} if reuse else {}
     uids = _allocate(names, options.uid_base, old_uids)
+    if options.rootless:
+        uids = dict.fromkeys(names, options.uid_base)
 
     group_names: list[str] = [FRONT_END_NAME]
     primary: dict[str, str] = {FRONT_END_NAME: FRONT_END_NAME}
@@ -215,8 +231,10 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     for name in provider_names:
         group_names.extend(manifest.providers[name].extra_groups)
     group_names = list(dict.fromkeys(group_names))
-    reuse_g = previous is not None and previous.gid_base == options.gid_base
+    reuse_g = previous is not None and previous.gid_base == options.gid_base and not previous.rootless
     gids = _allocate(sorted(group_names), options.gid_base, previous.groups if reuse_g else {})
+    if options.rootless:
+        gids = dict.fromkeys(group_names, options.gid_base)
 
     principals = [PrincipalPlan(
         name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
@@ -232,7 +250,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                                         timeout=s.timeout))
         principals.append(PrincipalPlan(
             name=name, kind="provider", uid=uids[name], gid=gids[primary[name]], group=primary[name],
-            extra_groups=list(spec.extra_groups), groups=[gids[g] for g in spec.extra_groups],
+            extra_groups=list(spec.extra_groups),
+            groups=[] if options.rootless else [gids[g] for g in spec.extra_groups],
             env=list(options.env.get(name, [])),
             socket=f"{SOCKET_DIR}/{name}/rpc.sock",
             services=services,

@@ -21,12 +21,13 @@ from .errors import PermissionDenied, PspyError, SerializationError, ServiceUnav
 from .plan import Plan, PrincipalPlan, ServicePlan
 from .rpc import codec
 from .rpc.client import Client
-from .rpc.server import Endpoint, Server
+from .rpc.server import SUPERVISOR, Endpoint, Server
 
 ENV_PRINCIPAL = "PSPY_PRINCIPAL"
 ENV_PLAN = "PSPY_PLAN"
 ENV_DEBUG = "PSPY_DEBUG"
 ENV_LISTEN_FD = "PSPY_LISTEN_FD"   # the listening socket the supervisor made for this provider
+ENV_CALLER_FDS = "PSPY_CALLER_FDS"  # rootless: "fd=caller,..." one listening socket per caller
 
 _current: "Runtime | None" = None
 _current_lock = threading.Lock()
@@ -207,12 +208,21 @@ def serve_provider() -> int:
     for module in rt.me.modules:
         importlib.import_module(module)
     endpoints = _endpoints(rt)
-    uids = {p.uid: p.name for p in rt.plan.principals}
+    if rt.plan.rootless:
+        # Every principal has the same uid: a caller is known by the socket
+        # it came in on (only its own is in its view); the main socket is the
+        # supervisor's, for pings.
+        uids: dict[int, str] = {}
+    else:
+        uids = {p.uid: p.name for p in rt.plan.principals}
     server = Server(rt.me.name, endpoints, uids.get, max_frame=rt.plan.max_frame,
                     debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1")
     listen_fd = os.environ.get(ENV_LISTEN_FD)
     if listen_fd is not None:
-        server.adopt(int(listen_fd))
+        server.adopt(int(listen_fd), SUPERVISOR if rt.plan.rootless else None)
+        for item in filter(None, os.environ.get(ENV_CALLER_FDS, "").split(",")):
+            fd, _, caller = item.partition("=")
+            server.adopt(int(fd), caller)
     else:
         server.bind(rt.me.socket)
     log.info("serving %s on %s as uid %d gid %d", ", ".join(sorted(endpoints)), rt.me.socket,

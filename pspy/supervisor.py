@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import PspyError, SandboxError
 from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
@@ -35,18 +35,29 @@ def state_path(plan: Plan) -> str:
     return os.path.join(plan.host_path(RUN_DIR), "state.json")
 
 
-def _socket_dir_fd(plan: Plan, principal: PrincipalPlan) -> int:
+def _socket_dir_fd(plan: Plan, jail_socket: str) -> int:
     # Through a directory fd, so a long jail path does not hit the 108-byte
     # limit of socket paths. The folder is root's (see jail.prepare_root).
-    return os.open(plan.host_path(os.path.dirname(principal.socket)),
+    return os.open(plan.host_path(os.path.dirname(jail_socket)),
                    os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def listen(plan: Plan, principal: PrincipalPlan) -> socket.socket:
     """Create the provider's listening socket; the provider gets it by fd."""
-    dir_fd = _socket_dir_fd(plan, principal)
+    return _listen_at(plan, principal.socket)
+
+
+def caller_listeners(plan: Plan, principal: PrincipalPlan) -> dict[str, socket.socket]:
+    """Rootless: one listening socket per caller, each mounted into that caller's view alone."""
+    if not plan.rootless:
+        return {}
+    return {caller: _listen_at(plan, plan.caller_socket(principal, caller)) for caller in plan.callers_of(principal)}
+
+
+def _listen_at(plan: Plan, jail_socket: str) -> socket.socket:
+    dir_fd = _socket_dir_fd(plan, jail_socket)
     try:
-        name = os.path.basename(principal.socket)
+        name = os.path.basename(jail_socket)
         try:
             os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -63,7 +74,7 @@ def listen(plan: Plan, principal: PrincipalPlan) -> socket.socket:
 
 def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
     """Does the provider answer on its socket?"""
-    dir_fd = _socket_dir_fd(plan, principal)
+    dir_fd = _socket_dir_fd(plan, principal.socket)
     try:
         client = Client(principal.name, f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}",
                         timeout=timeout)
@@ -81,7 +92,7 @@ def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
 class Child:
     principal: PrincipalPlan
     proc: object = None
-    listener: socket.socket | None = None
+    listeners: list[socket.socket] = field(default_factory=list)
     started: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
@@ -102,14 +113,19 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         pass_fds: tuple[int, ...] = ()
+        caller_fds: dict[str, int] = {}
         if child.principal.kind == "provider":
-            child.listener = listen(self.plan, child.principal)
-            pass_fds = (child.listener.fileno(),)
+            main = listen(self.plan, child.principal)
+            by_caller = caller_listeners(self.plan, child.principal)
+            child.listeners = [main, *by_caller.values()]
+            pass_fds = tuple(sock.fileno() for sock in child.listeners)
+            caller_fds = {caller: sock.fileno() for caller, sock in by_caller.items()}
         log = open(log_path(self.plan, child.principal.name), "ab", buffering=0)
         try:
             log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
             child.proc = spawn_principal(self.plan, child.principal, self._argv(child.principal),
-                                         stdout=log, stderr=log, pass_fds=pass_fds, userns_fd=self.userns_fd)
+                                         stdout=log, stderr=log, pass_fds=pass_fds, caller_fds=caller_fds,
+                                         userns_fd=self.userns_fd)
         finally:
             log.close()
         child.started = time.monotonic()
@@ -189,9 +205,9 @@ class Supervisor:
     def _close_listener(self, child: Child) -> None:
         # Closed while the provider is down, so callers get ServiceUnavailable
         # at once instead of waiting in the backlog of a socket nobody serves.
-        if child.listener is not None:
-            child.listener.close()
-            child.listener = None
+        for sock in child.listeners:
+            sock.close()
+        child.listeners = []
 
     # --- stopping -----------------------------------------------------------------
     def stop_all(self) -> None:
@@ -225,6 +241,7 @@ class Supervisor:
 
     def _write_state(self) -> None:
         state = {"supervisor": os.getpid(), "jail": self.plan.jail,
+                 "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
                  "principals": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts}
                                 for name, c in self.children.items()}}
         tmp = state_path(self.plan) + ".tmp"
@@ -266,12 +283,40 @@ def jail_processes(jail: str) -> list[int]:
 
 
 def app_processes(plan: Plan) -> list[int]:
-    """Every process of the app: rooted in the jail (chroot mode), or running as
-    one of its uids (both modes; the id registry gives each jail its own)."""
-    uids = {p.uid for p in plan.principals}
-    found = set(jail_processes(plan.jail)) | {pid for pid, uid in process_uids() if uid in uids}
+    """Every process of the app: rooted in the jail (chroot mode), running as
+    one of its uids (both modes; the id registry gives each jail its own), or
+    in the app's user namespace (namespace mode).
+
+    Rootless, the uid is the caller's, shared with their shell and everything
+    else they run, so only the user namespace the supervisor recorded counts;
+    once the supervisor is gone, the parent-death signals have taken the
+    principals down with it.
+    """
+    found = set(jail_processes(plan.jail))
+    if not plan.rootless:
+        uids = {p.uid for p in plan.principals}
+        found |= {pid for pid, uid in process_uids() if uid in uids}
+    # Trusted only while the supervisor that recorded it lives and holds the
+    # namespace open: a dead namespace's inode number can be reused by another.
+    userns = (read_state(plan) or {}).get("userns") if plan.mode == "namespaces" else None
+    if isinstance(userns, str) and userns.startswith("user:[") and supervisor_alive(plan):
+        found |= set(userns_processes(userns))
     found.discard(os.getpid())
     return sorted(found)
+
+
+def userns_processes(userns: str) -> list[int]:
+    """Processes whose user namespace is ``userns`` ("user:[inode]")."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/user") == userns:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
 
 
 def sweep_jail(plan: Plan) -> None:

@@ -3,10 +3,13 @@ never skip there; a developer without root sees why they skip."""
 
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 
 import pytest
 
@@ -24,11 +27,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pspy(*args, env=None, timeout=120, check=False, input=None):
-    """Run the pspy CLI as a user would; returns CompletedProcess with text output."""
-    full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "pspy", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, input=input)
+@dataclass
+class RootlessUser:
+    """An unprivileged account the tests create, with a pspy install it can run."""
+    name: str
+    uid: int
+    gid: int
+    home: str
+    python: str
+
+    def command(self, argv, env=None):
+        """argv run as this user, with a clean environment (plus ``env``)."""
+        extra = [f"{k}={v}" for k, v in (env or {}).items()]
+        return ["runuser", "-u", self.name, "--", "env", "-i", f"HOME={self.home}", "LANG=C.UTF-8",
+                "PATH=/usr/bin:/bin", *extra, *argv]
+
+
+# Jails bootstrapped rootless, and whose they are: pspy() and probe() run
+# commands on them as that user.
+RUN_AS: dict[str, RootlessUser] = {}
+
+
+def pspy(*args, env=None, timeout=120, check=False, input=None, user=None):
+    """Run the pspy CLI as a user would; returns CompletedProcess with text output.
+    A command on a rootless jail (``--jail`` of RUN_AS) runs as its user."""
+    if user is None and "--jail" in args:
+        user = RUN_AS.get(args[args.index("--jail") + 1])
+    if user is not None:
+        cmd, full_env = user.command([user.python, "-m", "pspy", *args], env), None
+    else:
+        cmd, full_env = [sys.executable, "-m", "pspy", *args], dict(os.environ, **(env or {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"pspy {' '.join(args)} failed ({proc.returncode}):\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -83,3 +112,61 @@ def write_app(root, files):
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
     return str(root)
+
+
+ROOTLESS_USER = "pspy-rootless-test"
+ROOTLESS_BASE = "/opt/pspy-rootless-test"   # not under /tmp or /var/tmp: probes look for those
+
+
+@pytest.fixture(scope="session")
+def rootless_user():
+    """An unprivileged user with pspy installed in a venv of its own.
+
+    The developer's interpreter may not be reachable by another user (a
+    pyenv under /root is 0700), so the venv is made from a system Python of
+    the same version, as a user installing pspy would, from a copy of this
+    tree. Removed, with the user, at the end of the session.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base_python = next((p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}") if os.path.exists(p)), None)
+    if base_python is None:
+        pytest.fail(f"rootless tests need a system {version} another user can run (apt-get install {version}-venv)")
+    try:
+        pwd.getpwnam(ROOTLESS_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", ROOTLESS_USER], check=True)
+    account = pwd.getpwnam(ROOTLESS_USER)
+    shutil.rmtree(ROOTLESS_BASE, ignore_errors=True)
+    source = os.path.join(ROOTLESS_BASE, "src")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.so", "build", "*.egg-info", ".pytest_cache"))
+    venv = os.path.join(ROOTLESS_BASE, "venv")
+    subprocess.run([base_python, "-m", "venv", venv], check=True)
+    pip = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "--disable-pip-version-check",
+                          f"{source}[example]"], capture_output=True, text=True)
+    assert pip.returncode == 0, f"installing pspy for the rootless user failed:\n{pip.stdout}\n{pip.stderr}"
+    subprocess.run(["chmod", "-R", "a+rX", ROOTLESS_BASE], check=True)
+    yield RootlessUser(ROOTLESS_USER, account.pw_uid, account.pw_gid, account.pw_dir,
+                       os.path.join(venv, "bin", "python"))
+    subprocess.run(["pkill", "-KILL", "-u", ROOTLESS_USER], capture_output=True)
+    subprocess.run(["userdel", "--remove", ROOTLESS_USER], capture_output=True)
+    shutil.rmtree(ROOTLESS_BASE, ignore_errors=True)
+
+
+def rootless_copy(user, app_source, name):
+    """A folder of the user's own holding a copy of the app; returns (app, jail) paths."""
+    import tempfile
+    top = tempfile.mkdtemp(prefix=f"{name}-", dir=user.home)
+    app = os.path.join(top, "app")
+    shutil.copytree(app_source, app, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", top], check=True)
+    os.chmod(top, 0o700)
+    return app, os.path.join(top, "jail")
+
+
+def bootstrap_rootless(user, app_source, name, *extra, env=None):
+    """Bootstrap a copy of the app as the user (namespace mode, detached); returns the jail."""
+    app, jail = rootless_copy(user, app_source, name)
+    RUN_AS[jail] = user
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--detach", *extra, env=env, check=True)
+    return jail

@@ -2,6 +2,8 @@
 
 Each forbidden attempt is paired with a control that is allowed. Probes run
 through `pspy exec`, which builds the same sandbox as the supervisor does.
+The battery runs twice: bootstrapped by root, and rootless, by an
+unprivileged user the tests create (every principal then has that uid).
 """
 
 import json
@@ -12,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ATTEMPT, REPO, probe, pspy
+from conftest import ATTEMPT, REPO, bootstrap_rootless, probe, pspy
 
 pytestmark = pytest.mark.root
 
@@ -27,11 +29,23 @@ def syscall_errno(result):
 
 
 @pytest.fixture(scope="module")
-def jail(tmp_path_factory):
+def root_jail(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("escape") / "jail")
     pspy("bootstrap", ESCAPE, "--jail", path, "--namespaces", "--detach", check=True)
     yield path
     pspy("stop", "--jail", path)
+
+
+@pytest.fixture(scope="module")
+def rootless_jail(rootless_user):
+    path = bootstrap_rootless(rootless_user, ESCAPE, "escape")
+    yield path
+    pspy("stop", "--jail", path)
+
+
+@pytest.fixture(params=["root", "rootless"])
+def jail(request):
+    return request.getfixturevalue(f"{request.param}_jail")
 
 
 def test_proc_shows_only_the_principals_own_pid_namespace(jail):
@@ -230,8 +244,8 @@ def chroot_jail(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["chroot", "namespaces"])
-def test_principal_has_a_session_keyring_of_its_own(jail, chroot_jail, mode):
-    jail = chroot_jail if mode == "chroot" else jail
+def test_principal_has_a_session_keyring_of_its_own(root_jail, chroot_jail, mode):
+    jail = chroot_jail if mode == "chroot" else root_jail
     # Root puts a secret in its session keyring, then probes through pspy exec.
     code = r"""
 import ctypes, os, platform, subprocess, sys
@@ -289,7 +303,7 @@ def test_nested_data_paths_of_two_providers_are_refused_in_namespace_mode(tmp_pa
     assert proc.returncode == 1 and "must not nest" in proc.stderr
 
 
-def test_what_runs_pspy_does_not_widen_the_principals_view(jail, tmp_path):
+def test_what_runs_pspy_does_not_widen_the_principals_view(jail):
     # PYTHONPATH of whoever runs pspy exec must not be bound into the principal.
     visible = probe(jail, "Store", "import os, json; print(json.dumps(os.path.exists('/var/tmp')))")
     assert visible is False

@@ -1,4 +1,4 @@
-"""RPC between real sandboxed principals (chroot and namespace modes): errors, types,
+"""RPC between real sandboxed principals (chroot, namespace and rootless namespace modes): errors, types,
 timeouts, at-most-once delivery, caller authorisation and concurrency.
 
 Every call below is made by a principal process inside the jail (through
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, probe, pspy
+from conftest import REPO, bootstrap_rootless, probe, pspy
 
 pytestmark = pytest.mark.root
 
@@ -32,8 +32,14 @@ def call(jail, principal, expr):
     return probe(jail, principal, CALL + f"print(json.dumps(outcome(lambda: {expr}), default=repr))")
 
 
-@pytest.fixture(scope="module", params=["chroot", "namespaces"])
+@pytest.fixture(scope="module", params=["chroot", "namespaces", "rootless"])
 def jail(request, tmp_path_factory):
+    if request.param == "rootless":
+        # Every principal has the user's uid: callers are told apart by socket.
+        path = bootstrap_rootless(request.getfixturevalue("rootless_user"), CALC, "calc")
+        yield path
+        pspy("stop", "--jail", path)
+        return
     path = str(tmp_path_factory.mktemp(f"calc-{request.param}") / "jail")
     flags = ["--namespaces"] if request.param == "namespaces" else []
     pspy("bootstrap", CALC, "--jail", path, "--detach", *flags, check=True)

@@ -1,5 +1,6 @@
-"""zoobank privilege-separated, in chroot mode and in namespace mode,
-probed from inside each principal.
+"""zoobank privilege-separated, in chroot mode, in namespace mode, and in
+rootless namespace mode (bootstrapped by an unprivileged user the tests
+create), probed from inside each principal.
 
 The lab's exercises 7 and 9: the front end cannot touch either database,
 Bank only its own, Auth only its own; nobody can modify the app's code.
@@ -15,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ZOOBANK, access_of, free_port, probe, pspy
+from conftest import RUN_AS, ZOOBANK, access_of, free_port, probe, pspy, rootless_copy
 
 sys.path.insert(0, ZOOBANK)
 import workload  # noqa: E402 - the example's API client, reused rather than rewritten
@@ -43,17 +44,22 @@ def wait_http(port, timeout=20):
     raise AssertionError(f"zoobank did not answer on port {port}")
 
 
-@pytest.fixture(scope="module", params=["chroot", "namespaces"])
+@pytest.fixture(scope="module", params=["chroot", "namespaces", "rootless"])
 def zoobank(request, tmp_path_factory):
-    jail = str(tmp_path_factory.mktemp(f"zoobank-{request.param}") / "jail")
+    if request.param == "rootless":
+        user = request.getfixturevalue("rootless_user")
+        app, jail = rootless_copy(user, ZOOBANK, "zoobank")
+        RUN_AS[jail] = user
+    else:
+        app, jail = ZOOBANK, str(tmp_path_factory.mktemp(f"zoobank-{request.param}") / "jail")
     port = free_port()
     env = {"ZOOBANK_PORT": str(port), "ZOOBANK_SECRET_KEY": "front-end-only-secret"}
-    mode_flags = ["--namespaces"] if request.param == "namespaces" else []
-    pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", *mode_flags, env=env, check=True)
+    mode_flags = ["--namespaces"] if request.param != "chroot" else []
+    pspy("bootstrap", app, "--jail", jail, "--detach", *mode_flags, env=env, check=True)
     wait_http(port)
     # Denied means "permission denied" in chroot mode, "not there" in namespace mode.
-    denied = "FileNotFoundError" if request.param == "namespaces" else "PermissionError"
-    yield {"jail": jail, "port": port, "env": env, "mode": request.param, "flags": mode_flags,
+    denied = "PermissionError" if request.param == "chroot" else "FileNotFoundError"
+    yield {"jail": jail, "app": app, "port": port, "env": env, "mode": request.param, "flags": mode_flags,
            "denied": denied}
     pspy("stop", "--jail", jail)
 
@@ -140,7 +146,15 @@ def test_analyze_json_agrees_with_probes(zoobank):
 def test_principals_run_with_their_own_uids(zoobank):
     report = json.loads(pspy("analyze", "--jail", zoobank["jail"], "--format", "json", check=True).stdout)
     uids = {p["name"]: p["uid"] for p in report["principals"]}
-    assert len(set(uids.values())) == 3
+    if zoobank["mode"] == "rootless":
+        # One uid for all, the user's, and analyze says so plainly.
+        assert set(uids.values()) == {RUN_AS[zoobank["jail"]].uid}
+        assert report["isolation"]["uid_separation"] is False and report["rootless"] is True
+        text = pspy("analyze", "--jail", zoobank["jail"], check=True).stdout
+        assert "uid separation is NOT in effect" in text
+    else:
+        assert len(set(uids.values())) == 3
+        assert report["isolation"]["uid_separation"] is True
     for name, uid in uids.items():
         assert probe(zoobank["jail"], name, "import os, json; print(json.dumps(os.getresuid()))") == [uid] * 3
         # and not root in any group either
@@ -158,6 +172,7 @@ def _principal_pids(zoobank):
     pids = _running_pids(zoobank["jail"])
     if zoobank["mode"] == "chroot":
         return pids
+    owner = RUN_AS.get(zoobank["jail"])
     found = {}
     for entry in os.listdir("/proc"):
         try:
@@ -165,7 +180,7 @@ def _principal_pids(zoobank):
         except OSError:
             continue
         for name in pids:
-            if comm == f"pspy:{name}"[:15]:
+            if comm == f"pspy:{name}"[:15] and (owner is None or _uid_of(entry) == owner.uid):
                 found[name] = int(entry)
     assert set(found) == set(pids), found
     return found
@@ -203,9 +218,12 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         env = environ(pids[provider])
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
-                            "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD"}, env
-    # Nor does any other process of the app (the launcher and PID 1 of namespace mode included).
-    for pid in _app_pids(zoobank["jail"]):
+                            "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
+                            "PSPY_CALLER_FDS"}, env
+    # Nor does any other process of the app (the launcher and PID 1 of namespace mode included);
+    # rootless, the supervisor has the user's uid, but it is the user's own process, outside.
+    supervisor = json.load(open(os.path.join(zoobank["jail"], ".pspy", "run", "state.json")))["supervisor"]
+    for pid in set(_app_pids(zoobank["jail"])) - {supervisor}:
         try:
             raw = open(f"/proc/{pid}/environ", "rb").read()
         except OSError:
@@ -251,7 +269,7 @@ def test_rebootstrap_keeps_ids_and_provider_data(zoobank):
     jail, env = zoobank["jail"], zoobank["env"]
     before = json.load(open(os.path.join(jail, ".pspy", "plan.json")))
     pspy("stop", "--jail", jail, check=True)
-    pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", *zoobank["flags"], env=env, check=True)
+    pspy("bootstrap", zoobank["app"], "--jail", jail, "--detach", *zoobank["flags"], env=env, check=True)
     wait_http(zoobank["port"])
     after = json.load(open(os.path.join(jail, ".pspy", "plan.json")))
     assert {p["name"]: p["uid"] for p in before["principals"]} == {p["name"]: p["uid"] for p in after["principals"]}

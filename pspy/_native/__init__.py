@@ -35,6 +35,11 @@ MS_REC = lib.MS_REC
 MS_PRIVATE = lib.MS_PRIVATE
 MS_SLAVE = lib.MS_SLAVE
 MNT_DETACH = lib.MNT_DETACH
+MS_STRICTATIME = lib.MS_STRICTATIME
+# Stable Linux ABI values (<linux/mount.h>), for flags a remount must repeat.
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
 
 
 class NativeError(SandboxError, OSError):
@@ -73,8 +78,7 @@ def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True,
     flags = MS_BIND | (MS_REC if recursive else 0)
     mount(source, target, None, flags, step=f"bind-mount {source} onto {target}")
     remount = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV) | (MS_RDONLY if readonly else 0)
-    if os.statvfs(target).f_flag & os.ST_NOEXEC:
-        remount |= MS_NOEXEC   # a remount replaces the flags: keep what the source had
+    remount |= _kept_flags(os.statvfs(target).f_flag)
     mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
     if recursive:
         remount_tree(target, readonly)
@@ -104,11 +108,32 @@ def remount_tree(target: str, readonly: bool) -> None:
         point = fields[4].replace("\\040", " ")
         if not point.startswith(prefix):
             continue
-        options = fields[5].split(",")
+        options = set(fields[5].split(","))
         flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
-        if "noexec" in options:
-            flags |= MS_NOEXEC
+        flags |= _kept_flags(sum(bit for name, bit in _ST_NAMES if name in options))
         mount(None, point, None, flags, step=f"remount {point} {'read-only' if readonly else ''}".strip())
+
+
+_ST_NAMES = (("ro", os.ST_RDONLY), ("noexec", os.ST_NOEXEC), ("noatime", os.ST_NOATIME),
+             ("nodiratime", os.ST_NODIRATIME), ("relatime", os.ST_RELATIME))
+
+
+def _kept_flags(st_flags: int) -> int:
+    """Flags of the source mount a bind's remount must repeat.
+
+    A remount replaces the flags, and in a user namespace (rootless) the
+    kernel refuses one that would clear a flag the source mount has locked:
+    read-only, noexec, and the atime mode. Repeating them also keeps a
+    read-only source read-only and a noexec one noexec.
+    """
+    flags = 0
+    for st_bit, ms_bit in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+                           (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
+        if st_flags & st_bit:
+            flags |= ms_bit
+    if not flags & (MS_NOATIME | MS_RELATIME):
+        flags |= MS_STRICTATIME
+    return flags
 
 
 def _flag_names(flags: int) -> str:

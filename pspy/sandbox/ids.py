@@ -18,8 +18,17 @@ def become(principal) -> None:
 
 
 def drop_to(uid: int, gid: int, groups: list[int]) -> None:
-    os.setgroups(groups)
+    try:
+        os.setgroups(groups)
+    except PermissionError:
+        # Only rootless: setgroups is denied in the app's user namespace (the
+        # kernel's condition for mapping a gid without root), and a rootless
+        # plan has no supplementary groups. The caller's own stay (unmapped,
+        # shown as 65534); the README says so.
+        if groups:
+            raise
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
         raise OSError("ids did not change as asked")
+

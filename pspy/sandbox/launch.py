@@ -156,6 +156,11 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: i
     caps.arm_parent_death(supervisor)
     pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+    if plan.rootless:
+        # Without root, namespaces can only be made inside a user namespace
+        # of one's own: join the app's first, so it owns the new ones. The
+        # principal still holds no capability in any of them (dropped below).
+        user.enter(userns_fd)
     flags = n.CLONE_NEWNS | n.CLONE_NEWPID | n.CLONE_NEWIPC | n.CLONE_NEWUTS
     if not principal.network:
         flags |= n.CLONE_NEWNET
@@ -209,8 +214,9 @@ def _arm_pdeathsig_for_init(alive_r: int) -> None:
 
 
 def _close_listener() -> None:
-    fd = os.environ.get("PSPY_LISTEN_FD")
-    if fd is not None:
+    fds = [os.environ.get("PSPY_LISTEN_FD")]
+    fds += [item.partition("=")[0] for item in os.environ.get("PSPY_CALLER_FDS", "").split(",")]
+    for fd in filter(None, fds):
         try:
             os.close(int(fd))
         except OSError:
@@ -219,7 +225,8 @@ def _close_listener() -> None:
 
 def drop_privileges(principal, userns_fd: int, name: str) -> None:
     """Join the app's user namespace, become the principal, keep nothing."""
-    user.enter(userns_fd)
+    if not principal_is_in(userns_fd):
+        user.enter(userns_fd)
     os.close(userns_fd)
     # Joining a user namespace refills the bounding set, so it is emptied
     # here, with the CAP_SETPCAP the join gives, before the uid drop.
@@ -229,6 +236,13 @@ def drop_privileges(principal, userns_fd: int, name: str) -> None:
     caps.clear_all()
     prctl.set_no_new_privs(1)
     caps.set_name(name)
+
+
+def principal_is_in(userns_fd: int) -> bool:
+    """Already in the app's user namespace (rootless joins it first)?"""
+    mine = os.stat("/proc/self/ns/user")
+    app = os.fstat(userns_fd)
+    return (mine.st_dev, mine.st_ino) == (app.st_dev, app.st_ino)
 
 
 def _wait(child: int) -> int:

@@ -177,7 +177,10 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str)
     for q in plan.providers:
         if q.name in callees:
             folder = os.path.dirname(q.socket)
-            _bind(root, plan.host_path(folder), folder)
+            # Rootless, the folder of the socket made for this caller alone:
+            # the provider knows the caller by it (see rpc/server.py).
+            source = os.path.dirname(plan.caller_socket(q, principal.name)) if plan.rootless else folder
+            _bind(root, plan.host_path(source), folder)
 
 
 def enter(root: str) -> None:

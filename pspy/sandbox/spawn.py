@@ -13,7 +13,7 @@ import subprocess
 import threading
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
-from ..runtime import ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
+from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
 from ..errors import JailError, SandboxError
 from . import caps, chroot, ids
 
@@ -66,15 +66,19 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
 
 def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, stdout=None, stderr=None,
                     stdin=subprocess.DEVNULL, supervised: bool = True, new_session: bool = True,
-                    pass_fds: tuple[int, ...] = (), userns_fd: int | None = None) -> subprocess.Popen:
+                    pass_fds: tuple[int, ...] = (), caller_fds: dict[str, int] | None = None,
+                    userns_fd: int | None = None) -> subprocess.Popen:
     """Start argv as the principal. ``pass_fds`` (the provider's listening
-    socket) keep their numbers; the first is announced in PSPY_LISTEN_FD.
+    sockets) keep their numbers; the first is announced in PSPY_LISTEN_FD,
+    and ``caller_fds`` (rootless: a socket per caller) in PSPY_CALLER_FDS.
     Namespace mode goes through the launcher (sandbox/launch.py), which
     needs the app's user namespace as ``userns_fd``."""
     _check_plan_present(plan)
     env = principal_env(plan, principal)
     if pass_fds:
         env[ENV_LISTEN_FD] = str(pass_fds[0])
+    if caller_fds:
+        env[ENV_CALLER_FDS] = ",".join(f"{fd}={caller}" for caller, fd in sorted(caller_fds.items()))
     argv = resolve_argv(plan, argv)
     if plan.mode == "namespaces":
         if userns_fd is None:

@@ -1,5 +1,8 @@
 """The app's user namespace: one for all principals, like a pod.
 
+Rootless, the namespace maps only the caller's own uid and gid, onto
+themselves: every principal is the caller, and setgroups is denied.
+
 Inside it the principals keep their plan uids and gids (the block is mapped
 onto the same host ids), so file ownership and SO_PEERCRED identify them in
 both modes. Nothing else is mapped: no id inside is host root or any other
@@ -52,7 +55,12 @@ def create_user_namespace(plan: Plan) -> int:
         if answer != b"ok":
             raise SandboxError(f"cannot create the app's user namespace: {answer.decode(errors='replace')}")
         uid_map, gid_map = id_maps(plan)
-        for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+        files = [("uid_map", uid_map), ("gid_map", gid_map)]
+        if plan.rootless:
+            # Without root the kernel maps one's own ids only, and a gid only
+            # once setgroups is denied in the namespace for good.
+            files.insert(0, ("setgroups", "deny"))
+        for name, text in files:
             try:
                 with open(f"/proc/{pid}/{name}", "w") as f:
                     f.write(text)
