@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 from ..errors import SandboxError
 
@@ -72,15 +73,17 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 def bind_mount(source: str, target: str, readonly: bool, recursive: bool = True,
-               device: bool = False) -> None:
+               device: bool = False, submounts: bool = True) -> None:
     """Bind source onto target, then remount it nosuid, nodev (unless it is a device
-    node meant to be used) and, if asked, read-only: a first bind ignores those flags."""
+    node meant to be used) and, if asked, read-only: a first bind ignores those flags.
+    ``submounts=False`` says the caller knows no mount lies below source: the
+    recursive bind then brings none, and the mount table need not be searched."""
     flags = MS_BIND | (MS_REC if recursive else 0)
     mount(source, target, None, flags, step=f"bind-mount {source} onto {target}")
     remount = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if device else MS_NODEV) | (MS_RDONLY if readonly else 0)
     remount |= _kept_flags(os.statvfs(target).f_flag)
     mount(None, target, None, remount, step=f"remount {target} {'read-only' if readonly else 'nosuid,nodev'}")
-    if recursive:
+    if recursive and submounts:
         remount_tree(target, readonly)
 
 
@@ -105,7 +108,7 @@ def remount_tree(target: str, readonly: bool) -> None:
         mounts = [line.split() for line in f]
     prefix = target.rstrip("/") + "/"
     for fields in mounts:
-        point = fields[4].replace("\\040", " ")
+        point = unescape(fields[4])
         if not point.startswith(prefix):
             continue
         options = set(fields[5].split(","))
@@ -134,6 +137,17 @@ def _kept_flags(st_flags: int) -> int:
     if not flags & (MS_NOATIME | MS_RELATIME):
         flags |= MS_STRICTATIME
     return flags
+
+
+def mount_points() -> list[str]:
+    """Every mount point in this process's mount namespace (/proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo") as f:
+        return [unescape(line.split()[4]) for line in f]
+
+
+def unescape(field: str) -> str:
+    """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 
 def _flag_names(flags: int) -> str:

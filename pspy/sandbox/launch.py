@@ -5,7 +5,8 @@ running as host root with the app's user namespace open on an fd: no new
 interpreter starts before the principal's own. In order:
 new mount, PID, IPC, UTS (and network) namespaces, made by host root so
 they belong to the host's user namespace -> loopback -> fork PID 1 ->
-mounts (proc included) -> pivot_root -> fork the principal -> join the
+fork the principal, which waits -> mounts (proc included) -> pivot_root
+-> the principal checks its root moved, goes on -> join the
 app's user namespace -> groups, gid, uid -> no capability (bounding set
 too) -> no_new_privs -> parent-death signal -> exec.
 
@@ -189,21 +190,38 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: i
 def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int, userns_fd: int):
     """PID 1 of the principal's namespace."""
     _arm_pdeathsig_for_init(alive_r)
-    root = mount.build_root(plan, principal, pspy_dir)
-    mount.enter(root)
     me = os.getpid()
+    # The principal is forked first and waits until its root is ready: the
+    # fork's cost then overlaps the mounts. pivot_root moves its root with
+    # PID 1's (both are the host's "/" until then); it checks that it did.
+    go_r, go_w = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(alive_r)
+        os.close(go_w)
+        new_root = os.read(go_r, 64)
+        os.close(go_r)
+        if not new_root or new_root != _root_id():
+            os._exit(125)   # PID 1 failed (its error is in the log), or the root did not move
         os.chdir(APP_DIR)
         drop_privileges(principal, userns_fd, f"pspy:{principal.name}")
         caps.arm_parent_death(me)   # after the id change, which clears it
         os.execve(command[0], command, os.environ)
+    os.close(go_r)
+    root = mount.build_root(plan, principal, pspy_dir)
+    mount.enter(root)
+    os.write(go_w, _root_id())
+    os.close(go_w)
     _close_listener()
     drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
     _arm_pdeathsig_for_init(alive_r)   # again: the id change cleared it
     os.close(alive_r)
     pid.run_init(child)
+
+
+def _root_id() -> bytes:
+    st = os.stat("/")
+    return f"{st.st_dev}:{st.st_ino}".encode()
 
 
 def _arm_pdeathsig_for_init(alive_r: int) -> None:

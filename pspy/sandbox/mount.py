@@ -65,20 +65,36 @@ def _mkdirs(root: str, path: str, mode: int = 0o755) -> str:
     return target
 
 
-def _bind(root: str, source: str, dest: str | None = None, readonly: bool = True) -> None:
+def _bind(root: str, mounts: list[str], source: str, dest: str | None = None, readonly: bool = True) -> None:
     dest = dest or source
     target = os.path.join(root, dest.lstrip("/"))
     if os.path.isdir(source):
         os.makedirs(target, exist_ok=True)
+        submounts = _may_hold_mounts(root, mounts, source)
     else:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if not os.path.lexists(target):
             open(target, "w").close()
-    n.bind_mount(source, target, readonly=readonly)
+        submounts = False   # nothing can be mounted below a file
+    n.bind_mount(source, target, readonly=readonly, submounts=submounts)
+
+
+def _may_hold_mounts(root: str, mounts: list[str], source: str) -> bool:
+    """Whether a recursive bind of the folder source can bring submounts along.
+
+    ``mounts`` is the mount table read once after unshare: from then on the
+    namespace is private, so the only mounts added are this build's own,
+    below root. True if the table has a mount below source, or if source
+    holds root or lies in it; otherwise remount_tree would find nothing.
+    """
+    real = os.path.realpath(source).rstrip("/") + "/"
+    new = os.path.realpath(root).rstrip("/") + "/"
+    return any(point.startswith(real) for point in mounts) or new.startswith(real) or real.startswith(new)
 
 
 def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
     root = new_root_path(plan)
+    mounts = n.mount_points()   # once, not after every bind: see _may_hold_mounts
     n.mount("tmpfs", root, "tmpfs", RO, "mode=0755,size=16m", step=f"mount a tmpfs root on {root}")
     # The private /tmp first: an interpreter (a venv, say) may live under
     # /tmp on the host, and its bind must sit on top of the tmpfs, not under.
@@ -88,14 +104,14 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
         if os.path.islink(path):
             os.symlink(os.readlink(path), os.path.join(root, path.lstrip("/")))
         elif os.path.isdir(path):
-            _bind(root, path)
+            _bind(root, mounts, path)
     for path in python_paths(plan.jail):
-        _bind(root, path)
+        _bind(root, mounts, path)
     _mkdirs(root, "/etc")
     for name in ETC_FILES:
         source = os.path.join("/etc", name)
         if os.path.exists(source):
-            _bind(root, os.path.realpath(source), source)
+            _bind(root, mounts, os.path.realpath(source), source)
     _build_dev(root)
     # Mounted before pivot_root: in a user namespace the kernel allows a new
     # proc only while a fully visible one is still in the mount namespace.
@@ -103,7 +119,7 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
     proc = _mkdirs(root, "/proc")
     n.mount("proc", proc, "proc", n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC, step=f"mount proc on {proc}")
     _build_app(plan, principal, root)
-    _build_state(plan, principal, root, pspy_dir)
+    _build_state(plan, principal, root, pspy_dir, mounts)
     return root
 
 
@@ -166,10 +182,10 @@ def _bind_entry(source: str, target: str, st: os.stat_result, readonly: bool) ->
     n.bind_mount(source, target, readonly=readonly, recursive=False)
 
 
-def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str) -> None:
-    _bind(root, plan_path(plan.jail), f"{STATE_DIR}/plan.json")
-    _bind(root, pspy_dir, f"{LIB_DIR}/pspy")
-    _bind(root, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
+def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str, mounts: list[str]) -> None:
+    _bind(root, mounts, plan_path(plan.jail), f"{STATE_DIR}/plan.json")
+    _bind(root, mounts, pspy_dir, f"{LIB_DIR}/pspy")
+    _bind(root, mounts, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
     # Only the sockets of providers this principal may call are in its view.
     callees = {q.name for q in plan.providers if q.name != principal.name
                and any(principal.name in s.callers for s in q.services)}
@@ -180,7 +196,7 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str)
             # Rootless, the folder of the socket made for this caller alone:
             # the provider knows the caller by it (see rpc/server.py).
             source = os.path.dirname(plan.caller_socket(q, principal.name)) if plan.rootless else folder
-            _bind(root, plan.host_path(source), folder)
+            _bind(root, mounts, plan.host_path(source), folder)
 
 
 def enter(root: str) -> None:
