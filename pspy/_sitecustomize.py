@@ -1,17 +1,33 @@
 """Installed as ``sitecustomize`` on every principal's path (/.pspy/lib).
 
-Python imports it at start-up, before the app: it names the process
-``pspy:<principal>`` (what ps and top show), since exec resets the name
-the launcher set with python-prctl. Writing /proc/self/comm is the same
-PR_SET_NAME without importing anything (start-up time counts here); where
-there is no /proc (chroot mode) python-prctl does it. It does nothing
-outside pspy.
+Python imports it at start-up, before the app. For a principal it:
+- loads the principal's seccomp filter from the plan, before any app code
+  runs (so neither the app nor whatever it imports runs unfiltered, and the
+  launcher's own needs never widen the policy); if the filter cannot be
+  loaded the process exits rather than run without it;
+- makes it non-dumpable (exec resets that), so that no process of the same
+  uid can ptrace it or take its descriptors;
+- names the process ``pspy:<principal>`` (what ps and top show), since
+  exec resets the name the launcher set with python-prctl. Writing
+  /proc/self/comm is the same PR_SET_NAME without importing anything (start-up
+  time counts here); where there is no /proc (chroot mode) python-prctl does it.
+It does nothing outside pspy.
 """
 
 import os
 
 _principal = os.environ.get("PSPY_PRINCIPAL")
 if _principal:
+    def _load_filter(principal):
+        import json
+        with open(os.environ.get("PSPY_PLAN", "/.pspy/plan.json")) as f:
+            plan = json.load(f)
+        mine = [p for p in plan["principals"] if p["name"] == principal]
+        policy = mine[0].get("seccomp") if mine else None
+        if policy:
+            from pspy import seccomp
+            seccomp.load(policy["profile"])
+
     _name = f"pspy:{_principal}"[:15]
     try:
         with open("/proc/self/comm", "w") as _comm:
@@ -22,3 +38,19 @@ if _principal:
             prctl.set_name(_name)
         except Exception:  # noqa: BLE001 - a name is cosmetic; never stop the app for it
             pass
+
+    # Not dumpable: no other process of the same uid (rootless, every
+    # principal) may ptrace it, read its memory or take its descriptors
+    # (pidfd_getfd); exec made it dumpable again.
+    try:
+        import prctl
+        prctl.set_dumpable(False)
+    except BaseException as _e:  # noqa: BLE001
+        os.write(2, f"pspy: {_principal}: cannot make itself non-dumpable, not starting: {_e}\n".encode())
+        os._exit(126)
+    try:
+        _load_filter(_principal)
+    except BaseException as _e:  # noqa: BLE001 - never run a principal without its filter
+        os.write(2, f"pspy: {_principal}: cannot load its seccomp filter, not starting: {_e}\n".encode())
+        os._exit(126)
+

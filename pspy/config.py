@@ -22,6 +22,7 @@ KEYS = {
     "rpc_timeout": (int, float),
     "max_frame": int,
     "debug": bool,
+    "seccomp": dict,
 }
 
 
@@ -47,6 +48,10 @@ def load(app_dir: str) -> dict:
     for principal, names in data.get("env", {}).items():
         if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() for n in names):
             raise ConfigError(f"{path}: env.{principal} must be a list of variable names, got {names!r}")
+    for principal, policy in data.get("seccomp", {}).items():
+        if not (isinstance(policy, str) and policy) and not isinstance(policy, dict):
+            raise ConfigError(f"{path}: seccomp.{principal} must be a profile name, 'none', a .json file "
+                              f"of the app, or a table {{allow, deny, default_action}}; got {policy!r}")
     if "rpc_timeout" in data and not 0 < data["rpc_timeout"] <= 86400:
         raise ConfigError(f"{path}: rpc_timeout must be in (0, 86400] seconds")
     if "max_frame" in data and not 1024 <= data["max_frame"] <= 1 << 30:

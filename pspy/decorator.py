@@ -19,7 +19,7 @@ T = TypeVar("T")
 def service(*, service_provider: str, group: str | None = None,
             perms: dict[str, int] | None = None, extra_groups: list[str] | None = None,
             callers: list[str] | None = None, timeout: float | None = None,
-            network: bool | None = None) -> Callable[[T], T]:
+            network: bool | None = None, seccomp: str | dict | None = None) -> Callable[[T], T]:
     """Declare a function or class as a service run by ``service_provider``.
 
     group: the provider's primary group (default: a group named after it).
@@ -29,6 +29,10 @@ def service(*, service_provider: str, group: str | None = None,
     timeout: seconds a caller waits for this service (default: the app's rpc_timeout).
     network: whether the provider keeps the host's network (namespace mode;
       default False: an empty network namespace with loopback only).
+    seccomp: the provider's system-call filter: 'default' (the default),
+      'web', 'strict', 'none', a .json OCI profile in the app, or a dict
+      {"allow": [...], "deny": [...], "default_action": "errno"|"kill"|"log"}
+      layered on 'default'.
     """
     def decorate(obj: T) -> T:
         rt = runtime.current()

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from .errors import DiscoveryError
 
 # Keyword arguments of the paper's decorator, plus pspy's ``callers``.
-KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout", "network")
+KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout", "network",
+                  "seccomp")
 # Designed arguments whose enforcement is not built yet. Accepting them
 # silently would promise isolation pspy does not give, so they are refused.
-NOT_YET_SUPPORTED = ("seccomp",)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 FRONT_END_NAME = "web"
@@ -62,6 +63,8 @@ class ProviderSpec:
     services: list[ServiceSpec] = field(default_factory=list)
     network: bool | None = None          # None: not said (providers default to no network)
     network_location: str | None = None
+    seccomp: str | dict | None = None    # None: not said (providers get 'default')
+    seccomp_location: str | None = None
 
 
 @dataclass
@@ -239,6 +242,10 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
     network = args.get("network")
     if network is not None and not isinstance(network, bool):
         problems.append((loc, f"network must be True or False, got {network!r}"))
+    policy = args.get("seccomp")
+    if policy is not None and not (isinstance(policy, str) and policy) and not isinstance(policy, dict):
+        problems.append((loc, f"seccomp must be a profile name ('default', 'web', 'strict'), 'none', a .json "
+                              f"file of the app, or a dict {{allow, deny, default_action}}; got {policy!r}"))
     timeout = args.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout <= 86400):
@@ -337,6 +344,14 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
                                       f"network={prov.network} at {prov.network_location}"))
             elif prov.network is None:
                 prov.network, prov.network_location = network, loc
+        policy = args.get("seccomp")
+        if policy is not None:
+            if prov.seccomp is not None and prov.seccomp != policy:
+                problems.append((loc, f"provider {spec.provider!r} is given seccomp={policy!r} here but "
+                                      f"seccomp={prov.seccomp!r} at {prov.seccomp_location}; one process "
+                                      "has one filter"))
+            elif prov.seccomp is None:
+                prov.seccomp, prov.seccomp_location = policy, loc
     # Two providers must not claim the same path with different owners.
     claimed: dict[str, tuple[str, PermSpec]] = {}
     for prov in providers.values():

@@ -69,6 +69,7 @@ class PrincipalPlan:
     modules: list[str] = field(default_factory=list)   # imported by the provider to serve
     argv: list[str] = field(default_factory=list)      # front end command
     network: bool = False        # host network (True) or an empty network namespace (namespace mode)
+    seccomp: dict | None = None  # {"source", "derived", "profile"}: its filter (pspy.seccomp); None: none
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -194,6 +195,7 @@ class Options:
     debug: bool = False
     mode: str = "chroot"
     rootless: bool = False
+    seccomp: dict = field(default_factory=dict)   # principal -> policy, from pspy.toml (over the decorator)
 
 
 MAX_ID = 2**31 - 2
@@ -211,10 +213,11 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                             "principals must not share ids with system accounts")
     provider_names = sorted(manifest.providers)
     names = [FRONT_END_NAME] + provider_names
-    for principal in options.env:
-        if principal not in names:
-            raise PlanError(f"env is configured for {principal!r}, which is not a principal "
-                            f"of this app ({', '.join(names)})")
+    for setting in ("env", "seccomp"):
+        for principal in getattr(options, setting):
+            if principal not in names:
+                raise PlanError(f"{setting} is configured for {principal!r}, which is not a principal "
+                                f"of this app ({', '.join(names)})")
 
     reuse = previous is not None and previous.uid_base == options.uid_base and not previous.rootless
     old_uids = {p.name: p.uid for p in previous.principals} if reuse else {}
@@ -239,7 +242,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     principals = [PrincipalPlan(
         name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
         group=FRONT_END_NAME, extra_groups=[], groups=[], env=list(options.env.get(FRONT_END_NAME, [])),
-        argv=list(options.front_end), network=True)]
+        argv=list(options.front_end), network=True,
+        seccomp=_policy(options, manifest, FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
         spec = manifest.providers[name]
         services = []
@@ -258,7 +262,9 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             perms=[PermPlan(p.pattern, p.mode, p.location)
                    for p in sorted(spec.perms.values(), key=lambda p: p.pattern)],
             modules=sorted({s.module for s in spec.services}),
-            network=bool(spec.network)))
+            network=bool(spec.network),
+            seccomp=_policy(options, manifest, name, spec.seccomp, spec.seccomp_location,
+                            network=bool(spec.network))))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
                 rootless=options.rootless,
@@ -266,6 +272,18 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
                 max_frame=options.max_frame, debug=options.debug)
+
+
+def _policy(options: Options, manifest: Manifest, name: str, decorated, location: str | None, *,
+            network: bool) -> dict | None:
+    """The principal's seccomp policy: pspy.toml's, else its decorator's, else the default."""
+    from . import seccomp
+    if name in options.seccomp:
+        spec, where = options.seccomp[name], f"pspy.toml seccomp.{name}"
+    else:
+        spec, where = decorated, location or f"principal {name}"
+    return seccomp.effective(spec, network=network, front_end=name == FRONT_END_NAME,
+                             app_root=manifest.app_root, where=where)
 
 
 def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:

@@ -338,18 +338,35 @@ def test_provider_named_web_is_reserved_for_the_front_end(tmp_path):
     assert "reserved" in message
 
 
-@pytest.mark.parametrize("keyword", ["seccomp='default'"])
-def test_isolation_arguments_not_enforced_yet_are_refused(tmp_path, keyword):
-    root = write_app(tmp_path, {"auth.py": f"""\
+def test_seccomp_is_read_from_the_decorator_and_must_agree_within_a_provider(tmp_path):
+    root = write_app(tmp_path, {"auth.py": """\
         import pspy
 
-        @pspy.service(service_provider="Auth", {keyword})
+        @pspy.service(service_provider="Auth", seccomp="strict")
+        def login():
+            pass
+
+        @pspy.service(service_provider="Auth", seccomp={"allow": ["ptrace"]})
+        def register():
+            pass
+
+        @pspy.service(service_provider="Bank", seccomp=42)
+        def transfer():
+            pass
+        """})
+    problems = problems_of(root)
+    assert [location for location, _ in problems] == ["auth.py:7", "auth.py:11"]
+    assert "seccomp='strict' at auth.py:3" in problems[0][1] and "one filter" in problems[0][1]
+    assert "seccomp must be" in problems[1][1]
+    good = write_app(tmp_path / "good", {"auth.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Auth", seccomp={"deny": ["socket"], "default_action": "kill"})
         def login():
             pass
         """})
-    location, message = only_problem(root)
-    assert location == "auth.py:3"
-    assert keyword.split("=")[0] in message and "not supported" in message
+    spec = discover(good).providers["Auth"]
+    assert spec.seccomp == {"deny": ["socket"], "default_action": "kill"} and spec.seccomp_location == "auth.py:3"
 
 
 def test_service_not_at_module_top_level_is_an_error(tmp_path):
@@ -535,7 +552,7 @@ def test_every_problem_of_the_app_is_reported_together(tmp_path):
             def login():
                 pass
 
-            @pspy.service(service_provider="Auth", seccomp="default")
+            @pspy.service(service_provider="Auth", sandbox="default")
             def register():
                 pass
             """})

@@ -1,0 +1,438 @@
+"""Seccomp filters for principals: OCI profiles in, libseccomp filters out.
+
+A principal's policy is worked out at bootstrap (``effective``): a shipped
+profile (``profiles/*.json``: default, web, strict), a profile file of the
+app, ``"none"``, or an inline policy layered on ``default``; then the rules
+derived from the decorator (see DERIVATIONS). The result, an OCI profile for
+this machine's architecture only, is stored in the plan; the principal
+compiles and loads it at start-up (``load``), before any app code runs.
+
+Profiles are the format Docker, Podman and Kubernetes read: ``defaultAction``,
+``defaultErrnoRet``, ``architectures``, ``syscalls[]`` with ``names``,
+``action``, ``args`` (``index``, ``value``, ``valueTwo``, ``op``),
+``errnoRet``, and Docker's ``includes``/``excludes`` by ``arches``. A name
+libseccomp does not know on this architecture is an error, never skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import os
+import platform
+
+from ..errors import PspyError
+
+PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
+SHIPPED = ("default", "web", "strict")
+NONE = "none"
+DEFAULT_PROVIDER = "default"
+DEFAULT_FRONT_END = "web"
+
+# Families a policy should not allow; analyze warns for each one it does.
+DANGEROUS = frozenset("""
+mount umount umount2 pivot_root chroot move_mount open_tree fsopen fsconfig fsmount fspick mount_setattr
+ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd bpf kexec_load kexec_file_load
+init_module finit_module delete_module keyctl add_key request_key unshare setns userfaultfd
+perf_event_open open_by_handle_at name_to_handle_at iopl ioperm reboot swapon swapoff
+clock_settime clock_adjtime settimeofday adjtimex stime io_uring_setup io_uring_enter
+io_uring_register personality acct quotactl quotactl_fd syslog vhangup lookup_dcookie
+fanotify_init sethostname setdomainname modify_ldt uselib
+""".split())
+
+# Every rule pspy adds or changes, for the README and analyze.
+DERIVATIONS = {
+    "front end": "gets 'web' unless pspy.toml's seccomp names another",
+    "provider": "gets 'default' unless its decorator (seccomp=) or pspy.toml names another",
+    "network=True": "a provider that keeps the host's network gets 'web' unless seccomp= names another",
+    "network=False": "socket() only for AF_UNIX: an allow of socket for any other domain (or for "
+                     "all) becomes socket(AF_UNIX); AF_INET, AF_INET6, AF_PACKET (and netlink) sockets fail",
+    "inline policy": "starts from 'default'; 'allow' adds names, 'deny' removes them, "
+                     "'default_action' replaces the default action",
+    "other ABIs": "only this machine's native ABI is allowed: i386 (int 0x80) and x32 calls on "
+                  "x86_64 get the default action",
+    "default action": "'errno' fails with EPERM (1), 'kill' kills the process, 'log' allows and logs",
+}
+
+ACTIONS = ("SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD",
+           "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_LOG", "SCMP_ACT_TRAP")
+REFUSED_ACTIONS = {"SCMP_ACT_TRACE": "needs a tracer, which pspy does not run",
+                   "SCMP_ACT_NOTIFY": "needs a listener, which pspy does not run"}
+OPS = ("SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
+       "SCMP_CMP_MASKED_EQ")
+INLINE_ACTIONS = {"errno": "SCMP_ACT_ERRNO", "kill": "SCMP_ACT_KILL_PROCESS", "log": "SCMP_ACT_LOG"}
+PROFILE_KEYS = {"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls", "flags", "comment"}
+ENTRY_KEYS = {"names", "name", "action", "args", "errnoRet", "comment", "includes", "excludes"}
+ARG_KEYS = {"index", "value", "valueTwo", "op"}
+
+AF_UNIX, AF_INET, AF_INET6, AF_PACKET = 1, 2, 10, 17
+
+# platform.machine() -> (libseccomp arch name, Docker/Go arch names in includes.arches)
+_ARCHES = {"x86_64": ("SCMP_ARCH_X86_64", {"amd64", "x86_64"}),
+           "aarch64": ("SCMP_ARCH_AARCH64", {"arm64", "aarch64"})}
+
+
+class SeccompError(PspyError):
+    pass
+
+
+def native_arch() -> tuple[str, set[str]]:
+    machine = platform.machine()
+    if machine not in _ARCHES:
+        raise SeccompError(f"seccomp profiles are supported on x86_64 and aarch64, not {machine}")
+    return _ARCHES[machine]
+
+
+def shipped_path(name: str) -> str:
+    return os.path.join(PROFILE_DIR, f"{name}.json")
+
+
+# --- reading profiles ------------------------------------------------------------
+
+def read_profile(path: str, where: str | None = None) -> dict:
+    """A profile file, parsed and checked; errors name the file (and ``where`` it was asked for)."""
+    label = f"{path}" + (f" (named at {where})" if where else "")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SeccompError(f"seccomp profile {label}: no such file") from None
+    except ValueError as e:
+        raise SeccompError(f"seccomp profile {label}: not valid JSON: {e}") from None
+    check_profile(data, label)
+    return data
+
+
+def check_profile(data, label: str) -> None:
+    """The OCI fields, their types and values; unknown names are checked by ``rules``."""
+    def bad(msg):
+        raise SeccompError(f"seccomp profile {label}: {msg}")
+    if not isinstance(data, dict):
+        bad("must be a JSON object")
+    unknown = set(data) - PROFILE_KEYS
+    if unknown:
+        bad(f"unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(PROFILE_KEYS))})")
+    if "defaultAction" not in data:
+        bad("missing defaultAction")
+    _check_action(data["defaultAction"], bad, "defaultAction")
+    if "defaultErrnoRet" in data and not _is_errno(data["defaultErrnoRet"]):
+        bad(f"defaultErrnoRet {data['defaultErrnoRet']!r} is not an errno number")
+    archs = data.get("architectures", [])
+    if not isinstance(archs, list) or not all(isinstance(a, str) and a.startswith("SCMP_ARCH_") for a in archs):
+        bad("architectures must be a list of SCMP_ARCH_* names")
+    syscalls = data.get("syscalls", [])
+    if not isinstance(syscalls, list):
+        bad("syscalls must be a list")
+    for i, entry in enumerate(syscalls):
+        where = f"syscalls[{i}]"
+        if not isinstance(entry, dict):
+            bad(f"{where} must be an object")
+        unknown = set(entry) - ENTRY_KEYS
+        if unknown:
+            bad(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        names = entry.get("names", [entry["name"]] if "name" in entry else None)
+        if not names or not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            bad(f"{where}: names must be a non-empty list of syscall names")
+        if "action" not in entry:
+            bad(f"{where}: missing action")
+        _check_action(entry["action"], bad, f"{where}.action")
+        if "errnoRet" in entry and not _is_errno(entry["errnoRet"]):
+            bad(f"{where}: errnoRet {entry['errnoRet']!r} is not an errno number")
+        args = entry.get("args") or []
+        if not isinstance(args, list) or len(args) > 6:
+            bad(f"{where}: args must be a list of at most 6 comparisons")
+        for j, arg in enumerate(args):
+            if not isinstance(arg, dict) or set(arg) - ARG_KEYS or "index" not in arg or "op" not in arg:
+                bad(f"{where}.args[{j}]: expected {{index, value, valueTwo, op}}")
+            if not isinstance(arg["index"], int) or not 0 <= arg["index"] <= 5:
+                bad(f"{where}.args[{j}]: index must be 0..5")
+            if arg["op"] not in OPS:
+                bad(f"{where}.args[{j}]: op {arg['op']!r} is not one of {', '.join(OPS)}")
+            for key in ("value", "valueTwo"):
+                if not isinstance(arg.get(key, 0), int) or not 0 <= arg.get(key, 0) < 2**64:
+                    bad(f"{where}.args[{j}]: {key} must be an unsigned 64-bit integer")
+        for key in ("includes", "excludes"):
+            cond = entry.get(key)
+            if cond is None:
+                continue
+            if not isinstance(cond, dict) or set(cond) - {"arches", "caps", "minKernel"}:
+                bad(f"{where}.{key}: only arches, caps and minKernel are understood")
+
+
+def _check_action(action, bad, where: str) -> None:
+    if action in REFUSED_ACTIONS:
+        bad(f"{where} {action}: {REFUSED_ACTIONS[action]}")
+    if action not in ACTIONS:
+        bad(f"{where} {action!r} is not one of {', '.join(ACTIONS)}")
+
+
+def _is_errno(value) -> bool:
+    return isinstance(value, int) and 0 < value < 4096
+
+
+# --- from a profile to this machine's rules -----------------------------------------
+
+def _applies(entry: dict, go_arches: set[str]) -> bool:
+    inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+    if inc.get("arches") and not set(inc["arches"]) & go_arches:
+        return False
+    if inc.get("caps"):
+        return False    # principals hold no capability
+    if exc.get("arches") and set(exc["arches"]) & go_arches:
+        return False
+    return True
+
+
+def rules(profile: dict, label: str) -> list[dict]:
+    """The entries that apply here, one rule per name: ``{name, action, args, errnoRet}``.
+    Every name must be a syscall of this architecture."""
+    from .. import _native
+    lib = _native.lib
+    arch_name, go_arches = native_arch()
+    arch = getattr(lib, arch_name)
+    out, unknown, foreign = [], [], []
+    for entry in profile.get("syscalls", []):
+        if not _applies(entry, go_arches):
+            continue
+        for name in entry.get("names", [entry.get("name")]):
+            nr = lib.seccomp_syscall_resolve_name_arch(arch, name.encode())
+            if nr == lib.__NR_SCMP_ERROR:
+                unknown.append(name)
+                continue
+            if nr < 0:
+                foreign.append(name)
+                continue
+            rule = {"name": name, "action": entry["action"], "args": [dict(a) for a in entry.get("args") or []]}
+            if "errnoRet" in entry:
+                rule["errnoRet"] = entry["errnoRet"]
+            out.append(rule)
+    problems = []
+    if unknown:
+        problems.append(f"unknown syscall name(s): {', '.join(sorted(set(unknown)))}")
+    if foreign:
+        problems.append(f"not syscalls of {platform.machine()}: {', '.join(sorted(set(foreign)))} "
+                        "(put them in an entry with \"includes\": {\"arches\": [...]})")
+    if problems:
+        raise SeccompError(f"seccomp profile {label}: " + "; ".join(problems))
+    return out
+
+
+# --- the effective policy of a principal --------------------------------------------
+
+def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str) -> dict | None:
+    """The policy a principal runs under, as stored in the plan: ``None`` for
+    "none", else ``{"source", "derived", "profile"}`` with an OCI profile for
+    this machine alone. ``spec`` is what the decorator or pspy.toml said
+    (None when nothing was)."""
+    derived: list[str] = []
+    if spec is None:
+        if front_end or network:
+            spec = DEFAULT_FRONT_END
+            derived.append(DERIVATIONS["front end" if front_end else "network=True"])
+        else:
+            spec = DEFAULT_PROVIDER
+            derived.append(DERIVATIONS["provider"])
+    if spec == NONE:
+        return None
+    if isinstance(spec, dict):
+        base = read_profile(shipped_path(DEFAULT_PROVIDER))
+        profile, source = _layer_inline(base, spec, where), f"inline policy at {where}, layered on 'default'"
+        label = f"inline policy at {where}"
+    elif isinstance(spec, str) and spec in SHIPPED:
+        profile, source, label = read_profile(shipped_path(spec)), f"shipped profile '{spec}'", f"'{spec}'"
+    elif isinstance(spec, str) and (spec.endswith(".json") or "/" in spec):
+        path = os.path.normpath(os.path.join(app_root, spec))
+        if os.path.isabs(spec) or not path.startswith(os.path.normpath(app_root) + os.sep):
+            raise SeccompError(f"seccomp={spec!r} at {where}: a profile file must be a path inside the app")
+        profile, source, label = read_profile(path, where), f"file {spec} of the app", f"{spec} (named at {where})"
+    else:
+        raise SeccompError(f"seccomp={spec!r} at {where}: expected one of {', '.join(SHIPPED)}, 'none', "
+                           "a .json profile in the app, or a dict {allow, deny, default_action}")
+    resolved = rules(profile, label)
+    if not network:
+        resolved, note = _no_inet_sockets(resolved)
+        if note:
+            derived.append(note)
+    arch_name, _ = native_arch()
+    out = {"defaultAction": profile["defaultAction"], "architectures": [arch_name], "syscalls": _group(resolved)}
+    if profile["defaultAction"] == "SCMP_ACT_ERRNO":
+        out["defaultErrnoRet"] = profile.get("defaultErrnoRet", errno.EPERM)
+    derived.append(DERIVATIONS["other ABIs"])
+    return {"source": source, "derived": derived, "profile": out}
+
+
+def _layer_inline(base: dict, policy: dict, where: str) -> dict:
+    unknown = set(policy) - {"allow", "deny", "default_action"}
+    if unknown:
+        raise SeccompError(f"seccomp policy at {where}: unknown key(s) {', '.join(sorted(unknown))} "
+                           "(known: allow, deny, default_action)")
+    for key in ("allow", "deny"):
+        names = policy.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise SeccompError(f"seccomp policy at {where}: {key} must be a list of syscall names")
+    profile = copy.deepcopy(base)
+    deny = set(policy.get("deny", []))
+    kept = []
+    for entry in profile["syscalls"]:
+        names = [n for n in entry.get("names", []) if n not in deny]
+        if names:
+            kept.append(dict(entry, names=names))
+    if policy.get("allow"):
+        kept.append({"names": list(policy["allow"]), "action": "SCMP_ACT_ALLOW"})
+    profile["syscalls"] = kept
+    action = policy.get("default_action")
+    if action is not None:
+        if action not in INLINE_ACTIONS:
+            raise SeccompError(f"seccomp policy at {where}: default_action {action!r} is not one of "
+                               f"{', '.join(INLINE_ACTIONS)}")
+        profile["defaultAction"] = INLINE_ACTIONS[action]
+        if action == "log" and deny:
+            # With a default that allows, a denied name needs a rule of its own.
+            profile["syscalls"].append({"names": sorted(deny), "action": "SCMP_ACT_ERRNO"})
+    return profile
+
+
+def _no_inet_sockets(resolved: list[dict]) -> tuple[list[dict], str | None]:
+    """network=False: socket() may create Unix sockets only."""
+    unix = {"name": "socket", "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]}
+    out, changed, any_socket = [], False, False
+    for rule in resolved:
+        if rule["name"] != "socket" or rule["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+            out.append(rule)
+        elif rule["args"] == unix["args"]:
+            any_socket = True
+        else:
+            any_socket = changed = True
+    if any_socket:
+        out.append(unix)
+    return out, (DERIVATIONS["network=False"] if changed else None)
+
+
+def _group(resolved: list[dict]) -> list[dict]:
+    """Rules back into OCI entries: one entry per (action, args, errnoRet), names sorted."""
+    groups: dict[str, dict] = {}
+    for rule in resolved:
+        key = json.dumps([rule["action"], rule["args"], rule.get("errnoRet")], sort_keys=True)
+        entry = groups.setdefault(key, {"names": [], "action": rule["action"]})
+        if rule["args"]:
+            entry["args"] = rule["args"]
+        if "errnoRet" in rule:
+            entry["errnoRet"] = rule["errnoRet"]
+        if rule["name"] not in entry["names"]:
+            entry["names"].append(rule["name"])
+    out = []
+    for entry in groups.values():
+        entry["names"].sort()
+        out.append(entry)
+    return sorted(out, key=lambda e: (e["action"] != "SCMP_ACT_ALLOW", bool(e.get("args")), e["names"][0]))
+
+
+# --- what a policy allows ----------------------------------------------------------
+
+def allowed(profile: dict) -> list[str]:
+    """Syscall names the policy lets through (with arguments shown where it checks them)."""
+    out = []
+    for entry in profile["syscalls"]:
+        if entry["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+            continue
+        cond = ", ".join(_describe_arg(a) for a in entry.get("args", []))
+        out.extend(f"{n}({cond})" if cond else n for n in entry["names"])
+    return sorted(set(out))
+
+
+def allowed_names(profile: dict) -> set[str]:
+    return {entry_name for entry in profile["syscalls"] if entry["action"] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+            for entry_name in entry["names"]}
+
+
+def warnings(profile: dict) -> list[str]:
+    out = []
+    if profile["defaultAction"] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+        out.append(f"the default action {profile['defaultAction']} lets every unlisted syscall through, "
+                   "dangerous ones included")
+    for name in sorted(allowed_names(profile) & DANGEROUS):
+        out.append(f"allows {name}, a dangerous syscall")
+    return out
+
+
+def _describe_arg(arg: dict) -> str:
+    op = arg["op"].replace("SCMP_CMP_", "")
+    value = arg.get("value", 0)
+    if arg["index"] == 0 and op == "EQ":
+        names = {AF_UNIX: "AF_UNIX", AF_INET: "AF_INET", AF_INET6: "AF_INET6", AF_PACKET: "AF_PACKET",
+                 16: "AF_NETLINK"}
+        if value in names:
+            return f"arg0 == {names[value]}"
+    if op == "MASKED_EQ":
+        return f"arg{arg['index']} & {hex(value)} == {hex(arg.get('valueTwo', 0))}"
+    symbol = {"EQ": "==", "NE": "!=", "LT": "<", "LE": "<=", "GT": ">", "GE": ">="}[op]
+    return f"arg{arg['index']} {symbol} {value}"
+
+
+# --- compiling and loading -----------------------------------------------------------
+
+_loaded = False
+
+
+def _action(lib, action: str, errno_ret: int | None) -> int:
+    if action == "SCMP_ACT_ALLOW":
+        return lib.SCMP_ACT_ALLOW
+    if action == "SCMP_ACT_ERRNO":
+        return lib.pspy_act_errno(errno_ret or errno.EPERM)
+    if action in ("SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"):
+        return lib.SCMP_ACT_KILL_THREAD
+    if action == "SCMP_ACT_KILL_PROCESS":
+        return lib.SCMP_ACT_KILL_PROCESS
+    if action == "SCMP_ACT_LOG":
+        return lib.SCMP_ACT_LOG
+    if action == "SCMP_ACT_TRAP":
+        return lib.SCMP_ACT_TRAP
+    raise SeccompError(f"unsupported action {action}")
+
+
+def load(profile: dict) -> None:
+    """Compile ``profile`` (an effective one, from the plan) and load it into
+    this process, every thread included. no_new_privs is set by libseccomp
+    if it is not already. Raises SeccompError; the caller must not go on."""
+    global _loaded
+    from .. import _native
+    ffi, lib = _native.ffi, _native.lib
+    default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
+    ctx = lib.seccomp_init(default)
+    if ctx == ffi.NULL:
+        raise SeccompError("seccomp_init failed")
+    try:
+        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, default), (lib.SCMP_FLTATR_CTL_NNP, 1),
+                            (lib.SCMP_FLTATR_CTL_TSYNC, 1)):
+            _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set")
+        arch = getattr(lib, native_arch()[0])
+        for entry in profile["syscalls"]:
+            action = _action(lib, entry["action"], entry.get("errnoRet"))
+            args = entry.get("args") or []
+            cmp = ffi.new("struct scmp_arg_cmp[]", max(1, len(args)))
+            for i, a in enumerate(args):
+                cmp[i].arg = a["index"]
+                cmp[i].op = getattr(lib, a["op"])
+                cmp[i].datum_a = a.get("value", 0)
+                cmp[i].datum_b = a.get("valueTwo", 0)
+            for name in entry["names"]:
+                nr = lib.seccomp_syscall_resolve_name_arch(arch, name.encode())
+                if nr < 0:
+                    raise SeccompError(f"{name} is not a syscall of {platform.machine()}")
+                _check(lib.seccomp_rule_add_exact_array(ctx, action, nr, len(args), cmp),
+                       f"adding the rule for {name}")
+        _check(lib.seccomp_load(ctx), "seccomp_load")
+    finally:
+        lib.seccomp_release(ctx)
+    _loaded = True
+
+
+def _check(result: int, step: str) -> None:
+    if result < 0:
+        raise SeccompError(f"{step} failed: {errno.errorcode.get(-result, -result)} ({os.strerror(-result)})")
+
+
+def is_loaded() -> bool:
+    return _loaded
