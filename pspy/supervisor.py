@@ -94,6 +94,7 @@ class Child:
     proc: object = None
     listeners: list[socket.socket] = field(default_factory=list)
     started: float = 0.0
+    pidns: str | None = None     # namespace mode: the principal's PID namespace, "pid:[inode]"
     restarts: int = 0
     next_start: float = 0.0
     backoff: float = 0.5
@@ -129,6 +130,7 @@ class Supervisor:
         finally:
             log.close()
         child.started = time.monotonic()
+        child.pidns = None
         self._write_state()
 
     def start_all(self) -> None:
@@ -188,6 +190,8 @@ class Supervisor:
                     if now >= child.next_start:
                         self._start(child)
                     continue
+                if child.pidns is None and self.plan.mode == "namespaces":
+                    self._note_pidns(child)
                 code = child.proc.poll()
                 if code is None:
                     if now - child.started > 30:
@@ -201,6 +205,15 @@ class Supervisor:
                          f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
                 child.backoff = min(child.backoff * 2, 10.0)
             time.sleep(0.1)
+
+    def _note_pidns(self, child: Child) -> None:
+        """Record the principal's PID namespace once its launcher has made it:
+        killing what runs in it stops the principal even if it broke out of
+        its process group and the parent-death chain."""
+        ns = child.proc.pidns() if hasattr(child.proc, "pidns") else None
+        if ns is not None and ns != os.readlink("/proc/self/ns/pid"):
+            child.pidns = ns
+            self._write_state()
 
     def _close_listener(self, child: Child) -> None:
         # Closed while the provider is down, so callers get ServiceUnavailable
@@ -240,7 +253,9 @@ class Supervisor:
             pass
 
     def _write_state(self) -> None:
-        state = {"supervisor": os.getpid(), "jail": self.plan.jail,
+        pidns = sorted({c.pidns for c in self.children.values() if c.pidns})
+        pidns += [ns for ns in (read_state(self.plan) or {}).get("pidns", []) if ns not in pidns]
+        state = {"supervisor": os.getpid(), "jail": self.plan.jail, "pidns": pidns[-64:],
                  "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
                  "principals": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts}
                                 for name, c in self.children.items()}}
@@ -298,25 +313,49 @@ def app_processes(plan: Plan) -> list[int]:
         found |= {pid for pid, uid in process_uids() if uid in uids}
     # Trusted only while the supervisor that recorded it lives and holds the
     # namespace open: a dead namespace's inode number can be reused by another.
-    userns = (read_state(plan) or {}).get("userns") if plan.mode == "namespaces" else None
+    state = (read_state(plan) or {}) if plan.mode == "namespaces" else {}
+    userns = state.get("userns")
     if isinstance(userns, str) and userns.startswith("user:[") and supervisor_alive(plan):
         found |= set(userns_processes(userns))
+    # Each principal's PID namespace: whatever runs in one is the app's, even
+    # once the supervisor is gone (a principal that slipped its parent-death
+    # signal). Matched with the app's uids too, against a reused inode number.
+    own = os.readlink("/proc/self/ns/pid")
+    pidns = {ns for ns in state.get("pidns", []) if isinstance(ns, str) and ns.startswith("pid:[") and ns != own}
+    if pidns:
+        uids = {p.uid for p in plan.principals}
+        found |= {pid for pid in _processes_in(pidns, "pid") if _uid_of(pid) in uids}
     found.discard(os.getpid())
     return sorted(found)
 
 
 def userns_processes(userns: str) -> list[int]:
     """Processes whose user namespace is ``userns`` ("user:[inode]")."""
+    return _processes_in({userns}, "user")
+
+
+def _processes_in(namespaces: set[str], kind: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry}/ns/user") == userns:
+            if os.readlink(f"/proc/{entry}/ns/{kind}") in namespaces:
                 pids.append(int(entry))
         except OSError:
             continue
     return pids
+
+
+def _uid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def sweep_jail(plan: Plan) -> None:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO, RUN_AS, ZOOBANK, bootstrap_rootless, pspy, rootless_copy
+from conftest import ATTEMPT, REPO, RUN_AS, ZOOBANK, bootstrap_rootless, probe, pspy, rootless_copy
 
 pytestmark = pytest.mark.root
 
@@ -104,3 +104,59 @@ def test_only_the_owner_may_exec_into_a_rootless_jail(rootless_user):
 def pspy_argv():
     import sys
     return [sys.executable, "-m", "pspy"]
+
+
+def test_principals_and_their_pid_1_cannot_be_ptraced_or_robbed_of_descriptors(rootless_user):
+    """Rootless, every principal has the same uid; being non-dumpable is what
+    keeps one from ptracing another process of the app or taking its file
+    descriptors (pidfd_getfd). Bare runs without a seccomp filter, so this is
+    the dumpable layer alone."""
+    jail = bootstrap_rootless(rootless_user, ESCAPE, "ptrace")
+    try:
+        result = probe(jail, "Bare", ATTEMPT + """
+import ctypes, errno, platform, prctl
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": (434, 438), "aarch64": (434, 438)}[platform.machine()]   # pidfd_open, pidfd_getfd
+def err(result):
+    return "ok" if result >= 0 else errno.errorcode[ctypes.get_errno()]
+pidfd = libc.syscall(nr[0], 1, 0)
+print(json.dumps({
+    "dumpable": prctl.get_dumpable(),
+    "pidfd_open(1)": err(pidfd),
+    "pidfd_getfd from PID 1": err(libc.syscall(nr[1], pidfd, 0, 0)),
+    "ptrace attach PID 1": err(libc.ptrace(16, 1, None, None)),
+}))
+""")
+        assert result["pidfd_open(1)"] == "ok"   # control: PID 1 is there to be asked
+        assert result["dumpable"] is False
+        assert result["pidfd_getfd from PID 1"] == "EPERM"
+        assert result["ptrace attach PID 1"] == "EPERM"
+    finally:
+        pspy("stop", "--jail", jail)
+
+
+def test_stop_finds_a_process_that_left_the_launchers_tree(rootless_user):
+    """A process in a principal's PID namespace that is no longer the
+    launcher's descendant (as one that freed itself from the parent-death
+    chain would be) is still the app's: the supervisor records each
+    principal's PID namespace."""
+    from pspy.plan import Plan
+    from pspy.supervisor import app_processes
+    jail = bootstrap_rootless(rootless_user, ESCAPE, "pidns")
+    sleeper = None
+    try:
+        store = next(pid for pid, name in _principals(rootless_user.uid).items() if name == "pspy:Store")
+        assert _wait_until(lambda: json.load(open(os.path.join(jail, ".pspy", "run", "state.json"))).get("pidns"))
+        sleeper = subprocess.Popen(["nsenter", "-t", str(store), "-p", "--", "setpriv",
+                                    f"--reuid={rootless_user.uid}", f"--regid={rootless_user.gid}",
+                                    "--clear-groups", "sleep", "300"], start_new_session=True)
+        assert _wait_until(lambda: any(n == "sleep" for n in _processes_of(rootless_user.uid).values()))
+        rogue = next(pid for pid, n in _processes_of(rootless_user.uid).items() if n == "sleep")
+        assert rogue in app_processes(Plan.load(jail))
+        pspy("stop", "--jail", jail, check=True)
+        assert _wait_until(lambda: not os.path.exists(f"/proc/{rogue}"))
+    finally:
+        pspy("stop", "--jail", jail)
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()

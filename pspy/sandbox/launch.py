@@ -36,10 +36,30 @@ from . import caps, ids, mount, net, pid, user
 class Launched:
     """The forked launcher, with the part of subprocess.Popen's interface pspy uses."""
 
-    def __init__(self, pid: int, stdin=None, stdout=None, stderr=None):
+    def __init__(self, pid: int, stdin=None, stdout=None, stderr=None, pidns_fd: int | None = None):
         self.pid = pid
         self.returncode: int | None = None
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self._pidns_fd = pidns_fd
+        self._pidns = b""
+
+    def pidns(self) -> str | None:
+        """The principal's PID namespace ("pid:[inode]"), once the launcher has
+        made it and said so. The launcher is not dumpable once it drops, so
+        its /proc entries are closed to a rootless supervisor: it tells."""
+        if self._pidns_fd is None:
+            return None
+        try:
+            data = os.read(self._pidns_fd, 64)
+        except BlockingIOError:
+            return None
+        self._pidns += data
+        if data and not self._pidns.endswith(b"\n"):
+            return None
+        os.close(self._pidns_fd)
+        self._pidns_fd = None
+        text = self._pidns.decode(errors="replace").strip()
+        return text if text.startswith("pid:[") else None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -92,6 +112,9 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     """Fork the launcher for ``principal``; it runs ``command`` inside its namespaces."""
     pipes: list[int] = []
     child_fds, streams = zip(*(_std_fd(spec, i, pipes) for i, spec in enumerate((stdin, stdout, stderr))))
+    pidns_r, pidns_w = os.pipe()
+    os.set_blocking(pidns_r, False)
+    pipes.append(pidns_w)
     supervisor = os.getpid()   # read before the fork: a child reading getppid() late could see 1
     pid = os.fork()
     if pid == 0:
@@ -102,7 +125,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
             for i, fd in enumerate(child_fds):
                 if fd != i:
                     os.dup2(fd, i)
-            keep = sorted({0, 1, 2, userns_fd, *pass_fds})
+            keep = sorted({0, 1, 2, userns_fd, pidns_w, *pass_fds})
             for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
                 os.closerange(low + 1, high)   # nothing of the supervisor's but what the plan names
             for fd in keep[3:]:
@@ -111,7 +134,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
                 signal.signal(sig, signal.SIG_DFL)
             os.environ.clear()
             os.environ.update(env)
-            code = run(plan, principal, userns_fd, command, supervisor)
+            code = run(plan, principal, userns_fd, command, supervisor, pidns_w)
         except BaseException as e:  # noqa: BLE001 - the principal's log shows why it could not start
             try:
                 if env.get("PSPY_DEBUG") == "1":
@@ -123,7 +146,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
         os._exit(code)
     for fd in pipes:
         os.close(fd)
-    return Launched(pid, *streams)
+    return Launched(pid, *streams, pidns_fd=pidns_r)
 
 
 def _scrub_inherited_environment() -> None:
@@ -152,7 +175,7 @@ def pid_signals():
     return (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: int) -> int:
+def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: int, pidns_w: int) -> int:
     name = principal.name
     caps.arm_parent_death(supervisor)
     pspy_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,8 +202,13 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: i
     init = os.fork()
     if init == 0:
         os.close(alive_w)
+        os.close(pidns_w)
         _init(plan, principal, command, pspy_dir, alive_r, userns_fd)
     os.close(alive_r)
+    # Tell the supervisor which PID namespace the principal lives in (the
+    # kernel names it only once its PID 1 exists).
+    os.write(pidns_w, os.readlink("/proc/self/ns/pid_for_children").encode() + b"\n")
+    os.close(pidns_w)
     _close_listener()   # only the principal serves on it
     drop_privileges(principal, userns_fd, f"pspy-run:{name}")
     caps.arm_parent_death(supervisor)   # again: the id change cleared it
@@ -253,6 +281,12 @@ def drop_privileges(principal, userns_fd: int, name: str) -> None:
     os.umask(0o077)                # what a principal creates is its own
     caps.clear_all()
     prctl.set_no_new_privs(1)
+    # Rootless the id change above changes nothing, so the kernel leaves the
+    # process dumpable: the principal (same uid) could ptrace its launcher
+    # or PID 1 and free them from the parent-death chain. Not any more.
+    # (The principal's own exec makes it dumpable again; its sitecustomize
+    # undoes that before the app runs.)
+    prctl.set_dumpable(False)
     caps.set_name(name)
 
 
