@@ -25,8 +25,10 @@ if _principal:
         mine = [p for p in plan["principals"] if p["name"] == principal]
         policy = mine[0].get("seccomp") if mine else None
         if policy:
+            import sys
             from pspy import seccomp
-            seccomp.load(policy["profile"])
+            # Denials are reported in the principal's log (its stderr), once per call site.
+            seccomp.load(policy["profile"], report_to=sys.stderr, app_dir=plan.get("app_dir", "/app"))
 
     _name = f"pspy:{_principal}"[:15]
     try:

@@ -110,7 +110,22 @@ def _namespace_view(plan: Plan, name: str, seen: dict, owned: dict[str, set[str]
             "symlinks": [p for p in seen["symlinks"] if not under(p.split(" -> ")[0], hidden)]}
 
 
-def report(plan: Plan) -> dict:
+def seccomp_report(principal) -> dict:
+    """The principal's filter: profile and source, default action, what it allows, warnings."""
+    from . import seccomp
+    policy = principal.seccomp
+    if not policy:
+        return {"profile": "none", "source": "seccomp='none'", "derived": [], "default_action": None,
+                "allowed": [], "warnings": ["no seccomp filter: every syscall is allowed"]}
+    profile = policy["profile"]
+    return {"profile": policy["source"], "source": policy["source"], "derived": list(policy["derived"]),
+            "default_action": profile["defaultAction"] + (f" ({profile['defaultErrnoRet']})"
+                                                          if "defaultErrnoRet" in profile else ""),
+            "architectures": list(profile.get("architectures", [])),
+            "allowed": seccomp.allowed(profile), "warnings": seccomp.warnings(profile)}
+
+
+def report(plan: Plan, include_seccomp: bool = False) -> dict:
     principals = []
     owned = data_paths(plan, plan.host_path(plan.app_dir)) if plan.mode == "namespaces" else {}
     for p in plan.principals:
@@ -132,6 +147,8 @@ def report(plan: Plan) -> dict:
             if plan.mode == "namespaces" else [],
             "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
         })
+        if include_seccomp:
+            principals[-1]["seccomp"] = seccomp_report(p)
     if plan.rootless:
         isolation = {
             "uid_separation": False,
@@ -139,7 +156,9 @@ def report(plan: Plan) -> dict:
                        f"{plan.uid_base} (gid {plan.gid_base}); principals are kept apart only by "
                        "namespaces and mounts, and hold no capability. Unix permissions do not separate "
                        "them, so anything of yours mounted into a principal's view is open to it as "
-                       "it is to you. Bootstrap as root for separate uids.",
+                       "it is to you (app files that are 0600 included), and principals on the host "
+                       "network (the front end, network=True) are you to local services that trust "
+                       "your uid. Bootstrap as root for separate uids.",
             "callers": "known by the socket each caller alone is given (uids cannot tell principals apart)",
             "filesystem": "a tmpfs root per principal: system and Python read-only, the app read-only, "
                           "its own data read-write, other principals' data not mounted",
@@ -206,6 +225,14 @@ def format_text(data: dict) -> str:
         out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
         if p.get("symlinks"):
             out.append(f"  symlinks (not followed): {', '.join(p['symlinks'])}")
+        if "seccomp" in p:
+            sc = p["seccomp"]
+            out.append(f"  seccomp:   {sc['source']}; default action {sc['default_action'] or 'none'}")
+            for note in sc["derived"]:
+                out.append(f"    derived: {note}")
+            out.append(f"    allows {len(sc['allowed'])}: {', '.join(sc['allowed']) or 'everything'}")
+            for warning in sc["warnings"]:
+                out.append(f"    WARNING: {warning}")
     return "\n".join(out) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -56,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--uid", type=int, help="analyse this uid instead of the plan's principals")
     a.add_argument("--gid", type=int, help="with --uid: its gid")
     a.add_argument("--groups", default="", help="with --uid: comma-separated extra gids")
+    a.add_argument("--include-seccomp", action="store_true",
+                   help="also each principal's seccomp filter: profile, source, default action, allowed syscalls")
+
+    x = sub.add_parser("export", help="print a principal's policy in a format other tools read",
+                       usage="pspy export seccomp PRINCIPAL [--jail DIR]")
+    x.add_argument("what", choices=("seccomp",))
+    x.add_argument("principal")
+    x.add_argument("--jail", default=DEFAULT_JAIL)
     return parser
 
 
@@ -115,9 +124,19 @@ def _dispatch(args, tail: list[str]) -> int:
             plan = Plan.load(jail)
             if args.app_files:
                 plan.app_dir = _app_files(args.app_files)
-            data = analyze_mod.report(plan)
+            data = analyze_mod.report(plan, include_seccomp=args.include_seccomp)
         out = analyze_mod.format_json(data) if args.format == "json" else analyze_mod.format_text(data)
         sys.stdout.write(out)
+        return 0
+
+    if args.command == "export":
+        plan = Plan.load(os.path.abspath(args.jail))
+        policy = plan.principal(args.principal).seccomp
+        if not policy:
+            raise PspyError(f"{args.principal} runs without a seccomp filter (seccomp='none'); nothing to export")
+        # The compiled policy, for this machine's architecture: docker run
+        # --security-opt seccomp=FILE reads it as it is.
+        sys.stdout.write(json.dumps(policy["profile"], indent=2) + "\n")
         return 0
 
     if os.geteuid() == 0:

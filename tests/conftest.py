@@ -114,6 +114,21 @@ def write_app(root, files):
     return str(root)
 
 
+def seccomp_modes(jail, name):
+    """The Seccomp field of /proc/PID/status of each process named pspy:<name> with the principal's uid."""
+    uid = {p["name"]: p["uid"] for p in json.load(open(os.path.join(jail, ".pspy", "plan.json")))["principals"]}[name]
+    modes = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except (OSError, ValueError):
+            continue
+        if fields["Name"].strip() == f"pspy:{name}"[:15] and int(fields["Uid"].split()[0]) == uid:
+            modes.add(fields["Seccomp"].strip())
+    return modes
+
+
 ROOTLESS_USER = "pspy-rootless-test"
 ROOTLESS_BASE = "/opt/pspy-rootless-test"   # not under /tmp or /var/tmp: probes look for those
 

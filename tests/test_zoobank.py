@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import RUN_AS, ZOOBANK, access_of, free_port, probe, pspy, rootless_copy
+from conftest import RUN_AS, ZOOBANK, access_of, free_port, probe, pspy, rootless_copy, seccomp_modes
 
 sys.path.insert(0, ZOOBANK)
 import workload  # noqa: E402 - the example's API client, reused rather than rewritten
@@ -87,6 +87,16 @@ def test_register_login_transfer_and_balances_end_to_end(zoobank):
     assert api(port, "POST", "/api/transfer", {"recipient": "bob", "zoobars": 1}, token="forged")[0] == 401
     assert api(port, "POST", "/api/login", {"username": "alice", "password": "wrong"})[0] == 403
     assert api(port, "GET", "/api/balance/nobody")[0] == 404
+
+
+def test_providers_run_under_default_and_the_front_end_under_web(zoobank):
+    report = json.loads(pspy("analyze", "--jail", zoobank["jail"], "--format", "json", "--include-seccomp",
+                             check=True).stdout)
+    sources = {p["name"]: p["seccomp"]["source"] for p in report["principals"]}
+    assert sources == {"web": "shipped profile 'web'", "Auth": "shipped profile 'default'",
+                       "Bank": "shipped profile 'default'"}
+    for name in sources:   # the kernel's view: each running principal is filtered
+        assert seccomp_modes(zoobank["jail"], name) == {"2"}, name
 
 
 def test_web_cannot_read_bank_or_cred_files(zoobank):
@@ -241,12 +251,14 @@ def test_principals_inherit_no_descriptor_but_stdio(zoobank):
     for name, pid in pids.items():
         assert _uid_of(pid) not in (None, 0)
         fd_dir = f"/proc/{pid}/fd"
-        for fd in os.listdir(fd_dir):
-            target = os.readlink(os.path.join(fd_dir, fd))
+        targets = {fd: os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+        for fd, target in targets.items():
             if int(fd) <= 2:
                 assert target in ("/dev/null", os.path.join(jail, ".pspy", "logs", f"{name}.log")), target
                 continue
-            assert (target.startswith(("socket:", "anon_inode:"))
+            # A pipe only if the principal holds both ends: its own (the seccomp denial reports).
+            own_pipe = target.startswith("pipe:") and list(targets.values()).count(target) == 2
+            assert (target.startswith(("socket:", "anon_inode:")) or own_pipe
                     or target.startswith(app + "/")), (name, fd, target)
 
 

@@ -61,6 +61,7 @@ ffibuilder.cdef("""
     const struct scmp_version *seccomp_version(void);
     void free(void *ptr);
     uint32_t pspy_act_errno(uint32_t err);
+    int pspy_install_sigsys_reporter(int fd, int err);
     #define SCMP_ACT_ALLOW ...
     #define SCMP_ACT_KILL_PROCESS ...
     #define SCMP_ACT_KILL_THREAD ...
@@ -80,10 +81,89 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"], source=r"""
     #include <unistd.h>
     #include <sys/mount.h>
     #include <sys/syscall.h>
+    #include <errno.h>
     #include <stdlib.h>
     #include <seccomp.h>
 
     uint32_t pspy_act_errno(uint32_t err) { return SCMP_ACT_ERRNO(err); }
+
+    /* Denials the filter traps (SCMP_ACT_TRAP) arrive here as SIGSYS, in the
+       thread that made the call, which is then not executed. The handler
+       makes the call fail with `denial_errno`, as SCMP_ACT_ERRNO would, and
+       writes a record to `report_fd` (a non-blocking pipe read by
+       pspy.seccomp's reporter thread): a header with the thread, the syscall
+       and its arguments, the thread's Python stack as CPython's faulthandler
+       prints it (_Py_DumpTraceback, written to be safe in a signal handler),
+       and an end mark. Everything here is async-signal-safe. */
+    #include <signal.h>
+    #include <ucontext.h>
+    #include <string.h>
+    #include <stdint.h>
+    #include <stdatomic.h>
+
+    /* CPython's own, exported for faulthandler; Python.h declares the second */
+    extern void _Py_DumpTraceback(int fd, PyThreadState *tstate);
+
+    struct pspy_denial {
+        uint32_t magic;          /* 0x70737931 */
+        int32_t tid;
+        int32_t nr;
+        uint32_t arch;
+        uint64_t args[6];
+    };
+    static int report_fd = -1;
+    static int denial_errno = 1;
+    static atomic_flag report_lock = ATOMIC_FLAG_INIT;
+
+    static void pspy_on_sigsys(int sig, siginfo_t *info, void *context) {
+        ucontext_t *uc = (ucontext_t *) context;
+        struct pspy_denial d;
+        int saved = errno;
+        (void) sig;
+        if (info->si_code != 1 /* SYS_SECCOMP */)
+            return;
+        memset(&d, 0, sizeof d);
+        d.magic = 0x70737931;
+        d.tid = (int32_t) syscall(SYS_gettid);
+        d.nr = info->si_syscall;
+        d.arch = info->si_arch;
+    #if defined(__x86_64__)
+        d.args[0] = uc->uc_mcontext.gregs[REG_RDI];
+        d.args[1] = uc->uc_mcontext.gregs[REG_RSI];
+        d.args[2] = uc->uc_mcontext.gregs[REG_RDX];
+        d.args[3] = uc->uc_mcontext.gregs[REG_R10];
+        d.args[4] = uc->uc_mcontext.gregs[REG_R8];
+        d.args[5] = uc->uc_mcontext.gregs[REG_R9];
+        uc->uc_mcontext.gregs[REG_RAX] = -denial_errno;
+    #elif defined(__aarch64__)
+        for (int i = 0; i < 6; i++)
+            d.args[i] = uc->uc_mcontext.regs[i];
+        uc->uc_mcontext.regs[0] = (uint64_t) -denial_errno;
+    #endif
+        if (report_fd >= 0) {
+            while (atomic_flag_test_and_set(&report_lock))
+                ;   /* another thread is writing its record: records must not interleave */
+            if (write(report_fd, &d, sizeof d) == sizeof d) {
+                PyThreadState *tstate = PyGILState_GetThisThreadState();
+                if (tstate != NULL)
+                    _Py_DumpTraceback(report_fd, tstate);
+                (void) write(report_fd, "\0\n", 2);
+            }
+            atomic_flag_clear(&report_lock);
+        }
+        errno = saved;
+    }
+
+    int pspy_install_sigsys_reporter(int fd, int err) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = pspy_on_sigsys;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        report_fd = fd;
+        denial_errno = err;
+        return sigaction(SIGSYS, &sa, NULL);
+    }
 
     int pspy_unshare(int flags) { return unshare(flags); }
     int pspy_setns(int fd, int nstype) { return setns(fd, nstype); }

@@ -34,6 +34,7 @@ SUPERVISOR = "pspy-supervisor"   # the name given to uid 0 peers: allowed to pin
 _PEERCRED = struct.Struct("3i")
 MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection to end
 UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
+ACTIVE: dict[int, str] = {}      # native thread id -> "Provider.service" it ran last (kept: read later)
 
 
 @dataclass
@@ -173,6 +174,8 @@ class Server:
             log.warning("denied: %s (uid %d, pid %d) called %s.%s; allowed callers: %s",
                         who, uid, pid, self.provider, name, allowed)
             return [protocol.DENIED, f"{who} may not call {self.provider}.{name} (allowed callers: {allowed})"]
+        tid = threading.get_native_id()
+        ACTIVE[tid] = f"{self.provider}.{name}"   # for seccomp's denial reports
         try:
             if kwargs:
                 if any(type(k) is not str for k in kwargs):

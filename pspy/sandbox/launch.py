@@ -202,15 +202,15 @@ def run(plan: Plan, principal, userns_fd: int, command: list[str], supervisor: i
     init = os.fork()
     if init == 0:
         os.close(alive_w)
+        # Tell the supervisor which PID namespace the principal lives in, while
+        # /proc is still the host's (the kernel names it only once PID 1 exists).
+        os.write(pidns_w, os.readlink("/proc/self/ns/pid").encode() + b"\n")
         os.close(pidns_w)
         _init(plan, principal, command, pspy_dir, alive_r, userns_fd)
     os.close(alive_r)
-    # Tell the supervisor which PID namespace the principal lives in (the
-    # kernel names it only once its PID 1 exists).
-    os.write(pidns_w, os.readlink("/proc/self/ns/pid_for_children").encode() + b"\n")
-    os.close(pidns_w)
+    os.close(pidns_w)   # PID 1 tells
     _close_listener()   # only the principal serves on it
-    drop_privileges(principal, userns_fd, f"pspy-run:{name}")
+    drop_privileges(principal, userns_fd, f"pspy-run:{name}", plan.rootless)
     caps.arm_parent_death(supervisor)   # again: the id change cleared it
     return _wait(init)
 
@@ -232,7 +232,7 @@ def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int
         if not new_root or new_root != _root_id():
             os._exit(125)   # PID 1 failed (its error is in the log), or the root did not move
         os.chdir(APP_DIR)
-        drop_privileges(principal, userns_fd, f"pspy:{principal.name}")
+        drop_privileges(principal, userns_fd, f"pspy:{principal.name}", plan.rootless)
         caps.arm_parent_death(me)   # after the id change, which clears it
         os.execve(command[0], command, os.environ)
     os.close(go_r)
@@ -241,7 +241,7 @@ def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int
     os.write(go_w, _root_id())
     os.close(go_w)
     _close_listener()
-    drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}")
+    drop_privileges(principal, userns_fd, f"pspy-init:{principal.name}", plan.rootless)
     _arm_pdeathsig_for_init(alive_r)   # again: the id change cleared it
     os.close(alive_r)
     pid.run_init(child)
@@ -269,9 +269,12 @@ def _close_listener() -> None:
             pass
 
 
-def drop_privileges(principal, userns_fd: int, name: str) -> None:
-    """Join the app's user namespace, become the principal, keep nothing."""
-    if not principal_is_in(userns_fd):
+def drop_privileges(principal, userns_fd: int, name: str, joined: bool) -> None:
+    """Join the app's user namespace (unless ``joined``: rootless, the launcher
+    joined it first), become the principal, keep nothing. Never reads /proc:
+    PID 1's pivot_root moves the launcher's root too (they share the mount
+    namespace), and /proc there is the principal's."""
+    if not joined:
         user.enter(userns_fd)
     os.close(userns_fd)
     # Joining a user namespace refills the bounding set, so it is emptied
@@ -288,13 +291,6 @@ def drop_privileges(principal, userns_fd: int, name: str) -> None:
     # undoes that before the app runs.)
     prctl.set_dumpable(False)
     caps.set_name(name)
-
-
-def principal_is_in(userns_fd: int) -> bool:
-    """Already in the app's user namespace (rootless joins it first)?"""
-    mine = os.stat("/proc/self/ns/user")
-    app = os.fstat(userns_fd)
-    return (mine.st_dev, mine.st_ino) == (app.st_dev, app.st_ino)
 
 
 def _wait(child: int) -> int:

@@ -21,6 +21,8 @@ import errno
 import json
 import os
 import platform
+import re
+import struct
 
 from ..errors import PspyError
 
@@ -392,15 +394,21 @@ def _action(lib, action: str, errno_ret: int | None) -> int:
     raise SeccompError(f"unsupported action {action}")
 
 
-def load(profile: dict) -> None:
+def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
     """Compile ``profile`` (an effective one, from the plan) and load it into
     this process, every thread included. no_new_privs is set by libseccomp
-    if it is not already. Raises SeccompError; the caller must not go on."""
+    if it is not already. Raises SeccompError; the caller must not go on.
+
+    With ``report_to`` (a writable text stream, the principal's log) and a
+    default action of EPERM, denials are trapped instead: the call still
+    fails with EPERM, and each distinct call site is reported once with the
+    syscall, its arguments and the Python stack (see ``report``)."""
     global _loaded
     from .. import _native
     ffi, lib = _native.ffi, _native.lib
     default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
-    ctx = lib.seccomp_init(default)
+    trapping = report_to is not None and profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    ctx = lib.seccomp_init(lib.SCMP_ACT_TRAP if trapping else default)
     if ctx == ffi.NULL:
         raise SeccompError("seccomp_init failed")
     try:
@@ -408,7 +416,13 @@ def load(profile: dict) -> None:
                             (lib.SCMP_FLTATR_CTL_TSYNC, 1)):
             _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set")
         arch = getattr(lib, native_arch()[0])
-        for entry in profile["syscalls"]:
+        entries = profile["syscalls"]
+        if trapping:
+            # The trap handler must stay: rt_sigaction is allowed for every
+            # signal but SIGSYS (for which it gets the default action).
+            entries = _keep_sigsys_handler(entries)
+            _start_reporter(report_to, profile.get("defaultErrnoRet", errno.EPERM), app_dir)
+        for entry in entries:
             action = _action(lib, entry["action"], entry.get("errnoRet"))
             args = entry.get("args") or []
             cmp = ffi.new("struct scmp_arg_cmp[]", max(1, len(args)))
@@ -436,3 +450,125 @@ def _check(result: int, step: str) -> None:
 
 def is_loaded() -> bool:
     return _loaded
+
+
+# --- reporting denials --------------------------------------------------------------
+
+reporter_fds: tuple[int, ...] = ()   # the denial pipe's two ends, the principal's own
+_RECORD = struct.Struct("=IiiI6Q")
+_MAGIC = 0x70737931
+_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>\S+)')
+F_SETPIPE_SZ = 1031
+
+
+
+def _keep_sigsys_handler(entries: list[dict]) -> list[dict]:
+    import signal
+    out = []
+    for entry in entries:
+        if "rt_sigaction" in entry["names"] and entry["action"] == "SCMP_ACT_ALLOW" and not entry.get("args"):
+            rest = [n for n in entry["names"] if n != "rt_sigaction"]
+            if rest:
+                out.append(dict(entry, names=rest))
+            out.append({"names": ["rt_sigaction"], "action": "SCMP_ACT_ALLOW",
+                        "args": [{"index": 0, "value": int(signal.SIGSYS), "op": "SCMP_CMP_NE"}]})
+        else:
+            out.append(entry)
+    return out
+
+
+def _start_reporter(stream, denial_errno: int, app_dir: str) -> None:
+    import fcntl
+    import threading
+    from .. import _native
+    global reporter_fds
+    r, w = os.pipe2(os.O_CLOEXEC)
+    reporter_fds = (r, w)
+    os.set_blocking(w, False)   # a full pipe drops a record; it never blocks the trapped thread
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+    if _native.lib.pspy_install_sigsys_reporter(w, denial_errno) != 0:
+        raise SeccompError("installing the SIGSYS handler failed")
+    threading.Thread(target=report, args=(r, stream, app_dir), name="pspy-seccomp-report", daemon=True).start()
+
+
+def report(fd: int, stream, app_dir: str = "/app") -> None:
+    """Read denial records from ``fd`` and write one line per distinct call site."""
+    seen: set = set()
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return
+        buf += chunk
+        while True:
+            start = buf.find(struct.pack("=I", _MAGIC))
+            if start < 0:
+                buf = buf[-3:]
+                break
+            end = buf.find(b"\0\n", start + _RECORD.size)
+            if end < 0:
+                buf = buf[start:]
+                break
+            record, buf = buf[start:end], buf[end + 2:]
+            _, tid, nr, arch, *args = _RECORD.unpack_from(record)
+            frames = [m.groupdict() for m in map(_FRAME.match, record[_RECORD.size:].decode(errors="replace")
+                                                 .splitlines()) if m]
+            key = (nr, tuple((f["file"], f["line"]) for f in frames))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                stream.write(describe_denial(tid, nr, arch, args, frames, app_dir) + "\n")
+                stream.flush()
+            except Exception:  # noqa: BLE001 - the log is gone; keep draining the pipe
+                pass
+
+
+def describe_denial(tid: int, nr: int, arch: int, args: list[int], frames: list[dict],
+                    app_dir: str = "/app") -> str:
+    """'seccomp denied: Bank.transfer -> bank.py:42 (transfer) -> socket(AF_INET, ...)' and the stack."""
+    from .. import _native
+    lib, ffi = _native.lib, _native.ffi
+    raw = lib.seccomp_syscall_resolve_num_arch(arch, nr)
+    if raw != ffi.NULL:
+        name = ffi.string(raw).decode()
+        lib.free(raw)
+    else:
+        name = f"syscall {nr}"
+    call = f"{name}({', '.join(_describe_args(name, args))})"
+    app = app_dir.rstrip("/") + "/"
+    inner_first = list(frames)   # faulthandler prints the most recent call first
+    chain = [f"{f['file'][len(app):]}:{f['line']} ({f['func']})" for f in reversed(inner_first)
+             if f["file"].startswith(app)]
+    import sys
+    # Which service the thread was running: the server notes the last one per
+    # thread; it counts only if the stack shows the call came from serving.
+    server = sys.modules.get("pspy.rpc.server")
+    serving = any(f["func"] == "_handle" and f["file"].endswith("rpc/server.py") for f in frames)
+    service = server.ACTIVE.get(tid) if server is not None and serving else None
+    head = " -> ".join(([service] if service else []) + chain + [call])
+    lines = [f"pspy: seccomp denied: {head} (EPERM; reported once per call site)"]
+    lines += [f"    {f['file']}:{f['line']} in {f['func']}" for f in reversed(inner_first)]
+    if not frames:
+        lines.append(f"    (thread {tid} has no Python stack)")
+    return "\n".join(lines)
+
+
+_SOCKET_DOMAINS = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET"}
+_SOCKET_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+
+
+def _describe_args(name: str, args: list[int]) -> list[str]:
+    if name in ("socket", "socketpair"):
+        kind = _SOCKET_TYPES.get(args[1] & 0xF, str(args[1] & 0xF))
+        flags = [f for bit, f in ((0o2000000, "SOCK_CLOEXEC"), (0o4000, "SOCK_NONBLOCK")) if args[1] & bit]
+        return [_SOCKET_DOMAINS.get(args[0], str(args[0])), "|".join([kind, *flags]), str(args[2])]
+    count = {"mount": 5, "umount2": 2, "unshare": 1, "setns": 2, "ptrace": 4, "pivot_root": 2, "chroot": 1,
+             "execve": 3, "kill": 2, "clone": 5, "connect": 3, "bind": 3, "keyctl": 5}.get(name, 6)
+    return [hex(a) if a > 0xFFFF else str(a) for a in args[:count]]

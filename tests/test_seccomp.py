@@ -1,0 +1,274 @@
+"""Seccomp: the shipped OCI profiles, policies as bootstrap resolves them,
+and filters enforced inside real principals, in both isolation modes.
+
+Every denial below is attempted from inside a principal (a service doing it
+when called, or a probe run through pspy exec, which loads the same filter)
+next to a control that the same principal may do.
+"""
+
+import json
+import os
+import platform
+import time
+
+import pytest
+
+from conftest import ATTEMPT, REPO, probe, pspy, seccomp_modes, write_app
+from pspy import _native, seccomp
+from pspy.seccomp import SeccompError
+
+FILTERED = os.path.join(REPO, "tests", "apps", "filtered")
+OCI_ACTIONS = set(seccomp.ACTIONS)
+
+
+# --- the shipped profiles -------------------------------------------------------
+
+@pytest.mark.parametrize("name", seccomp.SHIPPED)
+def test_every_shipped_profile_is_oci_json_with_the_fields_other_runtimes_read(name):
+    with open(os.path.join(REPO, "seccomp_profiles", f"{name}.json")) as f:
+        data = json.load(f)
+    assert data["defaultAction"] in OCI_ACTIONS
+    assert set(data["architectures"]) >= {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"}
+    assert data["syscalls"]
+    for entry in data["syscalls"]:
+        assert entry["names"] and all(isinstance(n, str) for n in entry["names"])
+        assert entry["action"] in OCI_ACTIONS
+        for arg in entry.get("args", []):
+            assert set(arg) <= {"index", "value", "valueTwo", "op"} and arg["op"].startswith("SCMP_CMP_")
+    assert data.get("comment"), "each profile says what it is for"
+
+
+@pytest.mark.parametrize("name", seccomp.SHIPPED)
+@pytest.mark.parametrize("arch, go", [("SCMP_ARCH_X86_64", {"amd64"}), ("SCMP_ARCH_AARCH64", {"arm64"})])
+def test_every_name_in_a_shipped_profile_is_a_syscall_of_each_architecture_it_applies_to(name, arch, go):
+    data = seccomp.read_profile(seccomp.shipped_path(name))
+    lib = _native.lib
+    missing = [n for entry in data["syscalls"] if seccomp._applies(entry, go) for n in entry["names"]
+               if lib.seccomp_syscall_resolve_name_arch(getattr(lib, arch), n.encode()) < 0]
+    assert missing == []
+
+
+def test_default_denies_the_dangerous_families_and_strict_forbids_sockets_exec_and_fork():
+    default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False,
+                                                      app_root="/", where="test")["profile"])
+    for family in ("mount", "umount2", "pivot_root", "ptrace", "process_vm_readv", "process_vm_writev", "bpf",
+                   "kexec_load", "init_module", "finit_module", "delete_module", "keyctl", "add_key",
+                   "request_key", "unshare", "setns", "userfaultfd", "perf_event_open", "open_by_handle_at",
+                   "reboot", "swapon", "swapoff", "clock_settime", "settimeofday", "adjtimex"):
+        assert family not in default, family
+    assert {"openat", "read", "write", "futex", "accept4", "connect", "execve"} <= default   # controls
+    strict = seccomp.effective("strict", network=False, front_end=False, app_root="/", where="test")["profile"]
+    names = seccomp.allowed_names(strict)
+    assert not names & {"socket", "socketpair", "connect", "execve", "execveat", "fork", "vfork"}
+    assert {"accept4", "recvmsg", "sendmsg", "futex", "openat"} <= names   # it still serves its callers
+    assert "clone(arg0 & 0x10000 == 0x10000)" in seccomp.allowed(strict)   # threads only
+
+
+# --- resolving policies -----------------------------------------------------------
+
+def test_an_unknown_syscall_name_in_a_profile_is_an_error_naming_it(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["read", "frobnicate", "write"], "action": "SCMP_ACT_ALLOW"}]}))
+    with pytest.raises(SeccompError) as info:
+        seccomp.effective("p.json", network=False, front_end=False, app_root=str(tmp_path), where="bank.py:3")
+    assert "frobnicate" in str(info.value) and "unknown syscall" in str(info.value)
+    assert "read," not in str(info.value)   # only the bad name
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="socketcall is i386's, not x86_64's")
+def test_a_name_of_another_architecture_is_an_error_too(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["socketcall"], "action": "SCMP_ACT_ALLOW"}]}))
+    with pytest.raises(SeccompError) as info:
+        seccomp.effective("p.json", network=False, front_end=False, app_root=str(tmp_path), where="x")
+    assert "not syscalls of x86_64: socketcall" in str(info.value)
+
+
+@pytest.mark.parametrize("profile, complaint", [
+    ({"syscalls": []}, "missing defaultAction"),
+    ({"defaultAction": "SCMP_ACT_NOTIFY"}, "needs a listener"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"]}]}, "missing action"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
+                                                        "args": [{"index": 9, "op": "SCMP_CMP_EQ"}]}]}, "index"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "listenerPath": "/x"}, "unknown field"),
+])
+def test_malformed_profiles_are_refused_with_the_reason(tmp_path, profile, complaint):
+    (tmp_path / "p.json").write_text(json.dumps(profile))
+    with pytest.raises(SeccompError) as info:
+        seccomp.read_profile(str(tmp_path / "p.json"))
+    assert complaint in str(info.value) and "p.json" in str(info.value)
+
+
+def test_inline_policy_is_layered_on_default():
+    eff = seccomp.effective({"allow": ["ptrace"], "deny": ["execve"], "default_action": "kill"}, network=False,
+                            front_end=False, app_root="/", where="bank.py:7")
+    names = seccomp.allowed_names(eff["profile"])
+    assert "ptrace" in names and "execve" not in names and "openat" in names
+    assert eff["profile"]["defaultAction"] == "SCMP_ACT_KILL_PROCESS"
+    assert "inline policy at bank.py:7" in eff["source"]
+    assert "allows ptrace, a dangerous syscall" in seccomp.warnings(eff["profile"])
+    with pytest.raises(SeccompError, match="unknown key"):
+        seccomp.effective({"permit": ["read"]}, network=False, front_end=False, app_root="/", where="x")
+    with pytest.raises(SeccompError, match="default_action"):
+        seccomp.effective({"default_action": "ignore"}, network=False, front_end=False, app_root="/", where="x")
+
+
+def test_network_false_keeps_socket_to_unix_even_when_the_profile_allows_every_domain():
+    eff = seccomp.effective({"allow": ["socket"]}, network=False, front_end=False, app_root="/", where="x")
+    sockets = [a for a in seccomp.allowed(eff["profile"]) if a.startswith("socket(")]
+    assert sockets == ["socket(arg0 == AF_UNIX)"]
+    assert any("AF_UNIX" in d for d in eff["derived"])
+    web = seccomp.effective("web", network=True, front_end=True, app_root="/", where="x")   # control
+    assert "socket(arg0 == AF_INET)" in seccomp.allowed(web["profile"])
+
+
+def test_defaults_the_front_end_web_providers_default_and_none_means_no_filter():
+    assert seccomp.effective(None, network=True, front_end=True, app_root="/", where="x")["source"] == \
+        "shipped profile 'web'"
+    assert seccomp.effective(None, network=False, front_end=False, app_root="/", where="x")["source"] == \
+        "shipped profile 'default'"
+    assert seccomp.effective("none", network=False, front_end=False, app_root="/", where="x") is None
+
+
+def test_a_profile_path_must_stay_inside_the_app(tmp_path):
+    with pytest.raises(SeccompError, match="inside the app"):
+        seccomp.effective("../outside.json", network=False, front_end=False, app_root=str(tmp_path), where="x")
+
+
+def test_bootstrap_reports_a_bad_profile_at_the_decorator_line_without_a_traceback(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "svc.py": "import pspy\n\n@pspy.service(service_provider='Svc', seccomp='bad.json')\ndef f():\n    pass\n",
+        "bad.json": json.dumps({"defaultAction": "SCMP_ACT_ERRNO",
+                                "syscalls": [{"names": ["nosuchcall"], "action": "SCMP_ACT_ALLOW"}]})})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--no-run")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "nosuchcall" in proc.stderr and "svc.py:3" in proc.stderr
+
+
+# --- inside real principals ---------------------------------------------------------
+
+@pytest.fixture(scope="module", params=["chroot", "namespaces"])
+def jail(request, tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chroot, setuid and chown are real in this test")
+    path = str(tmp_path_factory.mktemp(f"filtered-{request.param}") / "jail")
+    flags = ["--namespaces"] if request.param == "namespaces" else []
+    pspy("bootstrap", FILTERED, "--jail", path, "--detach", *flags, check=True)
+    yield path
+    pspy("stop", "--jail", path)
+
+
+CALL = """
+import json
+import pspy, guard
+def outcome(fn):
+    try:
+        return ["ok", fn()]
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+"""
+
+
+def call(jail, expr):
+    return probe(jail, "web", CALL + f"print(json.dumps(outcome(lambda: {expr})))")
+
+
+@pytest.mark.root
+def test_a_denied_call_fails_with_eperm_an_allowed_one_works_and_the_service_keeps_serving(jail):
+    assert call(jail, "guard.attempt('write own data')") == ["ok", "ok"]   # control
+    assert call(jail, "guard.attempt('unix socket')") == ["ok", "ok"]      # control
+    assert call(jail, "guard.attempt('mount')") == ["ok", "EPERM"]
+    assert call(jail, "guard.attempt('unshare')") == ["ok", "EPERM"]
+    assert call(jail, "guard.attempt('inet socket')") == ["ok", "EPERM"]
+    assert call(jail, "guard.alive()") == ["ok", "yes"]                    # still serving
+
+
+@pytest.mark.root
+def test_the_log_names_each_denied_call_and_the_python_line_that_made_it_once(jail):
+    log_path = os.path.join(jail, ".pspy", "logs", "Guard.log")
+    line = next(i for i, text in enumerate(open(os.path.join(FILTERED, "guard.py")), 1) if "_libc.mount(" in text)
+    for _ in range(3):
+        assert call(jail, "guard.attempt('mount')") == ["ok", "EPERM"]
+    assert call(jail, "guard.attempt('inet socket')") == ["ok", "EPERM"]
+    deadline = time.monotonic() + 5
+    while "socket(AF_INET" not in open(log_path).read() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = open(log_path).read()
+    mount_lines = [text for text in log.splitlines() if "seccomp denied:" in text and "mount(" in text]
+    assert mount_lines and all("seccomp denied: Guard.attempt -> guard.py:" in text
+                               and f"-> guard.py:{line} (_mount) -> mount(" in text for text in mount_lines), log
+    assert len(mount_lines) == 1   # once per call site, though called three times
+    assert "-> socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0)" in log
+
+
+@pytest.mark.root
+def test_with_default_action_kill_a_denied_call_kills_the_provider(jail):
+    assert call(jail, "guard.killer_alive()") == ["ok", "yes"]   # control
+    kind, _ = call(jail, "guard.mount_and_die()")
+    assert kind == "CallInterrupted"   # the provider died before it could answer
+    deadline = time.monotonic() + 20   # and the supervisor starts it again
+    while call(jail, "guard.killer_alive()") != ["ok", "yes"]:
+        assert time.monotonic() < deadline, "Killer did not come back"
+        time.sleep(0.2)
+
+
+@pytest.mark.root
+def test_network_false_with_a_profile_allowing_socket_still_cannot_make_an_inet_socket(jail):
+    assert call(jail, "guard.make_socket('AF_UNIX')") == ["ok", "ok"]   # control
+    assert call(jail, "guard.make_socket('AF_INET')") == ["ok", "EPERM"]
+    assert call(jail, "guard.make_socket('AF_INET6')") == ["ok", "EPERM"]
+
+
+I386 = ATTEMPT + """
+import ctypes, mmap
+def i386(nr):
+    # mov eax, nr; int 0x80; ret: a system call through the i386 ABI
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(bytes([0xb8]) + nr.to_bytes(4, "little") + bytes([0xcd, 0x80, 0xc3]))
+    return ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))()
+print(json.dumps({"getpid": os.getpid(), "i386 getpid": i386(20), "i386 mount": i386(21)}))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the i386 ABI exists on x86_64 only")
+def test_the_i386_abi_cannot_reach_a_syscall(jail):
+    bare = probe(jail, "Open", I386)   # control: no filter, and int 0x80 works on this kernel
+    assert bare["i386 getpid"] == bare["getpid"]
+    filtered = probe(jail, "Guard", I386)
+    assert filtered["getpid"] > 0                  # native getpid: allowed
+    assert filtered["i386 getpid"] == -1           # the same call through int 0x80: -EPERM
+    assert filtered["i386 mount"] == -1
+
+
+@pytest.mark.root
+def test_every_principal_runs_under_its_filter_and_analyze_shows_it(jail):
+    report = json.loads(pspy("analyze", "--jail", jail, "--format", "json", "--include-seccomp",
+                             check=True).stdout)
+    by_name = {p["name"]: p["seccomp"] for p in report["principals"]}
+    assert by_name["web"]["source"] == "shipped profile 'web'"
+    assert by_name["Guard"]["source"] == "shipped profile 'default'"
+    assert by_name["Guard"]["default_action"].startswith("SCMP_ACT_ERRNO")
+    assert "openat" in by_name["Guard"]["allowed"] and "mount" not in by_name["Guard"]["allowed"]
+    assert by_name["Killer"]["default_action"] == "SCMP_ACT_KILL_PROCESS"
+    assert by_name["Open"]["profile"] == "none" and by_name["Open"]["warnings"]
+    assert "socket(arg0 == AF_UNIX)" in by_name["Sock"]["allowed"]
+    assert any("AF_UNIX" in d for d in by_name["Sock"]["derived"])
+    text = pspy("analyze", "--jail", jail, "--include-seccomp", check=True).stdout
+    assert "seccomp:   shipped profile 'default'" in text and "WARNING: no seccomp filter" in text
+    # The kernel's view of the running principals: filter mode 2 where a filter
+    # is planned, 0 where it is not.
+    assert seccomp_modes(jail, "Guard") == {"2"}
+    assert seccomp_modes(jail, "Sock") == {"2"}
+    assert seccomp_modes(jail, "Open") == {"0"}
+
+
+@pytest.mark.root
+def test_export_prints_the_compiled_policy_as_an_oci_profile(jail):
+    out = pspy("export", "seccomp", "Guard", "--jail", jail, check=True).stdout
+    profile = json.loads(out)
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO" and profile["defaultErrnoRet"] == 1
+    assert profile["architectures"] == [seccomp.native_arch()[0]]
+    assert all({"names", "action"} <= set(e) for e in profile["syscalls"])
+    none = pspy("export", "seccomp", "Open", "--jail", jail)
+    assert none.returncode == 1 and "without a seccomp filter" in none.stderr
