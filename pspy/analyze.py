@@ -117,6 +117,9 @@ def seccomp_report(principal) -> dict:
     if not policy:
         return {"profile": "none", "source": "seccomp='none'", "derived": [], "default_action": None,
                 "allowed": [], "warnings": ["no seccomp filter: every syscall is allowed"]}
+    if policy.get("learn"):
+        return {"profile": "learning", "source": policy["source"], "derived": [], "default_action": "SCMP_ACT_ALLOW",
+                "allowed": [], "warnings": ["learning mode: every syscall is allowed (and recorded)"]}
     profile = policy["profile"]
     return {"profile": policy["source"], "source": policy["source"], "derived": list(policy["derived"]),
             "default_action": profile["defaultAction"] + (f" ({profile['defaultErrnoRet']})"

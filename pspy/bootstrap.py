@@ -34,6 +34,7 @@ class Request:
     gid_base: int | None = None
     front_end: list[str] = field(default_factory=list)
     namespaces: bool = False
+    learn: bool = False          # pspy learn: principals record their syscalls
 
 
 def options_for(req: Request) -> Options:
@@ -69,7 +70,7 @@ def options_for(req: Request) -> Options:
         uid_base=uid_base, gid_base=gid_base, rootless=rootless,
         front_end=list(req.front_end or cfg.get("front_end", [])),
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
-        seccomp=dict(cfg.get("seccomp", {})),
+        seccomp=dict(cfg.get("seccomp", {})), learn=req.learn,
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--include-seccomp", action="store_true",
                    help="also each principal's seccomp filter: profile, source, default action, allowed syscalls")
 
+    le = sub.add_parser("learn", help="run the app and a workload, and write a seccomp profile per principal",
+                        usage="pspy learn APP_DIR [--jail DIR] [--namespaces] -- WORKLOAD_CMD ...")
+    le.add_argument("app_dir", metavar="APP_DIR")
+    le.add_argument("--jail", help=f"jail folder (default: pspy.toml's, else {DEFAULT_JAIL})")
+    le.add_argument("--namespaces", action="store_true", help="learn in namespace mode")
+
     x = sub.add_parser("export", help="print a principal's policy in a format other tools read",
                        usage="pspy export seccomp PRINCIPAL [--jail DIR]")
     x.add_argument("what", choices=("seccomp",))
@@ -110,6 +116,10 @@ def _dispatch(args, tail: list[str]) -> int:
                   "running the providers only")
         return bootstrap.run_detached(plan) if args.detach else bootstrap.run_foreground(plan)
 
+    if args.command == "learn":
+        from . import learn
+        return learn.run(args.app_dir, jail=args.jail, namespaces=args.namespaces, workload=tail)
+
     if args.command == "analyze":
         jail = os.path.abspath(args.jail or args.jail_pos or DEFAULT_JAIL)
         if args.uid is not None:
@@ -132,6 +142,9 @@ def _dispatch(args, tail: list[str]) -> int:
     if args.command == "export":
         plan = Plan.load(os.path.abspath(args.jail))
         policy = plan.principal(args.principal).seccomp
+        if policy and policy.get("learn"):
+            raise PspyError(f"{plan.jail} was bootstrapped by pspy learn: {args.principal} has no policy to export; "
+                            "bootstrap it with the learned profiles first")
         if not policy:
             raise PspyError(f"{args.principal} runs without a seccomp filter (seccomp='none'); nothing to export")
         # The compiled policy, for this machine's architecture: docker run

@@ -196,6 +196,7 @@ class Options:
     mode: str = "chroot"
     rootless: bool = False
     seccomp: dict = field(default_factory=dict)   # principal -> policy, from pspy.toml (over the decorator)
+    learn: bool = False          # pspy learn: every principal records its syscalls instead
 
 
 MAX_ID = 2**31 - 2
@@ -278,6 +279,8 @@ def _policy(options: Options, manifest: Manifest, name: str, decorated, location
             network: bool) -> dict | None:
     """The principal's seccomp policy: pspy.toml's, else its decorator's, else the default."""
     from . import seccomp
+    if options.learn:
+        return dict(seccomp.LEARN)
     if name in options.seccomp:
         spec, where = options.seccomp[name], f"pspy.toml seccomp.{name}"
     else:

@@ -196,6 +196,17 @@ def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
     return endpoints
 
 
+def _attribute_learned_calls(provider: str, endpoints: dict) -> None:
+    """pspy learn: number the services in the log, and tell the kernel-side
+    recorder which one each serving thread runs."""
+    from ._native import lib
+    from .rpc import server as server_module
+    index = {name: i for i, name in enumerate(sorted(endpoints), 1)}
+    for name, i in index.items():
+        print(f"pspy-learn-service {i} {provider}.{name}", file=sys.stderr, flush=True)
+    server_module.ON_CALL = lambda tid, name: lib.pspy_learn_set_service(tid, index.get(name, 0))
+
+
 def serve_provider() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {os.environ.get(ENV_PRINCIPAL)} %(levelname)s %(message)s")
@@ -221,6 +232,8 @@ def serve_provider() -> int:
         uids: dict[int, str] = {}
     else:
         uids = {p.uid: p.name for p in rt.plan.principals}
+    if rt.me.seccomp and rt.me.seccomp.get("learn"):
+        _attribute_learned_calls(rt.me.name, endpoints)
     server = Server(rt.me.name, endpoints, uids.get, max_frame=rt.plan.max_frame,
                     debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1")
     listen_fd = os.environ.get(ENV_LISTEN_FD)

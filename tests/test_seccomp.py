@@ -272,3 +272,87 @@ def test_export_prints_the_compiled_policy_as_an_oci_profile(jail):
     assert all({"names", "action"} <= set(e) for e in profile["syscalls"])
     none = pspy("export", "seccomp", "Open", "--jail", jail)
     assert none.returncode == 1 and "without a seccomp filter" in none.stderr
+
+
+# --- learning ---------------------------------------------------------------------
+
+def test_a_learning_log_becomes_an_attributed_minimal_profile():
+    from pspy import _native
+    lib = _native.lib
+    arch = getattr(lib, seccomp.native_arch()[0])
+    nr = {n: lib.seccomp_syscall_resolve_name_arch(arch, n.encode()) for n in ("openat", "sendmsg")}
+    log = "\n".join([
+        "--- pspy: starting Bank ---",
+        "pspy-learn-service 1 Bank.transfer",
+        f"pspy-learn {nr['openat']} 0 {arch}",
+        f"pspy-learn {nr['openat']} 1 {arch}",
+        f"pspy-learn {nr['sendmsg']} 1 {arch}",
+        "pspy-learn garbage",
+    ])
+    calls = seccomp.learned(log)
+    assert calls == {"openat": {"", "Bank.transfer"}, "sendmsg": {"Bank.transfer"}}
+    profile = seccomp.learned_profile("Bank", calls, ["python", "workload.py"])
+    seccomp.check_profile(profile, "learned")
+    comments = {e["names"][0]: e["comment"] for e in profile["syscalls"]}
+    assert comments == {"openat": "used by: Bank (outside any service), Bank.transfer",
+                        "sendmsg": "used by: Bank.transfer"}
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+
+
+@pytest.mark.root
+def test_learn_writes_profiles_that_run_the_workload_without_denials_and_allow_less_than_default(tmp_path):
+    import shutil
+    import sys
+    from conftest import ZOOBANK, free_port
+    app = str(tmp_path / "zoobank")
+    shutil.copytree(ZOOBANK, app, ignore=shutil.ignore_patterns("__pycache__"))
+    jail = str(tmp_path / "jail")
+    port = free_port()
+    env = {"ZOOBANK_PORT": str(port)}
+    workload = [sys.executable, os.path.join(app, "workload.py"), f"http://127.0.0.1:{port}"]
+    learned = pspy("learn", app, "--jail", jail, "--namespaces", "--", *workload, env=env, timeout=300, check=True)
+    assert "transfer with a forged token: HTTP 401" in learned.stdout   # the workload ran against the app
+    default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False, app_root="/",
+                                                      where="test")["profile"])
+    profiles = {}
+    for name in ("web", "Auth", "Bank"):
+        path = os.path.join(app, "seccomp", f"{name}.json")
+        profiles[name] = seccomp.read_profile(path)
+        names = {n for e in profiles[name]["syscalls"] for n in e["names"]}
+        assert 0 < len(names) < len(default), (name, len(names))
+    bank = json.dumps(profiles["Bank"])
+    assert "Bank.transfer" in bank and "Bank.balance" in bank   # each call attributed to its services
+    # Bootstrapping with the learned profiles runs the same workload, with no denial.
+    with open(os.path.join(app, "pspy.toml"), "a") as f:
+        f.write('seccomp = { web = "seccomp/web.json", Auth = "seccomp/Auth.json", Bank = "seccomp/Bank.json" }\n')
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--detach", env=env, check=True)
+    try:
+        report = json.loads(pspy("analyze", "--jail", jail, "--format", "json", "--include-seccomp",
+                                 check=True).stdout)
+        assert {p["name"]: p["seccomp"]["source"] for p in report["principals"]}["Bank"] == \
+            "file seccomp/Bank.json of the app"
+        import subprocess
+        deadline = time.monotonic() + 20
+        while True:
+            run = subprocess.run(workload, capture_output=True, text=True)
+            if run.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert run.returncode == 0, run.stdout + run.stderr
+        for name in ("web", "Auth", "Bank"):
+            log = open(os.path.join(jail, ".pspy", "logs", f"{name}.log")).read()
+            assert "seccomp denied" not in log, (name, log[-2000:])
+    finally:
+        pspy("stop", "--jail", jail)
+
+
+@pytest.mark.root
+def test_learn_refuses_a_missing_or_failing_workload_and_writes_nothing(tmp_path):
+    import shutil
+    app = str(tmp_path / "app")
+    shutil.copytree(FILTERED, app, ignore=shutil.ignore_patterns("__pycache__"))
+    none = pspy("learn", app, "--jail", str(tmp_path / "jail"), "--namespaces")
+    assert none.returncode == 1 and "workload" in none.stderr
+    failing = pspy("learn", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--", "false")
+    assert failing.returncode == 1 and "exited with status 1" in failing.stderr and "Traceback" not in failing.stderr
+    assert not os.path.exists(os.path.join(app, "seccomp"))

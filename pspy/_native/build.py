@@ -62,6 +62,10 @@ ffibuilder.cdef("""
     void free(void *ptr);
     uint32_t pspy_act_errno(uint32_t err);
     int pspy_install_sigsys_reporter(int fd, int err);
+    int pspy_learn_start(int out_fd);
+    int pspy_learn_load(scmp_filter_ctx ctx);
+    void pspy_learn_set_service(int tid, int service);
+    #define SCMP_ACT_NOTIFY ...
     #define SCMP_ACT_ALLOW ...
     #define SCMP_ACT_KILL_PROCESS ...
     #define SCMP_ACT_KILL_THREAD ...
@@ -152,6 +156,103 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"], source=r"""
             atomic_flag_clear(&report_lock);
         }
         errno = saved;
+    }
+
+    /* Learning (pspy learn): every syscall of the principal is sent to a
+       listener thread by seccomp user notification, recorded, and let
+       through (SECCOMP_USER_NOTIF_FLAG_CONTINUE). The thread is started
+       before the filter is loaded, and the filter is loaded without TSYNC,
+       so the listener itself is not filtered (and cannot wait on itself).
+       Each first (syscall, service) pair is written to `learn_out` as
+       "pspy-learn NR SERVICE ARCH"; the service is what the serving thread
+       last declared with pspy_learn_set_service (0: none). */
+    #include <pthread.h>
+    #include <time.h>
+
+    #define LEARN_SLOTS 4096
+    static _Atomic(scmp_filter_ctx) learn_ctx = NULL;
+    static atomic_int learn_ready = 0;
+    static atomic_int learn_failed = 0;
+    static int learn_out = 2;
+    static atomic_int slot_tid[LEARN_SLOTS];
+    static atomic_int slot_service[LEARN_SLOTS];
+    static unsigned char learn_seen[1024][32];
+
+    void pspy_learn_set_service(int tid, int service) {
+        int i = (unsigned) tid % LEARN_SLOTS;
+        atomic_store(&slot_service[i], service);
+        atomic_store(&slot_tid[i], tid);
+    }
+
+    static int learn_service_of(int tid) {
+        int i = (unsigned) tid % LEARN_SLOTS;
+        return atomic_load(&slot_tid[i]) == tid ? atomic_load(&slot_service[i]) : 0;
+    }
+
+    static void *learn_loop(void *unused) {
+        struct seccomp_notif *req = NULL;
+        struct seccomp_notif_resp *resp = NULL;
+        scmp_filter_ctx ctx;
+        int fd = -1;
+        (void) unused;
+        if (seccomp_notify_alloc(&req, &resp) != 0) {
+            atomic_store(&learn_failed, 1);
+            return NULL;
+        }
+        /* The fd exists once the main thread's seccomp_load has made the
+           filter; libseccomp keeps it, and the context must stay alive
+           until learn_ready is set (pspy_learn_load waits for that). */
+        while (!atomic_load(&learn_failed)) {
+            ctx = atomic_load(&learn_ctx);
+            if (ctx != NULL && (fd = seccomp_notify_fd(ctx)) >= 0)
+                break;
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+        if (fd < 0)
+            return NULL;
+        atomic_store(&learn_ready, 1);
+        for (;;) {
+            memset(req, 0, sizeof *req);
+            int rc = seccomp_notify_receive(fd, req);
+            if (rc == -EINTR || rc == -ENOENT)
+                continue;
+            if (rc != 0)
+                break;   /* the filter is gone */
+            int nr = req->data.nr;
+            int service = learn_service_of((int) req->pid);
+            if (nr >= 0 && nr < 1024 && service >= 0 && service < 256
+                    && !(learn_seen[nr][service >> 3] & (1 << (service & 7)))) {
+                learn_seen[nr][service >> 3] |= (unsigned char) (1 << (service & 7));
+                dprintf(learn_out, "pspy-learn %d %d %u\n", nr, service, req->data.arch);
+            }
+            memset(resp, 0, sizeof *resp);
+            resp->id = req->id;
+            resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+            seccomp_notify_respond(fd, resp);   /* ENOENT: the caller died meanwhile */
+        }
+        return NULL;
+    }
+
+    int pspy_learn_start(int out_fd) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        learn_out = out_fd;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        return pthread_create(&thread, &attr, learn_loop, NULL);
+    }
+
+    int pspy_learn_load(scmp_filter_ctx ctx) {
+        atomic_store(&learn_ctx, ctx);
+        int rc = seccomp_load(ctx);
+        if (rc < 0) {
+            atomic_store(&learn_failed, 1);
+            return rc;
+        }
+        while (!atomic_load(&learn_ready) && !atomic_load(&learn_failed))
+            ;   /* no system call here: it would wait on the listener it waits for */
+        return atomic_load(&learn_ready) ? 0 : -1;
     }
 
     int pspy_install_sigsys_reporter(int fd, int err) {

@@ -35,6 +35,7 @@ _PEERCRED = struct.Struct("3i")
 MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection to end
 UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
 ACTIVE: dict[int, str] = {}      # native thread id -> "Provider.service" it ran last (kept: read later)
+ON_CALL: Callable[[int, str], None] | None = None   # pspy learn: told (thread id, service) before each call
 
 
 @dataclass
@@ -176,6 +177,8 @@ class Server:
             return [protocol.DENIED, f"{who} may not call {self.provider}.{name} (allowed callers: {allowed})"]
         tid = threading.get_native_id()
         ACTIVE[tid] = f"{self.provider}.{name}"   # for seccomp's denial reports
+        if ON_CALL is not None:
+            ON_CALL(tid, name)
         try:
             if kwargs:
                 if any(type(k) is not str for k in kwargs):

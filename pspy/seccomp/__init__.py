@@ -463,9 +463,17 @@ F_SETPIPE_SZ = 1031
 
 
 def _keep_sigsys_handler(entries: list[dict]) -> list[dict]:
+    """The trap handler's own needs: its SIGSYS disposition stays, and it may
+    return (rt_sigreturn) and write its record (gettid, write), whatever the
+    profile says; a learned profile may never have seen a signal."""
     import signal
-    out = []
+    out = [{"names": ["gettid", "rt_sigreturn", "write"], "action": "SCMP_ACT_ALLOW"}]
     for entry in entries:
+        names = [n for n in entry["names"] if n not in ("gettid", "rt_sigreturn", "write")]
+        if entry["action"] == "SCMP_ACT_ALLOW" and not entry.get("args"):
+            entry = dict(entry, names=names)
+        if not entry["names"]:
+            continue
         if "rt_sigaction" in entry["names"] and entry["action"] == "SCMP_ACT_ALLOW" and not entry.get("args"):
             rest = [n for n in entry["names"] if n != "rt_sigaction"]
             if rest:
@@ -572,3 +580,83 @@ def _describe_args(name: str, args: list[int]) -> list[str]:
     count = {"mount": 5, "umount2": 2, "unshare": 1, "setns": 2, "ptrace": 4, "pivot_root": 2, "chroot": 1,
              "execve": 3, "kill": 2, "clone": 5, "connect": 3, "bind": 3, "keyctl": 5}.get(name, 6)
     return [hex(a) if a > 0xFFFF else str(a) for a in args[:count]]
+
+
+# --- learning (pspy learn) -----------------------------------------------------------
+
+LEARN = {"learn": True, "source": "learning (pspy learn): every syscall allowed and recorded",
+         "derived": [], "profile": None}
+LEARN_LINE = re.compile(r"^pspy-learn (\d+) (\d+) (\d+)$")
+LEARN_SERVICE = re.compile(r"^pspy-learn-service (\d+) (\S+)$")
+
+
+def learn() -> None:
+    """Run this process with every syscall recorded by the kernel (seccomp
+    user notification) and let through; the record goes to stderr, the
+    principal's log, one line per first (syscall, service)."""
+    global _loaded
+    from .. import _native
+    ffi, lib = _native.ffi, _native.lib
+    arch_name, _ = native_arch()
+    arch = getattr(lib, arch_name)
+    if lib.pspy_learn_start(2) != 0:
+        raise SeccompError("starting the learning thread failed")
+    ctx = lib.seccomp_init(lib.SCMP_ACT_ALLOW)
+    if ctx == ffi.NULL:
+        raise SeccompError("seccomp_init failed")
+    try:
+        _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH, lib.pspy_act_errno(errno.EPERM)),
+               "seccomp_attr_set")
+        _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 1), "seccomp_attr_set")
+        # Every syscall of this architecture goes to the listener (no TSYNC:
+        # the listener thread, already running, stays unfiltered).
+        for nr in range(1024):
+            raw = lib.seccomp_syscall_resolve_num_arch(arch, nr)
+            if raw == ffi.NULL:
+                continue
+            lib.free(raw)
+            _check(lib.seccomp_rule_add_exact_array(ctx, lib.SCMP_ACT_NOTIFY, nr, 0, ffi.NULL),
+                   f"adding the learning rule for syscall {nr}")
+        if lib.pspy_learn_load(ctx) != 0:
+            raise SeccompError("loading the learning filter failed")
+    finally:
+        lib.seccomp_release(ctx)
+    _loaded = True
+
+
+def learned(log_text: str) -> dict[str, set[str]]:
+    """From a principal's log: syscall name -> the services that made it
+    ("" for calls outside any service: start-up, the front end's own work)."""
+    from .. import _native
+    lib, ffi = _native.lib, _native.ffi
+    services = {0: ""}
+    out: dict[str, set[str]] = {}
+    for line in log_text.splitlines():
+        m = LEARN_SERVICE.match(line)
+        if m:
+            services[int(m.group(1))] = m.group(2)
+            continue
+        m = LEARN_LINE.match(line)
+        if not m:
+            continue
+        nr, service, arch = (int(g) for g in m.groups())
+        raw = lib.seccomp_syscall_resolve_num_arch(arch, nr)
+        if raw == ffi.NULL:
+            continue
+        name = ffi.string(raw).decode()
+        lib.free(raw)
+        out.setdefault(name, set()).add(services.get(service, f"service #{service}"))
+    return out
+
+
+def learned_profile(principal: str, calls: dict[str, set[str]], workload: list[str]) -> dict:
+    """A minimal OCI profile allowing exactly ``calls``, each attributed."""
+    arch_name, _ = native_arch()
+    entries = []
+    for name in sorted(calls):
+        users = sorted(calls[name])
+        who = ", ".join(u or f"{principal} (outside any service)" for u in users)
+        entries.append({"names": [name], "action": "SCMP_ACT_ALLOW", "comment": f"used by: {who}"})
+    return {"comment": f"learned by pspy learn for {principal} from the workload: {' '.join(workload)}",
+            "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": errno.EPERM,
+            "architectures": [arch_name], "syscalls": entries}

@@ -1,0 +1,81 @@
+"""``pspy learn``: a seccomp profile per principal, recorded from a real run.
+
+The app is bootstrapped with every principal in learning mode (seccomp user
+notification: the kernel sends each of its syscalls to a listener thread,
+which records it and lets it through; see pspy.seccomp.learn), the workload
+runs against it, the app stops, and each principal's record becomes a
+minimal OCI profile in ``<app>/seccomp/<principal>.json``, each syscall
+commented with the services that made it. Nothing is kept by hand: only
+what the kernel saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from . import bootstrap, seccomp
+from .errors import PspyError
+from .plan import Plan
+from .supervisor import log_path, stop
+
+PROFILE_DIR = "seccomp"
+
+
+def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str], say=print) -> int:
+    if not workload:
+        raise PspyError("pspy learn needs a workload command after '--' (what exercises the app)")
+    req = bootstrap.Request(app_dir=app_dir, jail=jail, namespaces=namespaces, learn=True)
+    plan = bootstrap.build(req, say=say)
+    offsets = {p.name: _size(log_path(plan, p.name)) for p in plan.principals}
+    bootstrap.run_detached(plan, say=say)
+    try:
+        say(f"pspy: learning; running the workload: {' '.join(workload)}")
+        try:
+            code = subprocess.run(workload).returncode
+        except FileNotFoundError:
+            raise PspyError(f"workload {workload[0]!r}: no such program") from None
+    finally:
+        stop(plan)
+    if code != 0:
+        raise PspyError(f"the workload exited with status {code}; no profile written (a profile learned "
+                        "from a failed run would miss what the app needs)")
+    return write_profiles(plan, offsets, workload, say)
+
+
+def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say=print) -> int:
+    folder = os.path.join(plan.app_source, PROFILE_DIR)
+    os.makedirs(folder, exist_ok=True)
+    owner = os.stat(plan.app_source)
+    default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False, app_root="/",
+                                                      where="pspy learn")["profile"])
+    written = {}
+    for p in plan.principals:
+        with open(log_path(plan, p.name), "rb") as f:
+            f.seek(offsets.get(p.name, 0))
+            calls = seccomp.learned(f.read().decode(errors="replace"))
+        if not calls:
+            say(f"pspy: warning: nothing recorded for {p.name} (did it run?); no profile written for it")
+            continue
+        path = os.path.join(folder, f"{p.name}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(seccomp.learned_profile(p.name, calls, workload), f, indent=2)
+            f.write("\n")
+        os.chown(tmp, owner.st_uid, owner.st_gid)   # the developer's, like the app
+        os.rename(tmp, path)
+        written[p.name] = f"{PROFILE_DIR}/{p.name}.json"
+        say(f"pspy: {p.name}: {len(calls)} syscalls (default allows {len(default)}) -> {path}")
+    if written:
+        table = ", ".join(f'{name} = "{rel}"' for name, rel in written.items())
+        say(f"pspy: to run under them, add to {os.path.join(plan.app_source, 'pspy.toml')}:\n"
+            f"  seccomp = {{ {table} }}")
+    return 0
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
