@@ -11,10 +11,19 @@ Run ``pspy bootstrap APP_DIR`` as root to start every provider in its own
 jailed process; without pspy the decorator changes nothing.
 """
 
-from .decorator import serializable, service
 from .errors import (CallInterrupted, PermissionDenied, PspyError, RemoteError, RPCError,
                      SerializationError, ServiceTimeout, ServiceUnavailable)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The decorator (and with it the runtime and the RPC stack) loads on first
+    # use: every principal's start-up imports pspy.seccomp before the app, and
+    # must not pay for what the app may never use.
+    if name in ("service", "serializable"):
+        from . import decorator
+        return getattr(decorator, name)
+    raise AttributeError(f"module 'pspy' has no attribute {name!r}")
 __all__ = ["service", "serializable", "PspyError", "RPCError", "RemoteError", "SerializationError",
            "ServiceUnavailable", "CallInterrupted", "ServiceTimeout", "PermissionDenied"]

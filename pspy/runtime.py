@@ -8,7 +8,6 @@ calls its provider. ``python -m pspy.runtime`` is the provider entry point.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import inspect
@@ -136,6 +135,7 @@ def _function_stub(rt: Runtime, provider: str, original, spec: ServicePlan):
     if spec.kind == "async_function":
         @functools.wraps(original)
         async def async_stub(*args, **kwargs):
+            import asyncio
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 None, lambda: _call(rt, provider, spec.name, original, args, kwargs, spec.timeout,

@@ -11,7 +11,6 @@ frame closes that connection only.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import inspect
 import logging
@@ -197,6 +196,7 @@ class Server:
         # loop-bound state across calls on the same connection.
         loop = getattr(self._loop_local, "loop", None)
         if loop is None:
+            import asyncio   # only providers with async services pay for it
             loop = self._loop_local.loop = asyncio.new_event_loop()
         return loop.run_until_complete(coro)
 
