@@ -8,9 +8,11 @@
    by M MB of extra package files; ratios against namespace mode.
 2. Start-up of one principal: the time until a Python interpreter writes
    its first byte, on the host against the same command run as a principal
-   in each mode; the difference is what the sandbox adds (target: at most
-   5 ms in namespace mode). Then the time from spawn to "the provider
-   answers on its socket", per provider and mode.
+   in each mode, without a seccomp filter (seccomp "none"); the difference
+   is what the sandbox adds (target: at most 5 ms in namespace mode). The
+   same with each principal's planned filter (web: 'web', Bank: 'default')
+   gives what loading the filter adds, as its own row. Then the time from
+   spawn to "the provider answers on its socket", per provider and mode.
 The padding is a folder pspy_bench_padding/ put into this interpreter's
 site-packages for the run and removed afterwards.
 """
@@ -99,10 +101,16 @@ def startup_times(runs: int, workdir: str) -> dict:
     samples = [until_first_byte(lambda w: subprocess.Popen([sys.executable, *ready[1:]], stdout=w))
                for _ in range(runs)]
     out["python start, host"] = statistics.median(samples)
-    for mode in ("chroot", "namespaces"):
-        jail = os.path.join(workdir, f"start-{mode}")
+    # The same app without filters: the sandbox's own cost, apart from seccomp's.
+    unfiltered = os.path.join(workdir, "zoobank-unfiltered")
+    shutil.copytree(ZOOBANK, unfiltered, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(os.path.join(unfiltered, "pspy.toml"), "a") as f:
+        f.write('seccomp = { web = "none", Auth = "none", Bank = "none" }\n')
+    for mode, app, tag in (("chroot", unfiltered, ""), ("namespaces", unfiltered, ""),
+                           ("chroot", ZOOBANK, ", seccomp"), ("namespaces", ZOOBANK, ", seccomp")):
+        jail = os.path.join(workdir, f"start-{mode}{tag.replace(', ', '-')}")
         flags = ["--namespaces"] if mode == "namespaces" else []
-        subprocess.run([sys.executable, "-m", "pspy", "bootstrap", ZOOBANK, "--jail", jail, "--no-run", *flags],
+        subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", jail, "--no-run", *flags],
                        check=True, capture_output=True)
         plan = Plan.load(jail)
         userns = None
@@ -116,7 +124,7 @@ def startup_times(runs: int, workdir: str) -> dict:
                 samples = [until_first_byte(lambda w: spawn_principal(plan, principal, ready, stdout=w,
                                                                       userns_fd=userns))
                            for _ in range(runs)]
-                out[f"python start, as {who} ({mode})"] = statistics.median(samples)
+                out[f"python start, as {who} ({mode}{tag})"] = statistics.median(samples)
             for provider in plan.providers:
                 samples = []
                 for _ in range(runs):
@@ -132,7 +140,7 @@ def startup_times(runs: int, workdir: str) -> dict:
                     proc.send_signal(15)
                     proc.wait()
                     listener.close()
-                out[f"spawn -> {provider.name} answers ({mode})"] = statistics.median(samples)
+                out[f"spawn -> {provider.name} answers ({mode}{tag})"] = statistics.median(samples)
         finally:
             if userns is not None:
                 os.close(userns)
@@ -178,6 +186,11 @@ def main(argv=None) -> int:
             overhead = start[f"python start, as {who} ({mode})"] - base
             label = f"sandbox overhead, {mode}" + (f", {what}" if mode == "namespaces" else "")
             print(f"{label:<44}{overhead * 1000:>7.1f} ms")
+    for mode in ("chroot", "namespaces"):
+        for who, profile in (("web", "web"), ("Bank", "default")):
+            cost = start[f"python start, as {who} ({mode}, seccomp)"] - start[f"python start, as {who} ({mode})"]
+            label = f"seccomp filter load, {mode}, {profile}"
+            print(f"{label:<44}{cost * 1000:>7.1f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"bootstrap_s": {f"{label} / {mode}": v for (label, mode), v in boot.items()},

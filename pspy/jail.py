@@ -199,6 +199,10 @@ def copy_pspy(plan: Plan) -> None:
         shutil.rmtree(dst)
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copyfile(os.path.join(src, "_sitecustomize.py"), os.path.join(lib, "sitecustomize.py"))
+    # Compiled here, once: principals cannot write bytecode into the jail, and
+    # every start (each loads its seccomp filter first) would compile again.
+    import compileall
+    compileall.compile_dir(lib, quiet=1)
     # The native helper links libseccomp: the libraries it loads come along.
     helpers = [os.path.join(d, f) for d, _, files in os.walk(src) for f in files if f.endswith(".so")]
     for path in shared_libraries([h for h in helpers if _is_elf(h)]):

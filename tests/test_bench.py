@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -21,3 +23,17 @@ def test_rpc_bench_writes_medians_p99_ratios_and_throughput(tmp_path):
             assert set(entry[payload]) == {"median_us", "p99_us", "ratio_to_floor"}
         assert entry["concurrent"]["calls_per_s"] > 0
     assert "pspy" in proc.stdout   # the table was printed
+
+
+@pytest.mark.root
+def test_bootstrap_bench_prints_the_overhead_rows_it_promises(tmp_path):
+    out = tmp_path / "boot.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bootstrap.py"), "--runs", "1",
+                           "--padding-mb", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    startup = json.loads(out.read_text())["startup_s"]
+    for mode in ("chroot", "namespaces"):
+        for tag in ("", ", seccomp"):
+            assert f"python start, as Bank ({mode}{tag})" in startup
+    for row in ("sandbox overhead, namespaces, own network namespace", "seccomp filter load, namespaces, default"):
+        assert row in proc.stdout

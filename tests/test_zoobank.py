@@ -182,7 +182,9 @@ def _principal_pids(zoobank):
     pids = _running_pids(zoobank["jail"])
     if zoobank["mode"] == "chroot":
         return pids
-    owner = RUN_AS.get(zoobank["jail"])
+    # Matched by name and by this jail's uid (another app's principals may share the name).
+    plan = json.load(open(os.path.join(zoobank["jail"], ".pspy", "plan.json")))
+    uid_of = {p["name"]: p["uid"] for p in plan["principals"]}
     found = {}
     for entry in os.listdir("/proc"):
         try:
@@ -190,7 +192,7 @@ def _principal_pids(zoobank):
         except OSError:
             continue
         for name in pids:
-            if comm == f"pspy:{name}"[:15] and (owner is None or _uid_of(entry) == owner.uid):
+            if comm == f"pspy:{name}"[:15] and _uid_of(entry) == uid_of[name]:
                 found[name] = int(entry)
     assert set(found) == set(pids), found
     return found
