@@ -25,13 +25,14 @@ if _principal:
         mine = [p for p in plan["principals"] if p["name"] == principal]
         policy = mine[0].get("seccomp") if mine else None
         if policy and policy.get("learn"):
-            from pspy import seccomp
-            seccomp.learn()   # pspy learn: every call recorded and let through
+            from pspy import _filter
+            _filter.learn()   # pspy learn: every call recorded and let through
         elif policy:
             import sys
-            from pspy import seccomp
-            # Denials are reported in the principal's log (its stderr), once per call site.
-            seccomp.load(policy["profile"], report_to=sys.stderr, app_dir=plan.get("app_dir", "/app"))
+            from pspy import _filter
+            # The program bootstrap compiled; denials are reported in the
+            # principal's log (its stderr), once per call site.
+            _filter.install(policy, sys.stderr, plan.get("app_dir", "/app"))
 
     _name = f"pspy:{_principal}"[:15]
     try:

@@ -215,8 +215,8 @@ def serve_provider() -> int:
     if rt is None or rt.me.kind != "provider":
         print("pspy.runtime: run by the pspy supervisor as a provider only", file=sys.stderr)
         return 2
-    from . import seccomp
-    if rt.me.seccomp and not seccomp.is_loaded():
+    import prctl
+    if rt.me.seccomp and not prctl.get_seccomp():   # PR_GET_SECCOMP: 0 without a filter
         # sitecustomize loads it before anything else; if it did not run
         # (python -S), the provider refuses to import the app unfiltered.
         print(f"pspy.runtime: {rt.me.name}'s seccomp filter is not loaded; not serving", file=sys.stderr)

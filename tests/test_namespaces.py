@@ -186,7 +186,7 @@ print(json.dumps({
     "cwd": os.readlink("/proc/self/cwd"),
     # pspy's own denial-report pipe, made by the principal itself, aside
     "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")
-                  if int(fd) not in __import__("pspy.seccomp").seccomp.reporter_fds),
+                  if int(fd) not in __import__("pspy._filter")._filter.reporter_fds),
     "fd targets": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
 }))
 """)

@@ -63,6 +63,9 @@ ffibuilder.cdef("""
     uint32_t pspy_act_errno(uint32_t err);
     int pspy_install_sigsys_reporter(int fd, int err);
     int pspy_learn_start(int out_fd);
+    int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
+    int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags);
+    #define SECCOMP_FILTER_FLAG_TSYNC ...
     int pspy_learn_load(scmp_filter_ctx ctx);
     void pspy_learn_set_service(int tid, int service);
     #define SCMP_ACT_NOTIFY ...
@@ -232,6 +235,24 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"], source=r"""
             seccomp_notify_respond(fd, resp);   /* ENOENT: the caller died meanwhile */
         }
         return NULL;
+    }
+
+    /* Load a BPF program compiled at bootstrap (seccomp_export_bpf): a
+       principal's start-up then needs neither libseccomp's compiler nor the
+       profile. no_new_privs first, as the kernel requires. */
+    #include <sys/prctl.h>
+    #include <linux/filter.h>
+    int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags) {
+        struct sock_fprog fprog;
+        if (length == 0 || length % sizeof(struct sock_filter) != 0 || length / sizeof(struct sock_filter) > 4096) {
+            errno = EINVAL;
+            return -1;
+        }
+        fprog.len = (unsigned short) (length / sizeof(struct sock_filter));
+        fprog.filter = (struct sock_filter *) program;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            return -1;
+        return (int) syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, flags, &fprog);
     }
 
     int pspy_learn_start(int out_fd) {

@@ -16,6 +16,7 @@ libseccomp does not know on this architecture is an error, never skipped.
 
 from __future__ import annotations
 
+import base64
 import copy
 import errno
 import json
@@ -261,7 +262,9 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     if profile["defaultAction"] == "SCMP_ACT_ERRNO":
         out["defaultErrnoRet"] = profile.get("defaultErrnoRet", errno.EPERM)
     derived.append(DERIVATIONS["other ABIs"])
-    return {"source": source, "derived": derived, "profile": out}
+    return {"source": source, "derived": derived, "profile": out,
+            "bpf": base64.b64encode(compile_bpf(out)).decode(), "trapping": traps(out),
+            "errno": out.get("defaultErrnoRet", errno.EPERM)}
 
 
 def _layer_inline(base: dict, policy: dict, where: str) -> dict:
@@ -394,20 +397,11 @@ def _action(lib, action: str, errno_ret: int | None) -> int:
     raise SeccompError(f"unsupported action {action}")
 
 
-def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
-    """Compile ``profile`` (an effective one, from the plan) and load it into
-    this process, every thread included. no_new_privs is set by libseccomp
-    if it is not already. Raises SeccompError; the caller must not go on.
-
-    With ``report_to`` (a writable text stream, the principal's log) and a
-    default action of EPERM, denials are trapped instead: the call still
-    fails with EPERM, and each distinct call site is reported once with the
-    syscall, its arguments and the Python stack (see ``report``)."""
-    global _loaded
+def _build(profile: dict, trapping: bool):
+    """A libseccomp context for ``profile``; the caller releases it."""
     from .. import _native
     ffi, lib = _native.ffi, _native.lib
     default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
-    trapping = report_to is not None and profile["defaultAction"] == "SCMP_ACT_ERRNO"
     ctx = lib.seccomp_init(lib.SCMP_ACT_TRAP if trapping else default)
     if ctx == ffi.NULL:
         raise SeccompError("seccomp_init failed")
@@ -416,12 +410,9 @@ def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
                             (lib.SCMP_FLTATR_CTL_TSYNC, 1)):
             _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set")
         arch = getattr(lib, native_arch()[0])
-        entries = profile["syscalls"]
-        if trapping:
-            # The trap handler must stay: rt_sigaction is allowed for every
-            # signal but SIGSYS (for which it gets the default action).
-            entries = _keep_sigsys_handler(entries)
-            _start_reporter(report_to, profile.get("defaultErrnoRet", errno.EPERM), app_dir)
+        # The trap handler must stay: rt_sigaction is allowed for every
+        # signal but SIGSYS, and the handler's own needs are allowed.
+        entries = _keep_sigsys_handler(profile["syscalls"]) if trapping else profile["syscalls"]
         for entry in entries:
             action = _action(lib, entry["action"], entry.get("errnoRet"))
             args = entry.get("args") or []
@@ -437,9 +428,58 @@ def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
                     raise SeccompError(f"{name} is not a syscall of {platform.machine()}")
                 _check(lib.seccomp_rule_add_exact_array(ctx, action, nr, len(args), cmp),
                        f"adding the rule for {name}")
-        _check(lib.seccomp_load(ctx), "seccomp_load")
+    except BaseException:
+        lib.seccomp_release(ctx)
+        raise
+    return ctx
+
+
+def traps(profile: dict) -> bool:
+    """Denials are trapped and reported when the default action is EPERM (errno)."""
+    return profile["defaultAction"] == "SCMP_ACT_ERRNO"
+
+
+def compile_bpf(profile: dict) -> bytes:
+    """The BPF program the kernel will run for ``profile`` (bootstrap stores it
+    in the plan; the principal loads it as it is, see pspy._filter)."""
+    from .. import _native
+    lib = _native.lib
+    ctx = _build(profile, traps(profile))
+    try:
+        fd = os.memfd_create("pspy-seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            _check(lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf")
+            os.lseek(fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
     finally:
         lib.seccomp_release(ctx)
+
+
+def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
+    """Compile ``profile`` and load it into this process, every thread
+    included (no_new_privs is set by libseccomp). Raises SeccompError.
+
+    With ``report_to`` (a writable text stream, the principal's log) and a
+    default action of EPERM, denials are trapped instead: the call still
+    fails with EPERM, and each distinct call site is reported once with the
+    syscall, its arguments and the Python stack (see ``report``). Principals
+    load the program bootstrap compiled (pspy._filter); this is the same
+    from the profile, for tools and tests."""
+    global _loaded
+    from .. import _filter, _native
+    trapping = report_to is not None and traps(profile)
+    ctx = _build(profile, trapping)
+    try:
+        if trapping:
+            _filter.start_reporter(report_to, profile.get("defaultErrnoRet", errno.EPERM), app_dir)
+        _check(_native.lib.seccomp_load(ctx), "seccomp_load")
+    finally:
+        _native.lib.seccomp_release(ctx)
     _loaded = True
 
 
@@ -454,11 +494,9 @@ def is_loaded() -> bool:
 
 # --- reporting denials --------------------------------------------------------------
 
-reporter_fds: tuple[int, ...] = ()   # the denial pipe's two ends, the principal's own
 _RECORD = struct.Struct("=IiiI6Q")
 _MAGIC = 0x70737931
 _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>\S+)')
-F_SETPIPE_SZ = 1031
 
 
 
@@ -485,32 +523,19 @@ def _keep_sigsys_handler(entries: list[dict]) -> list[dict]:
     return out
 
 
-def _start_reporter(stream, denial_errno: int, app_dir: str) -> None:
-    import fcntl
-    import threading
-    from .. import _native
-    global reporter_fds
-    r, w = os.pipe2(os.O_CLOEXEC)
-    reporter_fds = (r, w)
-    os.set_blocking(w, False)   # a full pipe drops a record; it never blocks the trapped thread
-    try:
-        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-        pass
-    if _native.lib.pspy_install_sigsys_reporter(w, denial_errno) != 0:
-        raise SeccompError("installing the SIGSYS handler failed")
-    threading.Thread(target=report, args=(r, stream, app_dir), name="pspy-seccomp-report", daemon=True).start()
-
-
-def report(fd: int, stream, app_dir: str = "/app") -> None:
-    """Read denial records from ``fd`` and write one line per distinct call site."""
+def report(fd: int, stream, app_dir: str = "/app", first: bytes = b"") -> None:
+    """Read denial records from ``fd`` (after ``first``, already read) and
+    write one line per distinct call site."""
     seen: set = set()
     buf = b""
     while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:
-            continue
+        if first:
+            chunk, first = first, b""
+        else:
+            try:
+                chunk = os.read(fd, 65536)
+            except InterruptedError:
+                continue
         if not chunk:
             return
         buf += chunk
@@ -591,37 +616,9 @@ LEARN_SERVICE = re.compile(r"^pspy-learn-service (\d+) (\S+)$")
 
 
 def learn() -> None:
-    """Run this process with every syscall recorded by the kernel (seccomp
-    user notification) and let through; the record goes to stderr, the
-    principal's log, one line per first (syscall, service)."""
-    global _loaded
-    from .. import _native
-    ffi, lib = _native.ffi, _native.lib
-    arch_name, _ = native_arch()
-    arch = getattr(lib, arch_name)
-    if lib.pspy_learn_start(2) != 0:
-        raise SeccompError("starting the learning thread failed")
-    ctx = lib.seccomp_init(lib.SCMP_ACT_ALLOW)
-    if ctx == ffi.NULL:
-        raise SeccompError("seccomp_init failed")
-    try:
-        _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_ACT_BADARCH, lib.pspy_act_errno(errno.EPERM)),
-               "seccomp_attr_set")
-        _check(lib.seccomp_attr_set(ctx, lib.SCMP_FLTATR_CTL_NNP, 1), "seccomp_attr_set")
-        # Every syscall of this architecture goes to the listener (no TSYNC:
-        # the listener thread, already running, stays unfiltered).
-        for nr in range(1024):
-            raw = lib.seccomp_syscall_resolve_num_arch(arch, nr)
-            if raw == ffi.NULL:
-                continue
-            lib.free(raw)
-            _check(lib.seccomp_rule_add_exact_array(ctx, lib.SCMP_ACT_NOTIFY, nr, 0, ffi.NULL),
-                   f"adding the learning rule for syscall {nr}")
-        if lib.pspy_learn_load(ctx) != 0:
-            raise SeccompError("loading the learning filter failed")
-    finally:
-        lib.seccomp_release(ctx)
-    _loaded = True
+    """See pspy._filter.learn (principals call it there, before anything heavier is imported)."""
+    from .. import _filter
+    _filter.learn()
 
 
 def learned(log_text: str) -> dict[str, set[str]]:

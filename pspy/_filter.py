@@ -1,0 +1,96 @@
+"""Loading a principal's seccomp filter at start-up, cheaply.
+
+Imported by every principal's sitecustomize before the app: it loads the BPF
+program bootstrap compiled for the principal (pspy.seccomp.compile_bpf) and,
+when the filter traps denials, sets up their reporting first: a pipe, the
+SIGSYS handler of the native helper, and a thread that turns records into
+log lines (pspy.seccomp.report, imported only once a denial arrives).
+Nothing heavier is imported here: this runs at every principal start.
+"""
+
+from __future__ import annotations
+
+# Imported here, before the filter, on both paths (enforcing and learning):
+# whatever a module does when first imported must happen on the same side of
+# the filter in both, or a learned profile would miss it.
+import base64
+import fcntl
+import os
+import threading
+
+F_SETPIPE_SZ = 1031
+reporter_fds: tuple[int, ...] = ()   # the denial pipe's two ends, the principal's own
+
+
+def install(policy: dict, stream, app_dir: str) -> None:
+    """Load ``policy`` (a principal's, from the plan) into this process and
+    every thread of it. Raises OSError or RuntimeError; the caller must not
+    go on without it."""
+    from ._native import ffi, lib
+    program = base64.b64decode(policy["bpf"])
+    if policy.get("trapping"):
+        start_reporter(stream, policy.get("errno", 1), app_dir)
+    buf = ffi.from_buffer(program)
+    if lib.pspy_load_bpf(buf, len(program), lib.SECCOMP_FILTER_FLAG_TSYNC) != 0:
+        err = ffi.errno
+        raise OSError(err, f"loading the seccomp filter failed: {os.strerror(err)}")
+
+
+def start_reporter(stream, denial_errno: int, app_dir: str) -> None:
+    from ._native import lib
+    global reporter_fds
+    r, w = os.pipe2(os.O_CLOEXEC)
+    reporter_fds = (r, w)
+    os.set_blocking(w, False)   # a full pipe drops a record; it never blocks the trapped thread
+    try:
+        fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass
+    if lib.pspy_install_sigsys_reporter(w, denial_errno) != 0:
+        raise RuntimeError("installing the SIGSYS handler failed")
+    threading.Thread(target=_report, args=(r, stream, app_dir), name="pspy-seccomp-report", daemon=True).start()
+
+
+def _report(fd: int, stream, app_dir: str) -> None:
+    # Wait for a first record before importing the reporting code: at
+    # start-up this thread must not compete with the principal for the GIL.
+    while True:
+        try:
+            first = os.read(fd, 65536)
+            break
+        except InterruptedError:
+            continue
+    if not first:
+        return
+    from . import seccomp
+    seccomp.report(fd, stream, app_dir, first)
+
+
+def learn() -> None:
+    """pspy learn: every syscall of this process (and its future threads and
+    children) is sent by seccomp user notification to a listener thread of
+    the native helper, recorded in stderr (the principal's log) and let
+    through. The listener starts before the filter, which is loaded without
+    TSYNC, so the listener is not filtered and never waits on itself."""
+    from ._native import ffi, lib
+    if lib.pspy_learn_start(2) != 0:
+        raise RuntimeError("starting the learning thread failed")
+    arch = lib.seccomp_arch_native()
+    ctx = lib.seccomp_init(lib.SCMP_ACT_ALLOW)
+    if ctx == ffi.NULL:
+        raise RuntimeError("seccomp_init failed")
+    try:
+        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, lib.pspy_act_errno(1)), (lib.SCMP_FLTATR_CTL_NNP, 1)):
+            if lib.seccomp_attr_set(ctx, attr, value) < 0:
+                raise RuntimeError("seccomp_attr_set failed")
+        for nr in range(1024):
+            raw = lib.seccomp_syscall_resolve_num_arch(arch, nr)
+            if raw == ffi.NULL:
+                continue
+            lib.free(raw)
+            if lib.seccomp_rule_add_exact_array(ctx, lib.SCMP_ACT_NOTIFY, nr, 0, ffi.NULL) < 0:
+                raise RuntimeError(f"adding the learning rule for syscall {nr} failed")
+        if lib.pspy_learn_load(ctx) != 0:
+            raise RuntimeError("loading the learning filter failed")
+    finally:
+        lib.seccomp_release(ctx)
