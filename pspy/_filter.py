@@ -26,10 +26,16 @@ def install(policy: dict, stream, app_dir: str) -> None:
     """Load ``policy`` (a principal's, from the plan) into this process and
     every thread of it. Raises OSError or RuntimeError; the caller must not
     go on without it."""
+    import prctl
     from ._native import ffi, lib
     program = base64.b64decode(policy["bpf"])
     if policy.get("trapping"):
         start_reporter(stream, policy.get("errno", 1), app_dir)
+    if prctl.get_seccomp():
+        # A child the principal started (subprocess): it runs under the filter
+        # it inherited, which no process can remove or loosen; only the
+        # reporting above is its own to set up again.
+        return
     buf = ffi.from_buffer(program)
     if lib.pspy_load_bpf(buf, len(program), lib.SECCOMP_FILTER_FLAG_TSYNC) != 0:
         err = ffi.errno

@@ -37,6 +37,25 @@ class Request:
     learn: bool = False          # pspy learn: principals record their syscalls
 
 
+UNSAFE_ENV_PREFIXES = ("PYTHON", "LD_", "PSPY_")
+# Interpreter flags that skip pspy's sitecustomize (-S, -I) or its environment (-E, -I).
+UNSAFE_PYTHON_FLAGS = ("-S", "-I", "-E")
+
+
+def check_front_end(argv: list[str]) -> None:
+    """The front end loads its filter from pspy's sitecustomize: a Python
+    command line that skips it would run unfiltered."""
+    if not argv or os.path.basename(argv[0]) not in ("python", "python3") and not argv[0].endswith(
+            os.path.basename(sys.executable)):
+        return
+    for arg in argv[1:]:
+        if not arg.startswith("-") or arg in ("-m", "-c") or arg == "--":
+            break
+        if arg in UNSAFE_PYTHON_FLAGS or (arg[1:2] != "-" and any(f[1] in arg[1:] for f in UNSAFE_PYTHON_FLAGS)):
+            raise ConfigError(f"front end {' '.join(argv)!r}: {arg} would skip pspy's sitecustomize or its "
+                              "environment, and with them the front end's seccomp filter; remove it")
+
+
 def options_for(req: Request) -> Options:
     """Command-line flags over pspy.toml over defaults."""
     cfg = config.load(req.app_dir)
@@ -48,6 +67,14 @@ def options_for(req: Request) -> Options:
         if not os.path.isfile(os.path.join(req.app_dir, norm)):
             raise ConfigError(f"--script {os.path.join(req.app_dir, norm)}: no such file in the app")
         script = norm
+    front_end = list(req.front_end or cfg.get("front_end", []))
+    check_front_end(front_end)
+    for principal, names in cfg.get("env", {}).items():
+        unsafe = [n for n in names if n.startswith(UNSAFE_ENV_PREFIXES)]
+        if unsafe:
+            raise ConfigError(f"env.{principal} passes {', '.join(unsafe)}: variables that change how Python "
+                              "or the loader starts could run code before the principal's seccomp filter; "
+                              "refused")
     rootless = req.namespaces and os.geteuid() != 0
     if rootless and (req.uid_base is not None or req.gid_base is not None):
         raise ConfigError("--uid-base/--gid-base need root: rootless, every principal runs under your "
@@ -68,7 +95,7 @@ def options_for(req: Request) -> Options:
     return Options(
         jail=os.path.abspath(jail_dir or DEFAULT_JAIL),
         uid_base=uid_base, gid_base=gid_base, rootless=rootless,
-        front_end=list(req.front_end or cfg.get("front_end", [])),
+        front_end=front_end,
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
         seccomp=dict(cfg.get("seccomp", {})), learn=req.learn,
         script=script, files=files, interpreter=sys.executable,

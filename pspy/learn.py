@@ -46,7 +46,6 @@ def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str]
 
 def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say=print) -> int:
     folder = os.path.join(plan.app_source, PROFILE_DIR)
-    os.makedirs(folder, exist_ok=True)
     owner = os.stat(plan.app_source)
     default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False, app_root="/",
                                                       where="pspy learn")["profile"])
@@ -58,13 +57,17 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
         if not calls:
             say(f"pspy: warning: nothing recorded for {p.name} (did it run?); no profile written for it")
             continue
-        path = os.path.join(folder, f"{p.name}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(seccomp.learned_profile(p.name, calls, workload), f, indent=2)
-            f.write("\n")
-        os.chown(tmp, owner.st_uid, owner.st_gid)   # the developer's, like the app
-        os.rename(tmp, path)
+        # The record is the principal's own log, so the app could have added
+        # lines to it: dangerous calls are left out (and denied and reported
+        # when they happen), never allowed because a log said so.
+        dropped = sorted(set(calls) & seccomp.DANGEROUS)
+        for name in dropped:
+            del calls[name]
+        if dropped:
+            say(f"pspy: warning: {p.name} made (or its log claims) {', '.join(dropped)}: dangerous, "
+                "left out of its profile; allow them by hand if it truly needs them")
+        text = json.dumps(seccomp.learned_profile(p.name, calls, workload), indent=2) + "\n"
+        path = _write_beside_app(plan.app_source, f"{p.name}.json", text.encode(), owner)
         written[p.name] = f"{PROFILE_DIR}/{p.name}.json"
         say(f"pspy: {p.name}: {len(calls)} syscalls (default allows {len(default)}) -> {path}")
     if written:
@@ -72,6 +75,43 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
         say(f"pspy: to run under them, add to {os.path.join(plan.app_source, 'pspy.toml')}:\n"
             f"  seccomp = {{ {table} }}")
     return 0
+
+
+def _write_beside_app(app: str, name: str, data: bytes, owner: os.stat_result) -> str:
+    """Write <app>/seccomp/<name> for the app's owner, following no symlink:
+    pspy learn runs as root in a folder the developer (or a cloned repository)
+    controls."""
+    app_fd = os.open(app, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.mkdir(PROFILE_DIR, 0o755, dir_fd=app_fd)
+            os.chown(PROFILE_DIR, owner.st_uid, owner.st_gid, dir_fd=app_fd, follow_symlinks=False)
+        except FileExistsError:
+            pass
+        try:
+            dir_fd = os.open(PROFILE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=app_fd)
+        except OSError as e:
+            raise PspyError(f"{os.path.join(app, PROFILE_DIR)}: not a folder pspy can write into "
+                            f"({e.strerror}); a symlink there is refused") from None
+        try:
+            tmp = f".{name}.tmp"
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)   # removes a link itself, never its target
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
+            try:
+                os.write(fd, data)
+                os.fchown(fd, owner.st_uid, owner.st_gid)   # the developer's, like the app
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)   # replaces a link, never follows it
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(app_fd)
+    return os.path.join(app, PROFILE_DIR, name)
 
 
 def _size(path: str) -> int:

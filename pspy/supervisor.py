@@ -152,6 +152,10 @@ class Supervisor:
             deadline = time.monotonic() + FRONT_END_SETTLE
             while time.monotonic() < deadline and child.proc.poll() is None:
                 time.sleep(0.05)
+            if child.proc.poll() is None and front.seccomp and principal_seccomp_mode(self.plan, child) == 0:
+                raise SandboxError(f"the front end ({' '.join(front.argv)}) runs without its seccomp filter "
+                                   "(a command that skips pspy's sitecustomize, such as python -I or -S?); "
+                                   "refusing to run it unfiltered")
             if child.proc.poll() is not None:
                 raise SandboxError(f"the front end ({' '.join(front.argv)}) exited with status "
                                    f"{child.proc.returncode} at start; its log "
@@ -263,6 +267,34 @@ class Supervisor:
         with open(tmp, "w") as f:
             json.dump(state, f)
         os.rename(tmp, state_path(self.plan))
+
+
+def principal_seccomp_mode(plan: Plan, child: Child) -> int | None:
+    """The kernel's Seccomp mode of the principal's own process (0: no filter),
+    or None if it cannot be told. Namespace mode: the launcher's grandchild."""
+    pid = child.proc.pid
+    if plan.mode == "namespaces":
+        for _ in range(2):
+            kids = _children(pid)
+            if not kids:
+                return None
+            pid = kids[0]
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _signal_group(pid: int, sig: int) -> None:

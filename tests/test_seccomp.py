@@ -59,9 +59,15 @@ def test_default_denies_the_dangerous_families_and_strict_forbids_sockets_exec_a
     assert {"openat", "read", "write", "futex", "accept4", "connect", "execve"} <= default   # controls
     strict = seccomp.effective("strict", network=False, front_end=False, app_root="/", where="test")["profile"]
     names = seccomp.allowed_names(strict)
-    assert not names & {"socket", "socketpair", "connect", "execve", "execveat", "fork", "vfork"}
+    assert not names & {"socket", "connect", "execve", "execveat", "fork", "vfork", "clone3"}
     assert {"accept4", "recvmsg", "sendmsg", "futex", "openat"} <= names   # it still serves its callers
-    assert "clone(arg0 & 0x10000 == 0x10000)" in seccomp.allowed(strict)   # threads only
+    assert "socketpair(arg0 == AF_UNIX)" in seccomp.allowed(strict)       # asyncio's self-pipe
+    assert "clone(arg0 & 0x7e030080 == 0x10000)" in seccomp.allowed(strict)   # threads only, no namespaces
+    # No profile lets clone make namespaces, and clone3 (flags out of reach) is ENOSYS everywhere.
+    for name in seccomp.SHIPPED:
+        profile = seccomp.effective(name, network=True, front_end=False, app_root="/", where="x")["profile"]
+        clones = [a for a in seccomp.allowed(profile) if a.startswith("clone")]
+        assert clones and all("0x7e0" in a and "0x7e0" in a.split("==")[0] for a in clones), (name, clones)
 
 
 # --- resolving policies -----------------------------------------------------------
@@ -180,7 +186,16 @@ def test_a_denied_call_fails_with_eperm_an_allowed_one_works_and_the_service_kee
     assert call(jail, "guard.attempt('mount')") == ["ok", "EPERM"]
     assert call(jail, "guard.attempt('unshare')") == ["ok", "EPERM"]
     assert call(jail, "guard.attempt('inet socket')") == ["ok", "EPERM"]
+    assert call(jail, "guard.attempt('python child')") == ["ok", "ok"]     # control: a child runs, filtered
+    assert call(jail, "guard.attempt('clone3')") == ["ok", "ENOSYS"]       # flags out of reach: refused
     assert call(jail, "guard.alive()") == ["ok", "yes"]                    # still serving
+
+
+@pytest.mark.root
+def test_clone_cannot_make_the_namespaces_unshare_may_not(jail):
+    # Chroot mode: the kernel refuses a user namespace inside a chroot anyway;
+    # in namespace mode the filter is what refuses it.
+    assert call(jail, "guard.attempt('clone newuser')") == ["ok", "EPERM"]
 
 
 @pytest.mark.root
@@ -239,6 +254,8 @@ def test_the_i386_abi_cannot_reach_a_syscall(jail):
     assert filtered["getpid"] > 0                  # native getpid: allowed
     assert filtered["i386 getpid"] == -1           # the same call through int 0x80: -EPERM
     assert filtered["i386 mount"] == -1
+    lax = probe(jail, "Lax", I386)                 # a deny-list policy: other ABIs still refused
+    assert lax["getpid"] > 0 and lax["i386 getpid"] == -1
 
 
 @pytest.mark.root
@@ -356,3 +373,88 @@ def test_learn_refuses_a_missing_or_failing_workload_and_writes_nothing(tmp_path
     failing = pspy("learn", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--", "false")
     assert failing.returncode == 1 and "exited with status 1" in failing.stderr and "Traceback" not in failing.stderr
     assert not os.path.exists(os.path.join(app, "seccomp"))
+
+
+# --- what would run a principal without its filter --------------------------------
+
+@pytest.mark.parametrize("front_end", [["python", "-I", "app.py"], ["python", "-S", "app.py"],
+                                       ["python3", "-uE", "app.py"]])
+def test_front_end_flags_that_skip_the_filter_are_refused(tmp_path, front_end):
+    app = write_app(tmp_path / "app", {"svc.py": "import pspy\n@pspy.service(service_provider='S')\ndef f(): pass\n",
+                                       "pspy.toml": f"front_end = {json.dumps(front_end)}\n"})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1 and "seccomp filter" in proc.stderr and "Traceback" not in proc.stderr
+    ok = write_app(tmp_path / "ok", {"svc.py": "import pspy\n@pspy.service(service_provider='S')\ndef f(): pass\n",
+                                     "pspy.toml": 'front_end = ["python", "-u", "app.py"]\n'})
+    from pspy.bootstrap import Request, options_for
+    assert options_for(Request(app_dir=ok)).front_end == ["python", "-u", "app.py"]   # control
+
+
+@pytest.mark.parametrize("name", ["PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "PSPY_PRINCIPAL"])
+def test_env_that_could_run_code_before_the_filter_is_refused(tmp_path, name):
+    app = write_app(tmp_path / "app", {"svc.py": "import pspy\n@pspy.service(service_provider='S')\ndef f(): pass\n",
+                                       "pspy.toml": f'env = {{ web = ["{name}"] }}\n'})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+    assert proc.returncode == 1 and name in proc.stderr and "refused" in proc.stderr
+
+
+@pytest.mark.root
+def test_a_front_end_that_runs_without_its_filter_fails_the_bootstrap(tmp_path):
+    # A wrapper the flag check cannot see through: the supervisor asks the kernel.
+    app = write_app(tmp_path / "app", {
+        "svc.py": "import pspy\n@pspy.service(service_provider='S')\ndef f(): pass\n",
+        "pspy.toml": 'front_end = ["/bin/sh", "-c", "exec python3 -I -c \\"import time; time.sleep(30)\\""]\n'})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--detach")
+    try:
+        assert proc.returncode == 1 and "without its seccomp filter" in proc.stderr, proc.stderr
+    finally:
+        pspy("stop", "--jail", str(tmp_path / "jail"))
+
+
+def test_learned_profiles_leave_out_dangerous_calls_a_log_may_claim(tmp_path, capsys):
+    """The record is the principal's own log: a line the app forged must not
+    become an allow of mount or ptrace."""
+    from pspy import learn
+    from pspy import _native
+    from pspy.plan import Plan
+    lib = _native.lib
+    arch = getattr(lib, seccomp.native_arch()[0])
+    nr = {n: lib.seccomp_syscall_resolve_name_arch(arch, n.encode()) for n in ("read", "mount", "ptrace")}
+    app = tmp_path / "app"
+    app.mkdir()
+    log_dir = tmp_path / "jail" / ".pspy" / "logs"
+    log_dir.mkdir(parents=True)
+    (log_dir / "S.log").write_text("".join(f"pspy-learn {n} 0 {arch}\n" for n in nr.values()))
+
+    class FakePlan:
+        app_source = str(app)
+        jail = str(tmp_path / "jail")
+        principals = [type("P", (), {"name": "S"})()]
+
+        def host_path(self, path):
+            return Plan.host_path(self, path)
+    learn.write_profiles(FakePlan(), {"S": 0}, ["true"], say=print)
+    profile = json.loads((app / "seccomp" / "S.json").read_text())
+    assert [e["names"] for e in profile["syscalls"]] == [["read"]]
+    assert "mount, ptrace" in capsys.readouterr().out
+
+
+def test_learn_writes_through_no_symlink(tmp_path):
+    from pspy import learn
+    app = tmp_path / "app"
+    (app / "seccomp").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("root's file")
+    (app / "seccomp" / ".S.json.tmp").symlink_to(victim)
+    (app / "seccomp" / "S.json").symlink_to(victim)
+    learn._write_beside_app(str(app), "S.json", b"{}\n", os.stat(app))
+    assert victim.read_text() == "root's file"
+    assert not (app / "seccomp" / "S.json").is_symlink() and (app / "seccomp" / "S.json").read_text() == "{}\n"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    app2 = tmp_path / "app2"
+    app2.mkdir()
+    (app2 / "seccomp").symlink_to(outside)
+    with pytest.raises(Exception, match="symlink"):
+        learn._write_beside_app(str(app2), "S.json", b"{}\n", os.stat(app2))
+    assert os.listdir(outside) == []

@@ -29,6 +29,9 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
         "LANG": "C.UTF-8",
         "PYTHONPATH": LIB_DIR,
         "PYTHONDONTWRITEBYTECODE": "1",   # the app is read-only to principals anyway
+        # No user site: its .pth files run before sitecustomize, so before the
+        # filter, and HOME (/tmp) is writable by other principals in chroot mode.
+        "PYTHONNOUSERSITE": "1",
         "PYTHONUNBUFFERED": "1",          # log lines reach the log file as they happen
         ENV_PRINCIPAL: principal.name,
         ENV_PLAN: f"{STATE_DIR}/plan.json",

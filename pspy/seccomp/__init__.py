@@ -49,12 +49,15 @@ DERIVATIONS = {
     "front end": "gets 'web' unless pspy.toml's seccomp names another",
     "provider": "gets 'default' unless its decorator (seccomp=) or pspy.toml names another",
     "network=True": "a provider that keeps the host's network gets 'web' unless seccomp= names another",
-    "network=False": "socket() only for AF_UNIX: an allow of socket for any other domain (or for "
-                     "all) becomes socket(AF_UNIX); AF_INET, AF_INET6, AF_PACKET (and netlink) sockets fail",
+    "network=False": "socket() and socketpair() only for AF_UNIX: an allow of them for any other domain "
+                     "(or for all) becomes AF_UNIX only; AF_INET, AF_INET6, AF_PACKET (and netlink) sockets fail",
     "inline policy": "starts from 'default'; 'allow' adds names, 'deny' removes them, "
                      "'default_action' replaces the default action",
     "other ABIs": "only this machine's native ABI is allowed: i386 (int 0x80) and x32 calls on "
-                  "x86_64 get the default action",
+                  "x86_64 fail with EPERM (or kill, with a kill default), whatever the default action",
+    "clone": "clone() never with CLONE_NEW* flags (no namespace made by clone where unshare is denied), "
+             "and clone3() fails with ENOSYS (its flags are out of a filter's reach; glibc falls back "
+             "to clone, which an allowed clone3 brings along)",
     "default action": "'errno' fails with EPERM (1), 'kill' kills the process, 'log' allows and logs",
 }
 
@@ -253,6 +256,9 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
         raise SeccompError(f"seccomp={spec!r} at {where}: expected one of {', '.join(SHIPPED)}, 'none', "
                            "a .json profile in the app, or a dict {allow, deny, default_action}")
     resolved = rules(profile, label)
+    resolved, note = _no_namespace_clones(resolved)
+    if note:
+        derived.append(note)
     if not network:
         resolved, note = _no_inet_sockets(resolved)
         if note:
@@ -298,20 +304,50 @@ def _layer_inline(base: dict, policy: dict, where: str) -> dict:
     return profile
 
 
-def _no_inet_sockets(resolved: list[dict]) -> tuple[list[dict], str | None]:
-    """network=False: socket() may create Unix sockets only."""
-    unix = {"name": "socket", "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]}
-    out, changed, any_socket = [], False, False
+CLONE_NEW_FLAGS = 0x7E020080   # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME
+
+
+def _no_namespace_clones(resolved: list[dict]) -> tuple[list[dict], str | None]:
+    """Any policy: clone() without CLONE_NEW* flags, clone3() ENOSYS."""
+    out, changed = [], False
     for rule in resolved:
-        if rule["name"] != "socket" or rule["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+        if rule["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
             out.append(rule)
-        elif rule["args"] == unix["args"]:
-            any_socket = True
+        elif rule["name"] == "clone3":
+            out.append({"name": "clone3", "action": "SCMP_ACT_ERRNO", "args": [], "errnoRet": errno.ENOSYS})
+            changed = True
+        elif rule["name"] == "clone" and not any(a["index"] == 0 and a["op"] == "SCMP_CMP_MASKED_EQ"
+                                                 and a.get("value", 0) & CLONE_NEW_FLAGS == CLONE_NEW_FLAGS
+                                                 and a.get("valueTwo", 0) & CLONE_NEW_FLAGS == 0
+                                                 for a in rule["args"]):
+            args = [a for a in rule["args"] if a["index"] != 0]
+            args.append({"index": 0, "value": CLONE_NEW_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"})
+            out.append(dict(rule, args=args))
+            changed = True
         else:
-            any_socket = changed = True
-    if any_socket:
-        out.append(unix)
+            out.append(rule)
+    if any(r["name"] == "clone3" for r in out) and not any(r["name"] == "clone" and r["action"] == "SCMP_ACT_ALLOW"
+                                                           for r in out):
+        # clone3 was allowed (a learned profile sees only clone3: glibc tries it
+        # first); now that it fails, glibc's fallback needs clone.
+        out.append({"name": "clone", "action": "SCMP_ACT_ALLOW",
+                    "args": [{"index": 0, "value": CLONE_NEW_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]})
+    return out, (DERIVATIONS["clone"] if changed else None)
+
+
+def _no_inet_sockets(resolved: list[dict]) -> tuple[list[dict], str | None]:
+    """network=False: socket() and socketpair() may create Unix sockets only."""
+    out, changed, allowed = [], False, set()
+    for rule in resolved:
+        if rule["name"] not in ("socket", "socketpair") or rule["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+            out.append(rule)
+            continue
+        allowed.add(rule["name"])
+        if rule["args"] != [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]:
+            changed = changed or rule["name"] == "socket" or rule["args"] != []
+    for name in sorted(allowed):
+        out.append({"name": name, "action": "SCMP_ACT_ALLOW",
+                    "args": [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]})
     return out, (DERIVATIONS["network=False"] if changed else None)
 
 
@@ -359,6 +395,10 @@ def warnings(profile: dict) -> list[str]:
                    "dangerous ones included")
     for name in sorted(allowed_names(profile) & DANGEROUS):
         out.append(f"allows {name}, a dangerous syscall")
+    for entry in profile["syscalls"]:
+        if entry["action"] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG") and "clone" in entry["names"] \
+                and not entry.get("args"):
+            out.append("allows clone with any flags: new namespaces included")
     return out
 
 
@@ -402,11 +442,14 @@ def _build(profile: dict, trapping: bool):
     from .. import _native
     ffi, lib = _native.ffi, _native.lib
     default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
+    # Other ABIs are refused even when the default lets calls through (a deny-list).
+    foreign = default if profile["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG") \
+        else lib.pspy_act_errno(errno.EPERM)
     ctx = lib.seccomp_init(lib.SCMP_ACT_TRAP if trapping else default)
     if ctx == ffi.NULL:
         raise SeccompError("seccomp_init failed")
     try:
-        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, default), (lib.SCMP_FLTATR_CTL_NNP, 1),
+        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, foreign), (lib.SCMP_FLTATR_CTL_NNP, 1),
                             (lib.SCMP_FLTATR_CTL_TSYNC, 1)):
             _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set")
         arch = getattr(lib, native_arch()[0])
@@ -501,24 +544,17 @@ _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>\S
 
 
 def _keep_sigsys_handler(entries: list[dict]) -> list[dict]:
-    """The trap handler's own needs: its SIGSYS disposition stays, and it may
-    return (rt_sigreturn) and write its record (gettid, write), whatever the
-    profile says; a learned profile may never have seen a signal."""
-    import signal
+    """The trap handler's own needs: it may return (rt_sigreturn) and write
+    its record (gettid, write), whatever the profile says; a learned profile
+    may never have seen a signal. Its SIGSYS disposition is not pinned: the
+    app (and subprocess, which resets every handler before exec) may change
+    it; a call the filter refuses is never executed either way, and with the
+    default disposition it kills instead of failing with EPERM."""
     out = [{"names": ["gettid", "rt_sigreturn", "write"], "action": "SCMP_ACT_ALLOW"}]
     for entry in entries:
-        names = [n for n in entry["names"] if n not in ("gettid", "rt_sigreturn", "write")]
         if entry["action"] == "SCMP_ACT_ALLOW" and not entry.get("args"):
-            entry = dict(entry, names=names)
-        if not entry["names"]:
-            continue
-        if "rt_sigaction" in entry["names"] and entry["action"] == "SCMP_ACT_ALLOW" and not entry.get("args"):
-            rest = [n for n in entry["names"] if n != "rt_sigaction"]
-            if rest:
-                out.append(dict(entry, names=rest))
-            out.append({"names": ["rt_sigaction"], "action": "SCMP_ACT_ALLOW",
-                        "args": [{"index": 0, "value": int(signal.SIGSYS), "op": "SCMP_CMP_NE"}]})
-        else:
+            entry = dict(entry, names=[n for n in entry["names"] if n not in ("gettid", "rt_sigreturn", "write")])
+        if entry["names"]:
             out.append(entry)
     return out
 
