@@ -79,6 +79,20 @@ class Manifest:
         raise KeyError(f"{provider}.{name}")
 
 
+def _set_once(prov: ProviderSpec, attr: str, value, loc: str, problems: list, why: str) -> None:
+    """A provider-wide argument: the first service that gives it sets it (and
+    where); another service giving a different value is an error naming both."""
+    if value is None:
+        return
+    current = getattr(prov, attr)
+    if current is None:
+        setattr(prov, attr, value)
+        setattr(prov, f"{attr}_location", loc)
+    elif current != value:
+        problems.append((loc, f"provider {prov.name!r} is given {attr}={value!r} here but "
+                              f"{attr}={current!r} at {getattr(prov, f'{attr}_location')}; {why}"))
+
+
 def discover(app_root: str) -> Manifest:
     """Parse every ``.py`` file under ``app_root`` and merge the services found."""
     app_root = os.path.abspath(app_root)
@@ -318,14 +332,8 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
             continue
         names[key] = loc
         prov.services.append(spec)
-        group = args.get("group")
-        if group is not None:
-            if prov.group is not None and prov.group != group:
-                problems.append((loc, f"provider {spec.provider!r} is given group {group!r} here "
-                                      f"but group {prov.group!r} at {prov.group_location}; "
-                                      "services of one provider share one process and one group"))
-            elif prov.group is None:
-                prov.group, prov.group_location = group, loc
+        _set_once(prov, "group", args.get("group"), loc, problems,
+                  "services of one provider share one process and one group")
         for path, mode in (args.get("perms") or {}).items():
             norm = normalize_perm_path(path)
             earlier = prov.perms.get(norm) or prov.perms.get(norm.rstrip("/")) or prov.perms.get(norm.rstrip("/") + "/")
@@ -337,21 +345,8 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
         for g in args.get("extra_groups") or ():
             if g not in prov.extra_groups:
                 prov.extra_groups.append(g)
-        network = args.get("network")
-        if network is not None:
-            if prov.network is not None and prov.network != network:
-                problems.append((loc, f"provider {spec.provider!r} is given network={network} here but "
-                                      f"network={prov.network} at {prov.network_location}"))
-            elif prov.network is None:
-                prov.network, prov.network_location = network, loc
-        policy = args.get("seccomp")
-        if policy is not None:
-            if prov.seccomp is not None and prov.seccomp != policy:
-                problems.append((loc, f"provider {spec.provider!r} is given seccomp={policy!r} here but "
-                                      f"seccomp={prov.seccomp!r} at {prov.seccomp_location}; one process "
-                                      "has one filter"))
-            elif prov.seccomp is None:
-                prov.seccomp, prov.seccomp_location = policy, loc
+        _set_once(prov, "network", args.get("network"), loc, problems, "one process has one network")
+        _set_once(prov, "seccomp", args.get("seccomp"), loc, problems, "one process has one filter")
     # Two providers must not claim the same path with different owners.
     claimed: dict[str, tuple[str, PermSpec]] = {}
     for prov in providers.values():

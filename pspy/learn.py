@@ -45,7 +45,6 @@ def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str]
 
 
 def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say=print) -> int:
-    folder = os.path.join(plan.app_source, PROFILE_DIR)
     owner = os.stat(plan.app_source)
     default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False, app_root="/",
                                                       where="pspy learn")["profile"])

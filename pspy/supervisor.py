@@ -279,14 +279,7 @@ def principal_seccomp_mode(plan: Plan, child: Child) -> int | None:
             if not kids:
                 return None
             pid = kids[0]
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Seccomp:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return _status_field(pid, "Seccomp")
 
 
 def _children(pid: int) -> list[int]:
@@ -380,10 +373,15 @@ def _processes_in(namespaces: set[str], kind: str) -> list[int]:
 
 
 def _uid_of(pid: int) -> int | None:
+    return _status_field(pid, "Uid")
+
+
+def _status_field(pid: int, name: str) -> int | None:
+    """The first number of a field of /proc/PID/status (Uid: the real uid)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("Uid:"):
+                if line.startswith(f"{name}:"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None

@@ -82,6 +82,16 @@ def attempt(fn):
         return type(e).__name__
 """
 
+# Probe code: outcome(fn) returns ["ok", value] or [exception type, message].
+OUTCOME = """
+import json
+def outcome(fn):
+    try:
+        return ["ok", fn()]
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+"""
+
 ACCESS_PROBE = ATTEMPT + """
 def read(p):
     with open(p, "rb") as f:

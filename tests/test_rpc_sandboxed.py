@@ -10,22 +10,14 @@ import time
 
 import pytest
 
-from conftest import REPO, bootstrap_rootless, probe, pspy
+from conftest import OUTCOME, REPO, bootstrap_rootless, probe, pspy
 
 pytestmark = pytest.mark.root
 
 CALC = os.path.join(REPO, "tests", "apps", "calc")
 
 # Prefix for probes: run `body`, print the outcome as JSON: ["ok", value] or [type, message].
-CALL = """
-import json, sys
-import pspy, worker, other
-def outcome(fn):
-    try:
-        return ["ok", fn()]
-    except Exception as e:
-        return [type(e).__name__, str(e)]
-"""
+CALL = OUTCOME + "import sys\nimport pspy, worker, other\n"
 
 
 def call(jail, principal, expr):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ATTEMPT, REPO, probe, pspy, seccomp_modes, write_app
+from conftest import ATTEMPT, OUTCOME, REPO, probe, pspy, seccomp_modes, write_app
 from pspy import _native, seccomp
 from pspy.seccomp import SeccompError
 
@@ -164,15 +164,7 @@ def jail(request, tmp_path_factory):
     pspy("stop", "--jail", path)
 
 
-CALL = """
-import json
-import pspy, guard
-def outcome(fn):
-    try:
-        return ["ok", fn()]
-    except Exception as e:
-        return [type(e).__name__, str(e)]
-"""
+CALL = OUTCOME + "import pspy, guard\n"
 
 
 def call(jail, expr):
