@@ -45,8 +45,7 @@ UNSAFE_PYTHON_FLAGS = ("-S", "-I", "-E")
 def check_front_end(argv: list[str]) -> None:
     """The front end loads its filter from pspy's sitecustomize: a Python
     command line that skips it would run unfiltered."""
-    if not argv or os.path.basename(argv[0]) not in ("python", "python3") and not argv[0].endswith(
-            os.path.basename(sys.executable)):
+    if not argv or not os.path.basename(argv[0]).startswith("python"):
         return
     for arg in argv[1:]:
         if not arg.startswith("-") or arg in ("-m", "-c") or arg == "--":
@@ -210,7 +209,7 @@ def run_foreground(plan: Plan, say=print) -> int:
     return 0
 
 
-def run_detached(plan: Plan, say=print) -> int:
+def run_detached(plan: Plan, say=print, announce: bool = True) -> int:
     """Fork a supervisor that outlives this command; return once every provider answers."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -246,9 +245,10 @@ def run_detached(plan: Plan, say=print) -> int:
         if answer != "ok":
             rest = r.read().decode(errors="replace")
             raise PspyError(f"the app did not start: {answer}{rest}".rstrip())
-    _announce(plan, say)
-    say(f"pspy: running in the background (supervisor pid {pid}); "
-        f"'pspy status --jail {plan.jail}' and 'pspy stop --jail {plan.jail}'")
+    if announce:
+        _announce(plan, say)
+        say(f"pspy: running in the background (supervisor pid {pid}); "
+            f"'pspy status --jail {plan.jail}' and 'pspy stop --jail {plan.jail}'")
     return 0
 
 

@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="print a principal's policy in a format other tools read",
                        usage="pspy export seccomp PRINCIPAL [--jail DIR]")
-    x.add_argument("what", choices=("seccomp",))
+    x.add_argument("what", choices=("seccomp",), metavar="seccomp", help="what to export (seccomp)")
     x.add_argument("principal")
     x.add_argument("--jail", default=DEFAULT_JAIL)
     return parser

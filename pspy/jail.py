@@ -413,7 +413,7 @@ def carry_over_data(plan: Plan, result: Staging) -> None:
             if os.path.islink(part_dir):
                 raise JailError(f"{part_dir}: symlink on the way to provider data {rel}; refusing")
             if not os.path.isdir(part_dir):
-                os.mkdir(part_dir, 0o700)
+                os.mkdir(part_dir, 0o755)   # as _create_data_dir makes it: providers must reach their data
         if os.path.lexists(new):
             if os.path.isdir(new) and not os.path.islink(new):
                 shutil.rmtree(new)

@@ -26,10 +26,13 @@ PROFILE_DIR = "seccomp"
 def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str], say=print) -> int:
     if not workload:
         raise PspyError("pspy learn needs a workload command after '--' (what exercises the app)")
+    import shutil
+    if shutil.which(workload[0]) is None:
+        raise PspyError(f"workload {workload[0]!r}: no such program")
     req = bootstrap.Request(app_dir=app_dir, jail=jail, namespaces=namespaces, learn=True)
     plan = bootstrap.build(req, say=say)
     offsets = {p.name: _size(log_path(plan, p.name)) for p in plan.principals}
-    bootstrap.run_detached(plan, say=say)
+    bootstrap.run_detached(plan, say=say, announce=False)   # learn stops it itself
     try:
         say(f"pspy: learning; running the workload: {' '.join(workload)}")
         try:
@@ -46,10 +49,16 @@ def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str]
 
 def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say=print) -> int:
     owner = os.stat(plan.app_source)
-    default = seccomp.allowed_names(seccomp.effective("default", network=True, front_end=False, app_root="/",
-                                                      where="pspy learn")["profile"])
+    baseline = {name: seccomp.allowed_names(seccomp.effective(name, network=True, front_end=False, app_root="/",
+                                                              where="pspy learn")["profile"])
+                for name in ("default", "web")}
     written = {}
     for p in plan.principals:
+        if p.kind == "front_end" and not p.argv:
+            continue   # no front end ran
+        if not os.path.exists(log_path(plan, p.name)):
+            say(f"pspy: warning: {p.name} has no log: it never ran; no profile written for it")
+            continue
         with open(log_path(plan, p.name), "rb") as f:
             f.seek(offsets.get(p.name, 0))
             calls = seccomp.learned(f.read().decode(errors="replace"))
@@ -68,7 +77,9 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
         text = json.dumps(seccomp.learned_profile(p.name, calls, workload), indent=2) + "\n"
         path = _write_beside_app(plan.app_source, f"{p.name}.json", text.encode(), owner)
         written[p.name] = f"{PROFILE_DIR}/{p.name}.json"
-        say(f"pspy: {p.name}: {len(calls)} syscalls (default allows {len(default)}) -> {path}")
+        shipped = "web" if p.kind == "front_end" or p.network else "default"
+        say(f"pspy: {p.name}: {len(calls)} syscalls ({shipped}, its profile unless told otherwise, allows "
+            f"{len(baseline[shipped])}) -> {path}")
     if written:
         table = ", ".join(f'{name} = "{rel}"' for name, rel in written.items())
         say(f"pspy: to run under them, add to {os.path.join(plan.app_source, 'pspy.toml')}:\n"

@@ -168,8 +168,8 @@ class Supervisor:
         while time.monotonic() < deadline:
             if child.proc.poll() is not None:
                 raise SandboxError(f"provider {child.principal.name} exited with status "
-                                   f"{child.proc.returncode} before answering; its log "
-                                   f"{log_path(self.plan, child.principal.name)} ends with:\n"
+                                   f"{child.proc.returncode} before answering{_filter_hint(child.principal)}; "
+                                   f"its log {log_path(self.plan, child.principal.name)} ends with:\n"
                                    + tail(log_path(self.plan, child.principal.name)))
             if ping(self.plan, child.principal):
                 return
@@ -269,6 +269,30 @@ class Supervisor:
         os.rename(tmp, state_path(self.plan))
 
 
+def _still_running(pid: int) -> bool:
+    """Alive and not a zombie; a supervisor that is our own child (pspy learn
+    forks it and stays) is reaped here, or it would stay a zombie."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _filter_hint(principal: PrincipalPlan) -> str:
+    policy = principal.seccomp
+    if not policy or policy.get("learn") or policy["source"].startswith("shipped profile"):
+        return ""
+    return (f" (it runs under {policy['source']}: a profile too narrow for Python's start-up kills or "
+            "crashes it before it can report; compare with 'pspy analyze --include-seccomp' or learn one "
+            "with 'pspy learn')")
+
+
 def principal_seccomp_mode(plan: Plan, child: Child) -> int | None:
     """The kernel's Seccomp mode of the principal's own process (0: no filter),
     or None if it cannot be told. Namespace mode: the launcher's grandchild."""
@@ -299,11 +323,15 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def tail(path: str, lines: int = 15) -> str:
+    """The end of a principal's log, from its latest start only."""
     try:
         with open(path, "rb") as f:
             data = f.read()[-8192:].decode(errors="replace")
     except OSError:
         return "  (no log)"
+    start = data.rfind("--- pspy: starting ")
+    if start > 0:
+        data = data[start:]
     return "\n".join("  " + line for line in data.splitlines()[-lines:])
 
 
@@ -443,9 +471,7 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _still_running(pid):
                 break
             time.sleep(0.05)
         else:
@@ -461,10 +487,14 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
 def status(plan: Plan) -> list[dict]:
     state = read_state(plan) or {}
     alive = set(app_processes(plan))
+    supervisor = supervisor_alive(plan)
     rows = []
     for p in plan.principals:
         pid = (state.get("principals", {}).get(p.name) or {}).get("pid")
-        running = pid in alive
+        # Or the live supervisor's child: rootless, the app's processes are not
+        # dumpable, so their namespaces are closed to the user, but not their ppid.
+        running = pid in alive or (supervisor is not None and isinstance(pid, int)
+                                   and _status_field(pid, "PPid") == supervisor)
         row = {"name": p.name, "kind": p.kind, "uid": p.uid, "pid": pid if running else None,
                "running": running}
         if p.kind == "provider":

@@ -291,3 +291,14 @@ def test_extra_files_from_tmp_are_refused(tmp_path):
     app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
     proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--files", "/tmp", "--no-run")
     assert proc.returncode == 1 and "under /tmp" in proc.stderr
+
+
+def test_rebootstrap_keeps_a_data_folder_pspy_created_reachable(tmp_path):
+    # data/ is not in the source: pspy makes it for perms "data/store/"; a
+    # second bootstrap carries the data over and must keep data/ searchable.
+    app = write_app(tmp_path / "app", {
+        "s.py": "import pspy\n@pspy.service(service_provider='Store', perms={'data/store/': 0o700})\ndef f(): pass\n"})
+    jail = str(tmp_path / "jail")
+    for _ in range(2):
+        pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
+    assert os.stat(os.path.join(jail, "app", "data")).st_mode & 0o001

@@ -343,3 +343,9 @@ print(json.dumps([os.path.exists({os.path.join(below, 'host')!r}), attempt(write
             _native.umount2(below, _native.MNT_DETACH)
     finally:
         os.rmdir(below)
+
+
+def test_exec_finds_programs_by_path(jail):
+    # As in chroot mode: a command name is looked up in the principal's PATH.
+    proc = pspy("exec", "--jail", jail, "Store", "--", "sh", "-c", "echo found")
+    assert proc.returncode == 0 and proc.stdout.strip() == "found", proc.stderr

@@ -421,7 +421,7 @@ def test_learned_profiles_leave_out_dangerous_calls_a_log_may_claim(tmp_path, ca
     class FakePlan:
         app_source = str(app)
         jail = str(tmp_path / "jail")
-        principals = [type("P", (), {"name": "S"})()]
+        principals = [type("P", (), {"name": "S", "kind": "provider", "network": False})()]
 
         def host_path(self, path):
             return Plan.host_path(self, path)

@@ -101,3 +101,17 @@ def test_a_front_end_that_dies_at_start_fails_the_bootstrap(tmp_path):
     assert proc.returncode == 1
     assert "front end" in proc.stderr and "status 3" in proc.stderr
     assert _jail_pids(jail) == []   # the providers it had started were stopped
+
+
+def test_a_supervisor_that_is_our_own_zombie_counts_as_stopped():
+    # pspy learn forks the supervisor and stays: once it exits it is a zombie
+    # of ours until reaped, and stop() must not wait on it.
+    import os
+    from pspy.supervisor import _still_running
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    import time
+    time.sleep(0.2)   # now a zombie
+    assert _still_running(pid) is False
+    assert _still_running(os.getpid()) is True   # control

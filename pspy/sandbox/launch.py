@@ -234,7 +234,7 @@ def _init(plan: Plan, principal, command: list[str], pspy_dir: str, alive_r: int
         os.chdir(APP_DIR)
         drop_privileges(principal, userns_fd, f"pspy:{principal.name}", plan.rootless)
         caps.arm_parent_death(me)   # after the id change, which clears it
-        os.execve(command[0], command, os.environ)
+        os.execvpe(command[0], command, os.environ)   # by PATH, as chroot mode's Popen does
     os.close(go_r)
     root = mount.build_root(plan, principal, pspy_dir)
     mount.enter(root)

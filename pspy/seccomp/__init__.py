@@ -253,7 +253,7 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
             raise SeccompError(f"seccomp={spec!r} at {where}: a profile file must be a path inside the app")
         profile, source, label = read_profile(path, where), f"file {spec} of the app", f"{spec} (named at {where})"
     else:
-        raise SeccompError(f"seccomp={spec!r} at {where}: expected one of {', '.join(SHIPPED)}, 'none', "
+        raise SeccompError(f"seccomp={spec!r} at {where}: expected one of {', '.join(map(repr, SHIPPED))}, 'none', "
                            "a .json profile in the app, or a dict {allow, deny, default_action}")
     resolved = rules(profile, label)
     resolved, note = _no_namespace_clones(resolved)
@@ -284,6 +284,8 @@ def _layer_inline(base: dict, policy: dict, where: str) -> dict:
             raise SeccompError(f"seccomp policy at {where}: {key} must be a list of syscall names")
     profile = copy.deepcopy(base)
     deny = set(policy.get("deny", []))
+    if deny:   # a typo here would leave a call allowed that the developer believes denied
+        rules({"syscalls": [{"names": sorted(deny), "action": "SCMP_ACT_ERRNO"}]}, f"inline policy at {where} (deny)")
     kept = []
     for entry in profile["syscalls"]:
         names = [n for n in entry.get("names", []) if n not in deny]
