@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rootless_owner(jail: str) -> int | None:
+    """The uid whose rootless jail this looks like (only to word an error)."""
+    try:
+        with open(os.path.join(jail, ".pspy", "plan.json")) as f:
+            data = json.load(f)
+        return int(data["uid_base"]) if data.get("rootless") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _app_files(path: str) -> str:
     """An app folder inside the jail: absolute there, and never leaving it."""
     norm = os.path.normpath("/" + path.lstrip("/"))
@@ -153,8 +163,16 @@ def _dispatch(args, tail: list[str]) -> int:
         return 0
 
     if os.geteuid() == 0:
+        from .errors import JailError
         from .jail import check_trusted
-        check_trusted(args.jail)   # root acts on what the plan names: it must be root's
+        try:
+            check_trusted(args.jail)   # root acts on what the plan names: it must be root's
+        except JailError as e:
+            owner = _rootless_owner(args.jail)
+            if owner is not None:
+                raise PspyError(f"{args.jail} is a rootless app of uid {owner}: run 'pspy {args.command}' as "
+                                "that user (root does not act on jails others control)") from None
+            raise e
     plan = Plan.load(os.path.abspath(args.jail))
     if args.command == "status":
         rows = supervisor.status(plan)

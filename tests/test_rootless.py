@@ -97,7 +97,7 @@ def test_only_the_owner_may_exec_into_a_rootless_jail(rootless_user):
     # Root acts only on jails under folders root alone controls: this one is the user's.
     as_root = subprocess.run([*pspy_argv(), "exec", "--jail", jail, "Store", "--", "python", "-c", "pass"],
                              capture_output=True, text=True)
-    assert as_root.returncode == 1 and "not root" in as_root.stderr
+    assert as_root.returncode == 1 and f"rootless app of uid {rootless_user.uid}" in as_root.stderr
     assert pspy("exec", "--jail", jail, "Store", "--", "python", "-c", "pass").returncode == 0   # control
 
 
