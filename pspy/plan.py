@@ -285,8 +285,12 @@ def _policy(options: Options, manifest: Manifest, name: str, decorated, location
         spec, where = options.seccomp[name], f"pspy.toml seccomp.{name}"
     else:
         spec, where = decorated, location or f"principal {name}"
-    return seccomp.effective(spec, network=network, front_end=name == FRONT_END_NAME,
-                             app_root=manifest.app_root, where=where)
+    policy = seccomp.effective(spec, network=network, front_end=name == FRONT_END_NAME,
+                               app_root=manifest.app_root, where=where)
+    if name in options.seccomp and decorated is not None and policy is not None:
+        policy["derived"].insert(0, f"pspy.toml's seccomp.{name} is used instead of seccomp={decorated!r} "
+                                    f"at {location}")
+    return policy
 
 
 def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:

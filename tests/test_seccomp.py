@@ -450,3 +450,16 @@ def test_learn_writes_through_no_symlink(tmp_path):
     with pytest.raises(Exception, match="symlink"):
         learn._write_beside_app(str(app2), "S.json", b"{}\n", os.stat(app2))
     assert os.listdir(outside) == []
+
+
+@pytest.mark.root
+def test_pspy_toml_over_the_decorator_is_said_in_analyze(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "s.py": "import pspy\n@pspy.service(service_provider='S', seccomp='strict')\ndef f(): pass\n",
+        "pspy.toml": 'seccomp = { S = "default" }\n'})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run", check=True)
+    report = json.loads(pspy("analyze", "--jail", jail, "--format", "json", "--include-seccomp", check=True).stdout)
+    s = next(p["seccomp"] for p in report["principals"] if p["name"] == "S")
+    assert s["source"] == "shipped profile 'default'"
+    assert "pspy.toml's seccomp.S is used instead of seccomp='strict' at s.py:2" in s["derived"]
