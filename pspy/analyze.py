@@ -215,7 +215,9 @@ def format_text(data: dict) -> str:
             else ", ".join(str(g) for g in p["groups"])
         groups = groups or "none"
         head = f"{p['name']}: uid {p['uid']}, gid {p['gid']}"
-        if "group" in p:
+        if data.get("rootless"):
+            head += " (yours: rootless)"   # the plan's group names map to no group of their own
+        elif "group" in p:
             head += f" ({p['group']})"
         out.append(f"{head}, extra groups: {groups}")
         if p.get("serves"):
