@@ -162,8 +162,10 @@ def _plan_with_free_ids(manifest, options: Options, previous: Plan | None, jails
     else:
         candidates = [(options.uid_base, options.gid_base)]
     problems: list[str] = []
+    policies: dict = {}   # the seccomp policies do not depend on ids: compiled once
     for uid_base, gid_base in candidates:
-        plan = build_plan(manifest, dataclasses.replace(options, uid_base=uid_base, gid_base=gid_base), previous)
+        plan = build_plan(manifest, dataclasses.replace(options, uid_base=uid_base, gid_base=gid_base), previous,
+                          policies)
         try:
             check_ids_free(plan)
         except PlanError as e:

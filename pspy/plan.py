@@ -202,12 +202,24 @@ class Options:
 MAX_ID = 2**31 - 2
 
 
-def build_plan(manifest: Manifest, options: Options, previous: Plan | None = None) -> Plan:
+def build_plan(manifest: Manifest, options: Options, previous: Plan | None = None,
+               policies: dict | None = None) -> Plan:
     """Decide ids, groups, sockets and callers. Reuses ``previous`` ids when the bases match.
 
     Rootless, every principal and group gets the caller's own uid and gid
     (the bases): nothing else can be mapped without root.
+
+    ``policies`` keeps the principals' seccomp policies between calls that
+    differ only in ids (bootstrap tries id blocks until one is free): they
+    are resolved and compiled once.
     """
+    policies = {} if policies is None else policies
+
+    def policy(name: str, decorated, location, network: bool):
+        if name not in policies:
+            policies[name] = _policy(options, manifest, name, decorated, location, network=network)
+        return policies[name]
+
     for label, base in (("uid", options.uid_base), ("gid", options.gid_base)):
         if not options.rootless and not 1000 <= base <= MAX_ID - 10000:
             raise PlanError(f"--{label}-base {base} is outside 1000..{MAX_ID - 10000}; "
@@ -244,7 +256,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
         group=FRONT_END_NAME, extra_groups=[], groups=[], env=list(options.env.get(FRONT_END_NAME, [])),
         argv=list(options.front_end), network=True,
-        seccomp=_policy(options, manifest, FRONT_END_NAME, None, None, network=True))]
+        seccomp=policy(FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
         spec = manifest.providers[name]
         services = []
@@ -264,8 +276,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                    for p in sorted(spec.perms.values(), key=lambda p: p.pattern)],
             modules=sorted({s.module for s in spec.services}),
             network=bool(spec.network),
-            seccomp=_policy(options, manifest, name, spec.seccomp, spec.seccomp_location,
-                            network=bool(spec.network))))
+            seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network))))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
                 rootless=options.rootless,
@@ -287,10 +298,12 @@ def _policy(options: Options, manifest: Manifest, name: str, decorated, location
         spec, where = decorated, location or f"principal {name}"
     policy = seccomp.effective(spec, network=network, front_end=name == FRONT_END_NAME,
                                app_root=manifest.app_root, where=where)
-    if name in options.seccomp and decorated is not None and policy is not None:
+    if policy is None:
+        return None
+    if name in options.seccomp and decorated is not None:
         policy["derived"].insert(0, f"pspy.toml's seccomp.{name} is used instead of seccomp={decorated!r} "
                                     f"at {location}")
-    return policy
+    return seccomp.compiled(policy)   # what the principal loads, compiled once, here
 
 
 def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:

@@ -196,6 +196,19 @@ def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
     return endpoints
 
 
+def listening_fds(env) -> list[tuple[int, str | None]]:
+    """The listening sockets the supervisor handed over, from the environment:
+    (fd, None) for the provider's main socket, then (fd, caller) for each
+    caller's own (rootless)."""
+    out: list[tuple[int, str | None]] = []
+    if env.get(ENV_LISTEN_FD) is not None:
+        out.append((int(env[ENV_LISTEN_FD]), None))
+        for item in filter(None, env.get(ENV_CALLER_FDS, "").split(",")):
+            fd, _, caller = item.partition("=")
+            out.append((int(fd), caller))
+    return out
+
+
 def _attribute_learned_calls(provider: str, endpoints: dict) -> None:
     """pspy learn: number the services in the log, and tell the kernel-side
     recorder which one each serving thread runs."""
@@ -236,12 +249,10 @@ def serve_provider() -> int:
         _attribute_learned_calls(rt.me.name, endpoints)
     server = Server(rt.me.name, endpoints, uids.get, max_frame=rt.plan.max_frame,
                     debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1")
-    listen_fd = os.environ.get(ENV_LISTEN_FD)
-    if listen_fd is not None:
-        server.adopt(int(listen_fd), SUPERVISOR if rt.plan.rootless else None)
-        for item in filter(None, os.environ.get(ENV_CALLER_FDS, "").split(",")):
-            fd, _, caller = item.partition("=")
-            server.adopt(int(fd), caller)
+    listeners = listening_fds(os.environ)
+    if listeners:
+        for fd, caller in listeners:
+            server.adopt(fd, caller if caller is not None else (SUPERVISOR if rt.plan.rootless else None))
     else:
         server.bind(rt.me.socket)
     log.info("serving %s on %s as uid %d gid %d", ", ".join(sorted(endpoints)), rt.me.socket,

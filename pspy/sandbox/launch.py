@@ -260,11 +260,10 @@ def _arm_pdeathsig_for_init(alive_r: int) -> None:
 
 
 def _close_listener() -> None:
-    fds = [os.environ.get("PSPY_LISTEN_FD")]
-    fds += [item.partition("=")[0] for item in os.environ.get("PSPY_CALLER_FDS", "").split(",")]
-    for fd in filter(None, fds):
+    from ..runtime import listening_fds
+    for fd, _ in listening_fds(os.environ):
         try:
-            os.close(int(fd))
+            os.close(fd)
         except OSError:
             pass
 

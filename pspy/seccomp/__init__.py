@@ -268,9 +268,15 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     if profile["defaultAction"] == "SCMP_ACT_ERRNO":
         out["defaultErrnoRet"] = profile.get("defaultErrnoRet", errno.EPERM)
     derived.append(DERIVATIONS["other ABIs"])
-    return {"source": source, "derived": derived, "profile": out,
-            "bpf": base64.b64encode(compile_bpf(out)).decode(), "trapping": traps(out),
-            "errno": out.get("defaultErrnoRet", errno.EPERM)}
+    return {"source": source, "derived": derived, "profile": out}
+
+
+def compiled(policy: dict) -> dict:
+    """``policy`` (from ``effective``) with what a principal loads at start-up
+    (pspy._filter): the BPF program, whether it traps denials, and their errno."""
+    profile = policy["profile"]
+    return dict(policy, bpf=base64.b64encode(compile_bpf(profile)).decode(), trapping=traps(profile),
+                errno=profile.get("defaultErrnoRet", errno.EPERM))
 
 
 def _layer_inline(base: dict, policy: dict, where: str) -> dict:
@@ -418,9 +424,7 @@ def _describe_arg(arg: dict) -> str:
     return f"arg{arg['index']} {symbol} {value}"
 
 
-# --- compiling and loading -----------------------------------------------------------
-
-_loaded = False
+# --- compiling (principals load the result: pspy._filter) ---------------------------
 
 
 def _action(lib, action: str, errno_ret: int | None) -> int:
@@ -440,7 +444,9 @@ def _action(lib, action: str, errno_ret: int | None) -> int:
 
 
 def _build(profile: dict, trapping: bool):
-    """A libseccomp context for ``profile``; the caller releases it."""
+    """A libseccomp context for ``profile``; the caller releases it. Trapping,
+    the default action is SCMP_ACT_TRAP (pspy's reporter fails the call with
+    the profile's errno)."""
     from .. import _native
     ffi, lib = _native.ffi, _native.lib
     default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
@@ -455,9 +461,7 @@ def _build(profile: dict, trapping: bool):
                             (lib.SCMP_FLTATR_CTL_TSYNC, 1)):
             _check(lib.seccomp_attr_set(ctx, attr, value), "seccomp_attr_set")
         arch = getattr(lib, native_arch()[0])
-        # The trap handler must stay: rt_sigaction is allowed for every
-        # signal but SIGSYS, and the handler's own needs are allowed.
-        entries = _keep_sigsys_handler(profile["syscalls"]) if trapping else profile["syscalls"]
+        entries = _with_trap_handler_needs(profile["syscalls"]) if trapping else profile["syscalls"]
         for entry in entries:
             action = _action(lib, entry["action"], entry.get("errnoRet"))
             args = entry.get("args") or []
@@ -505,36 +509,9 @@ def compile_bpf(profile: dict) -> bytes:
         lib.seccomp_release(ctx)
 
 
-def load(profile: dict, report_to=None, app_dir: str = "/app") -> None:
-    """Compile ``profile`` and load it into this process, every thread
-    included (no_new_privs is set by libseccomp). Raises SeccompError.
-
-    With ``report_to`` (a writable text stream, the principal's log) and a
-    default action of EPERM, denials are trapped instead: the call still
-    fails with EPERM, and each distinct call site is reported once with the
-    syscall, its arguments and the Python stack (see ``report``). Principals
-    load the program bootstrap compiled (pspy._filter); this is the same
-    from the profile, for tools and tests."""
-    global _loaded
-    from .. import _filter, _native
-    trapping = report_to is not None and traps(profile)
-    ctx = _build(profile, trapping)
-    try:
-        if trapping:
-            _filter.start_reporter(report_to, profile.get("defaultErrnoRet", errno.EPERM), app_dir)
-        _check(_native.lib.seccomp_load(ctx), "seccomp_load")
-    finally:
-        _native.lib.seccomp_release(ctx)
-    _loaded = True
-
-
 def _check(result: int, step: str) -> None:
     if result < 0:
         raise SeccompError(f"{step} failed: {errno.errorcode.get(-result, -result)} ({os.strerror(-result)})")
-
-
-def is_loaded() -> bool:
-    return _loaded
 
 
 # --- reporting denials --------------------------------------------------------------
@@ -545,7 +522,7 @@ _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>\S
 
 
 
-def _keep_sigsys_handler(entries: list[dict]) -> list[dict]:
+def _with_trap_handler_needs(entries: list[dict]) -> list[dict]:
     """The trap handler's own needs: it may return (rt_sigreturn) and write
     its record (gettid, write), whatever the profile says; a learned profile
     may never have seen a signal. Its SIGSYS disposition is not pinned: the
@@ -651,12 +628,6 @@ LEARN = {"learn": True, "source": "learning (pspy learn): every syscall allowed 
          "derived": [], "profile": None}
 LEARN_LINE = re.compile(r"^pspy-learn (\d+) (\d+) (\d+)$")
 LEARN_SERVICE = re.compile(r"^pspy-learn-service (\d+) (\S+)$")
-
-
-def learn() -> None:
-    """See pspy._filter.learn (principals call it there, before anything heavier is imported)."""
-    from .. import _filter
-    _filter.learn()
 
 
 def learned(log_text: str) -> dict[str, set[str]]:
