@@ -11,8 +11,12 @@
    in each mode, without a seccomp filter (seccomp "none"); the difference
    is what the sandbox adds (target: at most 5 ms in namespace mode). The
    same with each principal's planned filter (web: 'web', Bank: 'default')
-   gives what loading the filter adds, as its own row. Then the time from
-   spawn to "the provider answers on its socket", per provider and mode.
+   gives what loading the filter adds, as its own row. Every condition is
+   sampled once per round, round after round, so drift during the run
+   falls on all alike. Namespace mode builds each principal's root once
+   per supervisor (sandbox/template.py) and copies it at every start: that
+   one-off build is its own row. Then the time from spawn to "the provider
+   answers on its socket", per provider and mode.
 The padding is a folder pspy_bench_padding/ put into this interpreter's
 site-packages for the run and removed afterwards.
 """
@@ -78,6 +82,7 @@ def bootstrap_times(runs: int, padding_mb: int, workdir: str) -> dict:
 
 def startup_times(runs: int, workdir: str) -> dict:
     from pspy.plan import Plan
+    from pspy.sandbox import net, template
     from pspy.sandbox.spawn import provider_argv, spawn_principal
     from pspy.sandbox.user import create_user_namespace
     from pspy.supervisor import listen, ping
@@ -97,34 +102,50 @@ def startup_times(runs: int, workdir: str) -> dict:
         proc.wait()
         return elapsed
 
-    out = {}
-    samples = [until_first_byte(lambda w: subprocess.Popen([sys.executable, *ready[1:]], stdout=w))
-               for _ in range(runs)]
-    out["python start, host"] = statistics.median(samples)
     # The same app without filters: the sandbox's own cost, apart from seccomp's.
     unfiltered = os.path.join(workdir, "zoobank-unfiltered")
     shutil.copytree(ZOOBANK, unfiltered, ignore=shutil.ignore_patterns("__pycache__"))
     with open(os.path.join(unfiltered, "pspy.toml"), "a") as f:
         f.write('seccomp = { web = "none", Auth = "none", Bank = "none" }\n')
-    for mode, app, tag in (("chroot", unfiltered, ""), ("namespaces", unfiltered, ""),
-                           ("chroot", ZOOBANK, ", seccomp"), ("namespaces", ZOOBANK, ", seccomp")):
-        jail = os.path.join(workdir, f"start-{mode}{tag.replace(', ', '-')}")
-        flags = ["--namespaces"] if mode == "namespaces" else []
-        subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", jail, "--no-run", *flags],
-                       check=True, capture_output=True)
-        plan = Plan.load(jail)
-        userns = None
-        if mode == "namespaces":
-            from pspy.sandbox import net
-            net.warm_up()   # as the supervisor does
-            userns = create_user_namespace(plan)
-        try:
+    net.warm_up()   # as the supervisor does
+    setups = []     # (mode, tag, plan, userns fd)
+    out: dict[str, float] = {}
+    try:
+        for mode, app, tag in (("chroot", unfiltered, ""), ("namespaces", unfiltered, ""),
+                               ("chroot", ZOOBANK, ", seccomp"), ("namespaces", ZOOBANK, ", seccomp")):
+            jail = os.path.join(workdir, f"start-{mode}{tag.replace(', ', '-')}")
+            flags = ["--namespaces"] if mode == "namespaces" else []
+            subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", jail, "--no-run", *flags],
+                           check=True, capture_output=True)
+            plan = Plan.load(jail)
+            userns = create_user_namespace(plan) if mode == "namespaces" else None
+            setups.append((mode, tag, plan, userns))
+            if mode == "namespaces" and not tag:
+                # Once per principal and supervisor: the root every start copies.
+                samples = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    os.close(template.build(plan, plan.principal("Bank"), userns))
+                    samples.append(time.perf_counter() - t0)
+                out["build a principal's root (once per run)"] = statistics.median(samples)
+
+        # Interpreter starts: every condition once per round, so that this
+        # machine's drift over the run falls on all of them alike.
+        conditions = {"python start, host": lambda w: subprocess.Popen([sys.executable, *ready[1:]], stdout=w)}
+        for mode, tag, plan, userns in setups:
             for who in ("web", "Bank"):
-                principal = plan.principal(who)
-                samples = [until_first_byte(lambda w: spawn_principal(plan, principal, ready, stdout=w,
-                                                                      userns_fd=userns))
-                           for _ in range(runs)]
-                out[f"python start, as {who} ({mode}{tag})"] = statistics.median(samples)
+                conditions[f"python start, as {who} ({mode}{tag})"] = (
+                    lambda w, plan=plan, who=who, userns=userns:
+                    spawn_principal(plan, plan.principal(who), ready, stdout=w, userns_fd=userns))
+        samples_of: dict[str, list[float]] = {key: [] for key in conditions}
+        for round_ in range(runs + 1):
+            for key, start in conditions.items():
+                elapsed = until_first_byte(start)
+                if round_:   # the first round builds templates and warms caches
+                    samples_of[key].append(elapsed)
+        out.update({key: statistics.median(samples) for key, samples in samples_of.items()})
+
+        for mode, tag, plan, userns in setups:
             for provider in plan.providers:
                 samples = []
                 for _ in range(runs):
@@ -141,8 +162,10 @@ def startup_times(runs: int, workdir: str) -> dict:
                     proc.wait()
                     listener.close()
                 out[f"spawn -> {provider.name} answers ({mode}{tag})"] = statistics.median(samples)
-        finally:
+    finally:
+        for mode, tag, plan, userns in setups:
             if userns is not None:
+                template.release(plan)
                 os.close(userns)
     return out
 
@@ -177,7 +200,7 @@ def main(argv=None) -> int:
     base = start["python start, host"]
     print(f"{'what':<44}{'time':>10}{'vs host python':>18}")
     for key, value in start.items():
-        extra = f"{(value - base) * 1000:>+14.1f} ms" if key.startswith("python") else ""
+        extra = f"{(value - base) * 1000:>+14.1f} ms" if key.startswith("python start") else ""
         print(f"{key:<44}{value * 1000:>7.1f} ms{extra}")
     for mode in ("chroot", "namespaces"):
         for who, what in (("web", "host network"), ("Bank", "own network namespace")):

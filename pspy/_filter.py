@@ -13,7 +13,6 @@ from __future__ import annotations
 # Imported here, before the filter, on both paths (enforcing and learning):
 # whatever a module does when first imported must happen on the same side of
 # the filter in both, or a learned profile would miss it.
-import base64
 import fcntl
 import os
 import threading
@@ -22,16 +21,46 @@ F_SETPIPE_SZ = 1031
 reporter_fds: tuple[int, ...] = ()   # the denial pipe's two ends, the principal's own
 
 
+FILE_MAGIC = b"pspy-seccomp-1"
+
+
 def install(policy: dict, stream, app_dir: str) -> None:
     """Load ``policy`` (a principal's, from the plan) into this process and
     every thread of it. Raises OSError or RuntimeError; the caller must not
     go on without it."""
-    import prctl
+    import base64
+    install_program(base64.b64decode(policy["bpf"]), bool(policy.get("trapping")), policy.get("errno", 1),
+                    stream, app_dir)
+
+
+def file_bytes(policy: dict, app_dir: str) -> bytes:
+    """The policy as namespace mode puts it into a principal's root: a header
+    line, then the BPF program (no JSON, no base64 to import at start-up)."""
+    import base64
+    header = b"%s trapping=%d errno=%d app_dir=%s\n" % (FILE_MAGIC, bool(policy.get("trapping")),
+                                                         policy.get("errno", 1), os.fsencode(app_dir))
+    return header + base64.b64decode(policy["bpf"])
+
+
+def install_file(path: str, stream) -> None:
+    """Load the filter ``file_bytes`` wrote at ``path``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    header, _, program = data.partition(b"\n")
+    fields = header.split()
+    if not fields or fields[0] != FILE_MAGIC or not program:
+        raise RuntimeError(f"{path} is not a pspy seccomp filter")
+    values = dict(field.split(b"=", 1) for field in fields[1:])
+    install_program(program, values.get(b"trapping") == b"1", int(values.get(b"errno", b"1")), stream,
+                    os.fsdecode(values.get(b"app_dir", b"/app")))
+
+
+def install_program(program: bytes, trapping: bool, denial_errno: int, stream, app_dir: str) -> None:
+    import _prctl   # python-prctl's C module; its Python wrapper is slow to import
     from ._native import ffi, lib
-    program = base64.b64decode(policy["bpf"])
-    if policy.get("trapping"):
-        start_reporter(stream, policy.get("errno", 1), app_dir)
-    if prctl.get_seccomp():
+    if trapping:
+        start_reporter(stream, denial_errno, app_dir)
+    if _prctl.prctl(_prctl.PR_GET_SECCOMP):
         # A child the principal started (subprocess): it runs under the filter
         # it inherited, which no process can remove or loosen; only the
         # reporting above is its own to set up again.

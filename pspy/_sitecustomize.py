@@ -6,12 +6,19 @@ Python imports it at start-up, before the app. For a principal it:
   launcher's own needs never widen the policy); if the filter cannot be
   loaded the process exits rather than run without it;
 - makes it non-dumpable (exec resets that), so that no process of the same
-  uid can ptrace it or take its descriptors;
+  uid can ptrace it or take its descriptors (through python-prctl's C
+  module: its Python wrapper costs a millisecond to import);
 - names the process ``pspy:<principal>`` (what ps and top show), since
-  exec resets the name the launcher set with python-prctl. Writing
+  exec resets the name. Writing
   /proc/self/comm is the same PR_SET_NAME without importing anything (start-up
   time counts here); where there is no /proc (chroot mode) python-prctl does it.
-It does nothing outside pspy.
+It does nothing outside pspy. It runs at every principal start, so it
+imports next to nothing: a principal without a filter (PSPY_SECCOMP=none,
+set by pspy from the plan; a child the principal starts with another value
+runs under the filter it inherited anyway) never reads the plan, and in
+namespace mode PSPY_SECCOMP names the compiled filter in its root instead
+(no JSON to import). Also in namespace mode, this file's bytecode is
+compiled into the principal's root when that is built (sandbox/template.py).
 """
 
 import os
@@ -49,14 +56,21 @@ if _principal:
     # principal) may ptrace it, read its memory or take its descriptors
     # (pidfd_getfd); exec made it dumpable again.
     try:
-        import prctl
-        prctl.set_dumpable(False)
+        import _prctl
+        _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
     except BaseException as _e:  # noqa: BLE001
         os.write(2, f"pspy: {_principal}: cannot make itself non-dumpable, not starting: {_e}\n".encode())
         os._exit(126)
-    try:
-        _load_filter(_principal)
-    except BaseException as _e:  # noqa: BLE001 - never run a principal without its filter
-        os.write(2, f"pspy: {_principal}: cannot load its seccomp filter, not starting: {_e}\n".encode())
-        os._exit(126)
+    _seccomp = os.environ.get("PSPY_SECCOMP")
+    if _seccomp != "none":
+        try:
+            if _seccomp:   # namespace mode: the compiled filter, written into its root
+                import sys
+                from pspy import _filter
+                _filter.install_file(_seccomp, sys.stderr)
+            else:
+                _load_filter(_principal)
+        except BaseException as _e:  # noqa: BLE001 - never run a principal without its filter
+            os.write(2, f"pspy: {_principal}: cannot load its seccomp filter, not starting: {_e}\n".encode())
+            os._exit(126)
 

@@ -30,6 +30,7 @@ APP_DIR = "/app"
 STATE_DIR = "/.pspy"
 LIB_DIR = "/.pspy/lib"          # pspy's own package, importable by every principal
 SOCKET_DIR = "/.pspy/sock"
+FILTER_FILE = "/.pspy/seccomp.filter"   # namespace mode: the principal's compiled filter, in its root
 LOG_DIR = "/.pspy/logs"          # root only: principals never read each other's logs
 RUN_DIR = "/.pspy/run"           # root only: supervisor pid and state
 

@@ -27,6 +27,7 @@ ENV_PLAN = "PSPY_PLAN"
 ENV_DEBUG = "PSPY_DEBUG"
 ENV_LISTEN_FD = "PSPY_LISTEN_FD"   # the listening socket the supervisor made for this provider
 ENV_CALLER_FDS = "PSPY_CALLER_FDS"  # rootless: "fd=caller,..." one listening socket per caller
+ENV_SECCOMP = "PSPY_SECCOMP"      # "none": the plan gives the principal no filter (sitecustomize skips the plan)
 
 _current: "Runtime | None" = None
 _current_lock = threading.Lock()

@@ -131,7 +131,10 @@ class Supervisor:
             log.close()
         child.started = time.monotonic()
         child.pidns = None
-        self._write_state()
+        if self.plan.mode == "namespaces":
+            self._note_pidns(child)   # writes the state
+        else:
+            self._write_state()
 
     def start_all(self) -> None:
         if self.plan.mode == "namespaces":
@@ -211,7 +214,7 @@ class Supervisor:
             time.sleep(0.1)
 
     def _note_pidns(self, child: Child) -> None:
-        """Record the principal's PID namespace once its launcher has made it:
+        """Record the principal's PID namespace (known once it has started):
         killing what runs in it stops the principal even if it broke out of
         its process group and the parent-death chain."""
         ns = child.proc.pidns() if hasattr(child.proc, "pidns") else None
@@ -248,6 +251,8 @@ class Supervisor:
         for child in self.children.values():
             self._close_listener(child)
         if self.userns_fd is not None:
+            from .sandbox import template
+            template.release(self.plan)
             os.close(self.userns_fd)
             self.userns_fd = None
         sweep_jail(self.plan)
@@ -295,14 +300,13 @@ def _filter_hint(principal: PrincipalPlan) -> str:
 
 def principal_seccomp_mode(plan: Plan, child: Child) -> int | None:
     """The kernel's Seccomp mode of the principal's own process (0: no filter),
-    or None if it cannot be told. Namespace mode: the launcher's grandchild."""
+    or None if it cannot be told. Namespace mode: the child of its PID 1."""
     pid = child.proc.pid
     if plan.mode == "namespaces":
-        for _ in range(2):
-            kids = _children(pid)
-            if not kids:
-                return None
-            pid = kids[0]
+        kids = _children(pid)
+        if not kids:
+            return None
+        pid = kids[0]
     return _status_field(pid, "Seccomp")
 
 

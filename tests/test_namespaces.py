@@ -293,9 +293,9 @@ def content(path):
 print(json.dumps({"cmdline": content("/proc/1/cmdline"), "environ": content("/proc/1/environ"),
                   "umask": oct(os.umask(0o077))}))
 """)
-    # PID 1 runs pspy's code as the principal: what it inherited from root
-    # (the command line, the environment) is wiped, or closed to the principal.
-    assert "pspy" not in result["cmdline"] and "exec" not in result["cmdline"], result
+    # PID 1 is pspy-init, exec'd with a command line and an environment of
+    # its own: nothing of root's (the command, its environment) is there.
+    assert result["cmdline"] == "pspy-init:Store\x002\x003\x00", result
     assert "PATH" not in result["environ"], result
     assert result["umask"] == "0o77"
 

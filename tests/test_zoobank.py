@@ -231,7 +231,7 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
-                            "PSPY_CALLER_FDS", "PYTHONNOUSERSITE"}, env
+                            "PSPY_CALLER_FDS", "PYTHONNOUSERSITE", "PSPY_SECCOMP"}, env
     # Nor does any other process of the app (the launcher and PID 1 of namespace mode included);
     # rootless, the supervisor has the user's uid, but it is the user's own process, outside.
     supervisor = json.load(open(os.path.join(zoobank["jail"], ".pspy", "run", "state.json")))["supervisor"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 
 from ..errors import SandboxError
 
@@ -37,6 +36,12 @@ MS_PRIVATE = lib.MS_PRIVATE
 MS_SLAVE = lib.MS_SLAVE
 MNT_DETACH = lib.MNT_DETACH
 MS_STRICTATIME = lib.MS_STRICTATIME
+# The spawn path's mount steps (spawn.h)
+OP_MOUNT = lib.PSPY_OP_MOUNT
+OP_MKDIRS = lib.PSPY_OP_MKDIRS
+OP_SAVE = lib.PSPY_OP_SAVE
+OP_BIND_SAVED = lib.PSPY_OP_BIND_SAVED
+MAX_SLOTS = lib.PSPY_MAX_SLOTS
 # Stable Linux ABI values (<linux/mount.h>), for flags a remount must repeat.
 MS_NOATIME = 1024
 MS_NODIRATIME = 2048
@@ -147,6 +152,7 @@ def mount_points() -> list[str]:
 
 def unescape(field: str) -> str:
     """A mountinfo path: the kernel writes space, tab, newline and backslash as \\ooo."""
+    import re   # only here: importing pspy._native is part of every principal's start-up
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 

@@ -2,7 +2,8 @@
 
 Only what Python 3.11's os module lacks for sandboxing: unshare and setns
 with namespace flags, mount (bind, remount read-only, proc, tmpfs),
-umount2, pivot_root, joining a new session keyring, and libseccomp's
+umount2, pivot_root, joining a new session keyring, the namespace-mode
+spawn path (spawn.c: clone to exec without Python), and libseccomp's
 filter building (linked with -lseccomp; Debian's libseccomp-dev). Each is a thin wrapper returning -1 with errno set;
 pspy._native turns that into an exception naming the step and the path.
 """
@@ -19,6 +20,26 @@ ffibuilder.cdef("""
     int pspy_umount2(const char *target, int flags);
     int pspy_pivot_root(const char *new_root, const char *put_old);
     long pspy_join_new_session_keyring(void);
+
+    /* The namespace-mode spawn path (spawn.c, spawn.h) */
+    #define PSPY_OP_MOUNT ...
+    #define PSPY_OP_MKDIRS ...
+    #define PSPY_OP_SAVE ...
+    #define PSPY_OP_BIND_SAVED ...
+    #define PSPY_MAX_SLOTS ...
+    struct pspy_op { int kind; int slot; const char *source; const char *target; const char *fstype;
+                     const char *data; unsigned long flags; unsigned int mode; };
+    struct pspy_spawn {
+        int rootless; int userns_fd; int template_fd; int ns_flags; const char *hostname;
+        const unsigned char *netlink; size_t netlink_len; int proc_fd; int supervisor_pidfd;
+        const struct pspy_op *ops; int n_ops;
+        unsigned int uid; unsigned int gid; const unsigned int *groups; int n_groups; int last_cap;
+        const char *cwd; const char *init_name; char *const *argv; char *const *envp; const char *path;
+        int stdio[3]; const int *keep; int n_keep; int init_exe_fd;
+        int init_pid; unsigned long long pidns; int err; char step[512]; int p_err; char p_step[512];
+        ...;
+    };
+    int pspy_spawn(struct pspy_spawn *spec);
 
     #define CLONE_NEWNS ...
     #define CLONE_NEWUTS ...
@@ -82,8 +103,10 @@ ffibuilder.cdef("""
     #define __NR_SCMP_ERROR ...
 """)
 
-ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"], source=r"""
+ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
+                      sources=["pspy/_native/spawn.c"], include_dirs=["pspy/_native"], source=r"""
     #define _GNU_SOURCE
+    #include "spawn.h"
     #include <sched.h>
     #include <unistd.h>
     #include <sys/mount.h>

@@ -28,14 +28,14 @@ def drop_bounding_set() -> None:
     Afterwards not even a setuid-root or file-capability binary could gain a
     capability, even if no_new_privs were somehow lifted.
     """
-    for cap in range(0, _last_cap() + 1):
+    for cap in range(0, last_cap() + 1):
         try:
             prctl.capbset_drop(cap)
         except OSError:
             pass   # unknown to this kernel
 
 
-def _last_cap() -> int:
+def last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())

@@ -23,13 +23,16 @@ import sys
 from .. import _native as n
 from ..errors import SandboxError
 from ..jail import data_paths
-from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, plan_path
+from ..plan import APP_DIR, FILTER_FILE, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, plan_path
 
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
              "mime.types", "ssl")
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RO = n.MS_NOSUID | n.MS_NODEV
+TMP_OPTIONS = "mode=1777,size=64m"
+SHM_OPTIONS = "mode=1777,size=16m"
+SHM_FLAGS = n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC
 
 
 def new_root_path(plan: Plan) -> str:
@@ -99,7 +102,7 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
     # The private /tmp first: an interpreter (a venv, say) may live under
     # /tmp on the host, and its bind must sit on top of the tmpfs, not under.
     tmp = _mkdirs(root, "/tmp")
-    n.mount("tmpfs", tmp, "tmpfs", RO, "mode=1777,size=64m", step=f"mount a private /tmp on {tmp}")
+    n.mount("tmpfs", tmp, "tmpfs", RO, TMP_OPTIONS, step=f"mount a private /tmp on {tmp}")
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), os.path.join(root, path.lstrip("/")))
@@ -140,7 +143,7 @@ def _build_dev(root: str) -> None:
             step=f"remount {dev} read-only")
     # POSIX shared memory and semaphores (multiprocessing uses them): a
     # private, small tmpfs of the principal's own.
-    n.mount("tmpfs", shm, "tmpfs", n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC, "mode=1777,size=16m",
+    n.mount("tmpfs", shm, "tmpfs", SHM_FLAGS, SHM_OPTIONS,
             step=f"mount a private /dev/shm on {shm}")
 
 
@@ -186,6 +189,11 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str,
     _bind(root, mounts, plan_path(plan.jail), f"{STATE_DIR}/plan.json")
     _bind(root, mounts, pspy_dir, f"{LIB_DIR}/pspy")
     _bind(root, mounts, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
+    _compile_sitecustomize(root, pspy_dir)
+    if principal.seccomp and not principal.seccomp.get("learn"):
+        from .._filter import file_bytes
+        with open(os.path.join(root, FILTER_FILE.lstrip("/")), "wb") as f:
+            f.write(file_bytes(principal.seccomp, plan.app_dir))
     # Only the sockets of providers this principal may call are in its view.
     callees = {q.name for q in plan.providers if q.name != principal.name
                and any(principal.name in s.callers for s in q.services)}
@@ -197,6 +205,19 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str,
             # the provider knows the caller by it (see rpc/server.py).
             source = os.path.dirname(plan.caller_socket(q, principal.name)) if plan.rootless else folder
             _bind(root, mounts, plan.host_path(source), folder)
+
+
+def _compile_sitecustomize(root: str, pspy_dir: str) -> None:
+    """Its bytecode, next to it in the root: every start of the principal
+    would compile it again otherwise (the bind is of the file alone, and
+    principals write no bytecode). Unchecked: the root is read-only, so the
+    source cannot change under it while this root exists."""
+    import importlib.util
+    import py_compile
+    view = f"{LIB_DIR}/sitecustomize.py"
+    target = os.path.join(root, importlib.util.cache_from_source(view).lstrip("/"))
+    py_compile.compile(os.path.join(pspy_dir, "_sitecustomize.py"), cfile=target, dfile=view, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
 def enter(root: str) -> None:

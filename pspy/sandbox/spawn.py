@@ -12,8 +12,8 @@ import signal
 import subprocess
 import threading
 
-from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
-from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL
+from ..plan import APP_DIR, FILTER_FILE, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
+from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
 from . import caps, chroot, ids
 
@@ -36,6 +36,10 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
         ENV_PRINCIPAL: principal.name,
         ENV_PLAN: f"{STATE_DIR}/plan.json",
     }
+    if not principal.seccomp:
+        env[ENV_SECCOMP] = "none"
+    elif plan.mode == "namespaces" and not principal.seccomp.get("learn"):
+        env[ENV_SECCOMP] = FILTER_FILE   # written into the principal's root (sandbox/mount.py)
     if host_env.get(ENV_DEBUG) == "1":
         env[ENV_DEBUG] = "1"
     for name in principal.env:

@@ -1,0 +1,196 @@
+"""Namespace mode's spawn path (pspy/_native/spawn.c) and the template roots
+it copies (pspy/sandbox/template.py), driven in-process as the supervisor
+drives them: several starts of one principal from one template."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import REPO, pspy
+
+pytestmark = pytest.mark.root
+
+ESCAPE = os.path.join(REPO, "tests", "apps", "escape")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The escape app bootstrapped (not run) in namespace mode, with the app's
+    user namespace and templates as a supervisor holds them."""
+    from pspy.plan import Plan
+    from pspy.sandbox import template
+    from pspy.sandbox.user import create_user_namespace
+    jail = str(tmp_path_factory.mktemp("spawn") / "jail")
+    pspy("bootstrap", ESCAPE, "--jail", jail, "--namespaces", "--no-run", check=True)
+    plan = Plan.load(jail)
+    userns = create_user_namespace(plan)
+    yield plan, userns
+    template.release(plan)
+    os.close(userns)
+
+
+def run(app, principal, code, **kwargs):
+    """Run Python code as the principal; it prints one JSON value."""
+    from pspy.sandbox.spawn import spawn_principal
+    plan, userns = app
+    with tempfile.TemporaryFile() as out:
+        proc = spawn_principal(plan, plan.principal(principal), ["python", "-c", code], stdout=out,
+                               stderr=subprocess.STDOUT, userns_fd=userns, **kwargs)
+        assert proc.wait(timeout=60) == 0
+        out.seek(0)
+        text = out.read().decode()
+    return json.loads(text.strip().splitlines()[-1])
+
+
+LOOK_AND_LEAVE_A_MARK = """
+import json, os
+seen = {"tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm"))}
+for path in ("/tmp/mark", "/dev/shm/mark"):
+    with open(path, "w") as f:
+        f.write("left by an earlier start")
+seen["written"] = sorted(os.listdir("/tmp")) + sorted(os.listdir("/dev/shm"))
+print(json.dumps(seen))
+"""
+
+
+def test_each_start_from_one_template_gets_an_empty_tmp_and_dev_shm(app):
+    from pspy.sandbox import template
+    first = run(app, "Store", LOOK_AND_LEAVE_A_MARK)
+    second = run(app, "Store", LOOK_AND_LEAVE_A_MARK)
+    assert first["written"] == ["mark", "mark"]        # control: the writes worked
+    assert second["tmp"] == first["tmp"] and "mark" not in second["tmp"]
+    assert second["shm"] == [] and first["shm"] == []
+    plan, _ = app
+    # Both starts came from one template: the root was built once.
+    assert [key for key in template._templates if key[1] == "Store"
+            and key[0] == os.path.realpath(plan.jail)] != []
+    assert len([key for key in template._templates if key[1] == "Store"]) == 1
+
+
+def test_starts_from_one_template_do_not_share_namespaces(app):
+    # Both alive at once: the kernel reuses a freed namespace's number.
+    code = ("import json, os, sys; print(json.dumps([os.readlink('/proc/self/ns/' + n) "
+            "for n in ('pid', 'mnt', 'net')]), flush=True); sys.stdin.read()")
+    first, second = (started(app, "Store", code) for _ in range(2))
+    try:
+        a, b = (json.loads(proc.stdout.readline()) for proc in (first, second))
+        assert all(x != y for x, y in zip(a, b)), (a, b)
+        assert a[1] != os.readlink("/proc/self/ns/mnt")   # control: not the host's either
+    finally:
+        for proc in (first, second):
+            proc.stdin.close()
+            assert proc.wait(timeout=30) == 0
+
+
+def started(app, principal, code):
+    from pspy.sandbox.spawn import spawn_principal
+    plan, userns = app
+    return spawn_principal(plan, plan.principal(principal), ["python", "-c", code], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, userns_fd=userns)
+
+
+def test_a_python_prefix_under_tmp_is_bound_again_over_the_fresh_tmp(app, monkeypatch):
+    """A venv living under /tmp on the host is bound into the root at its own
+    path: the fresh /tmp of each start must not hide it."""
+    from pspy.sandbox import mount, template
+    prefix = tempfile.mkdtemp(prefix="pspy-prefix-", dir="/tmp")
+    try:
+        os.chmod(prefix, 0o755)
+        with open(os.path.join(prefix, "marker"), "w") as f:
+            f.write("interpreter files")
+        os.chmod(os.path.join(prefix, "marker"), 0o644)
+        real = mount.python_paths
+        monkeypatch.setattr(mount, "python_paths", lambda jail: [*real(jail), prefix])
+        plan, _ = app
+        template.release(plan)   # built again, with the extra prefix
+        code = f"""
+import json, os
+def attempt(fn):
+    try:
+        fn(); return "ok"
+    except OSError as e:
+        return type(e).__name__
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+print(json.dumps({{"marker": open("{prefix}/marker").read(),
+                  "write in prefix": attempt(lambda: write("{prefix}/new")),
+                  "write in tmp": attempt(lambda: write("/tmp/mine")),
+                  "tmp": sorted(os.listdir("/tmp"))}}))
+"""
+        for _ in range(2):
+            result = run(app, "Store", code)
+            assert result["marker"] == "interpreter files"
+            assert result["write in prefix"] in ("PermissionError", "OSError")   # read-only
+            assert result["write in tmp"] == "ok"                                 # control
+            assert result["tmp"] == sorted({os.path.relpath(prefix, "/tmp").split("/")[0], "mine"})
+    finally:
+        plan, _ = app
+        template.release(plan)
+        subprocess.run(["rm", "-rf", prefix], check=True)
+
+
+def test_pid_1_is_pspy_init_as_the_principal_with_nothing_of_the_supervisors(app):
+    plan, _ = app
+    principal = plan.principal("Store")
+    proc = started(app, "Store", "import sys; print('ready', flush=True); sys.stdin.read()")
+    try:
+        assert proc.stdout.readline() == b"ready\n"   # its sitecustomize has run
+        status = dict(line.split(":", 1) for line in open(f"/proc/{proc.pid}/status"))
+        assert status["Name"].strip() == "pspy-init:Store"
+        assert status["Uid"].split()[:3] == [str(principal.uid)] * 3
+        for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[field], 16) == 0, field
+        assert status["NoNewPrivs"].strip() == "1"
+        # Not dumpable: the kernel gives its /proc files to root, not to its uid.
+        assert os.stat(f"/proc/{proc.pid}/status").st_uid == 0 != principal.uid
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [0, 1, 2]
+        assert open(f"/proc/{proc.pid}/cmdline", "rb").read().split(b"\0")[0] == b"pspy-init:Store"
+        children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        assert len(children) == 1   # the principal, and nothing else of pspy's
+        kid = children[0]
+        assert open(f"/proc/{kid}/comm").read().strip() == "pspy:Store"
+        assert proc.pidns() == os.readlink(f"/proc/{kid}/ns/pid")
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_a_missing_program_is_named_and_leaves_nothing_behind(app):
+    from pspy.errors import SandboxError
+    from pspy.sandbox.spawn import spawn_principal
+    plan, userns = app
+    before = set(_children())
+    with pytest.raises(SandboxError, match="cannot run 'no-such-program' as Store: no such program"):
+        spawn_principal(plan, plan.principal("Store"), ["no-such-program"], userns_fd=userns)
+    assert set(_children()) <= before   # PID 1 of the failed start was reaped
+
+
+def test_signals_reach_the_principal_through_pid_1(app):
+    from pspy.sandbox.spawn import spawn_principal
+    plan, userns = app
+    code = ("import signal, sys, os; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); "
+            "os.write(1, b'ready'); signal.pause()")
+    r, w = os.pipe()
+    proc = spawn_principal(plan, plan.principal("Bare"), ["python", "-c", code], stdout=w, userns_fd=userns)
+    os.close(w)
+    assert os.read(r, 5) == b"ready"
+    os.close(r)
+    proc.send_signal(15)
+    assert proc.wait(timeout=30) == 7   # the principal's own status, through pspy-init
+
+
+def _children():
+    me = os.getpid()
+    try:
+        return open(f"/proc/{me}/task/{me}/children").read().split()
+    except OSError:
+        return []
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
