@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--detach", action="store_true", help="return once every provider answers")
     b.add_argument("--no-run", action="store_true", help="build the jail and plan, start nothing")
     b.add_argument("--namespaces", action="store_true",
-                   help="each principal in its own user, mount, PID, IPC, UTS (and network) namespaces")
+                   help="each principal in its own user, mount, PID, IPC, UTS, cgroup (and network) namespaces")
 
     for name, help_text in (("status", "show which principals run and answer"),
                             ("stop", "stop every process of the app")):

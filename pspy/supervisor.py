@@ -142,6 +142,13 @@ class Supervisor:
             from .sandbox.user import create_user_namespace
             net.warm_up()
             self.userns_fd = create_user_namespace(self.plan)
+            # The spawn path's children share this process's memory until they
+            # exec, and their id changes make that memory non-dumpable: said
+            # here, once, rather than left to the first start. No other process
+            # of the user (rootless) can ptrace the supervisor or read its
+            # memory, which holds the app's listening sockets and environment.
+            import prctl
+            prctl.set_dumpable(False)
         for principal in self.plan.providers:
             child = self.children[principal.name] = Child(principal)
             self._start(child)

@@ -94,6 +94,14 @@ def test_starts_from_one_template_do_not_share_namespaces(app):
             assert proc.wait(timeout=30) == 0
 
 
+def test_the_principal_has_a_cgroup_namespace_of_its_own(app):
+    code = ("import json, os; print(json.dumps([os.readlink('/proc/self/ns/cgroup'), "
+            "open('/proc/self/cgroup').read().split()]))")
+    ns, lines = run(app, "Store", code)
+    assert ns != os.readlink("/proc/self/ns/cgroup")   # not the host's
+    assert all(line.endswith(":/") for line in lines), lines   # its cgroup is its root: no host path
+
+
 def started(app, principal, code):
     from pspy.sandbox.spawn import spawn_principal
     plan, userns = app

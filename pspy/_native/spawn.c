@@ -16,17 +16,25 @@
  *   PID 1 (clone(VM|VFORK|PARENT): the supervisor's child) -> new session ->
  *     fresh /proc, /tmp, /dev/shm (the ops) -> clone the principal ->
  *     drop everything -> parent-death signal -> exec pspy-init
- *   principal (clone(VM)) -> drop everything -> wait until pspy-init says
- *     it is no longer dumpable -> stdio, descriptors -> exec the command
+ *   principal (clone(VM)) -> wait until pspy-init says it is no longer
+ *     dumpable -> drop everything -> stdio, descriptors -> exec the command
  *
  * "Drop everything": join the app's user namespace (unless the launcher
  * did), empty the bounding set, groups/gid/uid, a new session keyring, no
- * capability (ambient included), no_new_privs, not dumpable, umask 077,
- * SIGKILL on the parent's death.
+ * capability (ambient included), no_new_privs, umask 077, SIGKILL on the
+ * parent's death. (Not dumpable comes after exec, which resets it: pspy-init
+ * and the principal's sitecustomize set it. Any credential change here makes
+ * the memory the children share with the supervisor non-dumpable, so the
+ * supervisor says so itself, see supervisor.py.)
  *
- * Nothing here allocates: children must not take a lock another thread of
- * the supervisor may hold. Failures are written into the spec (errno and
- * the step, naming the path) for the Python side to raise.
+ * The children share the calling thread's thread-local storage, errno
+ * included, and glibc's view of the supervisor's threads. So no two of them
+ * ever run fallible code at once (the launcher waits in clone or read, the
+ * principal waits for PID 1's exec before it does anything), ids change
+ * through raw system calls (glibc's set*id would signal the supervisor's
+ * threads), and nothing allocates or takes a lock another thread of the
+ * supervisor may hold. Failures are written into the spec (errno and the
+ * step, naming the path) for the Python side to raise.
  */
 #define _GNU_SOURCE
 #include "spawn.h"
@@ -195,15 +203,15 @@ static int drop(struct pspy_spawn *s, int *err, char *step, size_t size) {
     /* Joining a user namespace refills the bounding set: emptied with the
        CAP_SETPCAP the join gives, before the uid changes. */
     for (int cap = 0; cap <= s->last_cap; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
             return fail_into(err, step, size, "empty the capability bounding set", "", "", "");
     /* Rootless, setgroups is denied in the app's user namespace (the
        kernel's condition for mapping a gid without root), and a rootless
        plan has no supplementary groups. */
-    if (setgroups((size_t) s->n_groups, (const gid_t *) s->groups) != 0
-            && !(errno == EPERM && s->n_groups == 0))
+    if (!(s->rootless && s->n_groups == 0)
+            && syscall(SYS_setgroups, (size_t) s->n_groups, (const gid_t *) s->groups) != 0)
         return fail_into(err, step, size, "set the supplementary groups", "", "", "");
-    if (setresgid(s->gid, s->gid, s->gid) != 0 || setresuid(s->uid, s->uid, s->uid) != 0)
+    if (syscall(SYS_setresgid, s->gid, s->gid, s->gid) != 0 || syscall(SYS_setresuid, s->uid, s->uid, s->uid) != 0)
         return fail_into(err, step, size, "change to the principal's uid and gid", "", "", "");
     if (getuid() != s->uid || geteuid() != s->uid || getgid() != s->gid) {
         errno = EPERM;
@@ -218,12 +226,10 @@ static int drop(struct pspy_spawn *s, int *err, char *step, size_t size) {
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &header, data) != 0)
         return fail_into(err, step, size, "clear all capabilities", "", "", "");
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
         return fail_into(err, step, size, "clear the ambient capabilities", "", "", "");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail_into(err, step, size, "set no_new_privs", "", "", "");
-    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        return fail_into(err, step, size, "make the process non-dumpable", "", "", "");
     umask(077);
     /* After the id change, which clears it. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
@@ -323,6 +329,15 @@ static int principal_main(void *arg) {
     close(s->go[1]);
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != 1)
         _exit(125);   /* PID 1 is gone already */
+    /* Wait until pspy-init, exec'd and no longer dumpable, says go: no code
+       of the principal's may run while PID 1 could be ptraced by it (same
+       uid, rootless), and until PID 1 has exec'd it runs in the memory and
+       thread-local storage this process shares. End of file: PID 1 failed.
+       (All signals are blocked: read cannot be interrupted.) */
+    char go = 0;
+    if (read(s->go[0], &go, 1) != 1)
+        _exit(125);
+    close(s->go[0]);
     if (chdir(s->cwd) != 0) {
         PFAIL(s, "change into ", s->cwd, "", "");
         _exit(125);
@@ -331,17 +346,6 @@ static int principal_main(void *arg) {
         _exit(125);
     if (getppid() != 1)
         _exit(125);
-    /* No code of the principal's may run while PID 1 could still be
-       ptraced by it (same uid, rootless): wait until pspy-init, exec'd and
-       no longer dumpable, says go. End of file: PID 1 failed. */
-    char go = 0;
-    ssize_t n;
-    do {
-        n = read(s->go[0], &go, 1);
-    } while (n < 0 && errno == EINTR);
-    if (n != 1)
-        _exit(125);
-    close(s->go[0]);
     if (place_fds(s->stdio, 3, s->keep, s->n_keep, s->done[1]) != 0) {
         PFAIL(s, "set up the principal's descriptors", "", "", "");
         _exit(125);
@@ -433,8 +437,10 @@ static int launcher_main(void *arg) {
     }
     s->init_pid = init;
     close(s->done[1]);
+    /* The principal runs now; this process must not touch errno until it
+       has exec'd or died. Signals are blocked: read returns 0 then. */
     char byte;
-    while (read(s->done[0], &byte, 1) != 0 && errno == EINTR)
+    while (read(s->done[0], &byte, 1) > 0)
         ;
     struct stat st;
     if (fstatat(s->proc_fd, "self/ns/pid_for_children", &st, 0) == 0)

@@ -5,7 +5,7 @@
 clone and exec: a launcher that shares the supervisor's memory (as a vfork
 child does) enters the principal's template mount namespace
 (sandbox/template.py) and makes the new namespaces, mount (a copy of the
-template), PID, IPC, UTS and, unless the principal has the network, net,
+template), PID, IPC, UTS, cgroup and, unless the principal has the network, net,
 made by host root so that they belong to the host's user namespace ->
 loopback up (the request pyroute2 encoded, sandbox/net.py) -> PID 1, the
 supervisor's child: fresh /proc, /tmp, /dev/shm -> the principal, which
@@ -119,7 +119,8 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     spec.rootless = int(plan.rootless)
     spec.userns_fd = userns_fd
     spec.template_fd = template.template_fd(plan, principal, userns_fd)
-    flags = n.CLONE_NEWNS | n.CLONE_NEWPID | n.CLONE_NEWIPC | n.CLONE_NEWUTS
+    # A cgroup namespace too: /proc/self/cgroup then shows "/", not the host's cgroup path.
+    flags = n.CLONE_NEWNS | n.CLONE_NEWPID | n.CLONE_NEWIPC | n.CLONE_NEWUTS | n.CLONE_NEWCGROUP
     if not principal.network:
         flags |= n.CLONE_NEWNET
         request = net.loopback_request()
