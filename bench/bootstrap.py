@@ -15,8 +15,10 @@
    sampled once per round, round after round, so drift during the run
    falls on all alike. Namespace mode builds each principal's root once
    per supervisor (sandbox/template.py) and copies it at every start: that
-   one-off build is its own row. Then the time from spawn to "the provider
-   answers on its socket", per provider and mode.
+   one-off build is its own row. Where bubblewrap (bwrap) is installed, the
+   same interpreter started in a comparable bubblewrap sandbox is a row too.
+   Then the time from spawn to "the provider answers on its socket", per
+   provider and mode.
 The padding is a folder pspy_bench_padding/ put into this interpreter's
 site-packages for the run and removed afterwards.
 """
@@ -132,6 +134,10 @@ def startup_times(runs: int, workdir: str) -> dict:
         # Interpreter starts: every condition once per round, so that this
         # machine's drift over the run falls on all of them alike.
         conditions = {"python start, host": lambda w: subprocess.Popen([sys.executable, *ready[1:]], stdout=w)}
+        if shutil.which("bwrap"):
+            bwrap = bwrap_argv(setups[0][2])
+            conditions["python start, bubblewrap (for comparison)"] = (
+                lambda w: subprocess.Popen([*bwrap, sys.executable, *ready[1:]], stdout=w))
         for mode, tag, plan, userns in setups:
             for who in ("web", "Bank"):
                 conditions[f"python start, as {who} ({mode}{tag})"] = (
@@ -168,6 +174,23 @@ def startup_times(runs: int, workdir: str) -> dict:
                 template.release(plan)
                 os.close(userns)
     return out
+
+
+def bwrap_argv(plan) -> list[str]:
+    """bubblewrap with what a namespace-mode principal gets: new user, mount,
+    PID, IPC, UTS, cgroup and network namespaces, the system and Python
+    installation read-only, fresh /proc, /dev and /tmp, no capability."""
+    from pspy.sandbox import mount
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--ro-bind", "/usr", "/usr"]
+    for path in ("/bin", "/sbin", "/lib", "/lib64"):
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    for path in mount.python_paths(plan.jail):
+        argv += ["--ro-bind", path, path]
+    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/"]
 
 
 def main(argv=None) -> int:
@@ -209,6 +232,9 @@ def main(argv=None) -> int:
             overhead = start[f"python start, as {who} ({mode})"] - base
             label = f"sandbox overhead, {mode}" + (f", {what}" if mode == "namespaces" else "")
             print(f"{label:<44}{overhead * 1000:>7.1f} ms")
+    if "python start, bubblewrap (for comparison)" in start:
+        overhead = start["python start, bubblewrap (for comparison)"] - base
+        print(f"{'sandbox overhead, bubblewrap':<44}{overhead * 1000:>7.1f} ms")
     for mode in ("chroot", "namespaces"):
         for who, profile in (("web", "web"), ("Bank", "default")):
             cost = start[f"python start, as {who} ({mode}, seccomp)"] - start[f"python start, as {who} ({mode})"]
