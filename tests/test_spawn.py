@@ -200,6 +200,37 @@ def test_signals_reach_the_principal_through_pid_1(app):
     assert proc.wait(timeout=30) == 7   # the principal's own status, through pspy-init
 
 
+def test_starts_while_other_threads_come_and_go(app):
+    """The spawn path's children share the supervisor's memory and its
+    thread-local storage: starts must work, and leave the process usable,
+    while other threads of it are created and exit all the time."""
+    import threading
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+
+    churners = [threading.Thread(target=churn) for _ in range(3)]
+    for t in churners:
+        t.start()
+    try:
+        results = [run(app, "Bare", "import json, os; print(json.dumps(os.getuid()))") for _ in range(20)]
+    finally:
+        stop.set()
+        for t in churners:
+            t.join(timeout=30)
+    plan, _ = app
+    assert results == [plan.principal("Bare").uid] * 20
+    assert not any(t.is_alive() for t in churners)   # no thread left stuck on a lock a child took
+    t = threading.Thread(target=lambda: None)       # and threads can still be made
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive()
+
+
 def _children():
     me = os.getpid()
     try:
