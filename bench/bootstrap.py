@@ -12,8 +12,8 @@
    is what the sandbox adds (target: at most 5 ms in namespace mode). The
    same with each principal's planned filter (web: 'web', Bank: 'default')
    gives what loading the filter adds, as its own row. Every condition is
-   sampled once per round, round after round, so drift during the run
-   falls on all alike. Namespace mode builds each principal's root once
+   sampled once per round, in a new order each round, so drift during the
+   run falls on all alike. Namespace mode builds each principal's root once
    per supervisor (sandbox/template.py) and copies it at every start: that
    one-off build is its own row. Where bubblewrap (bwrap) is installed, the
    same interpreter started in a comparable bubblewrap sandbox is a row too.
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -144,11 +145,17 @@ def startup_times(runs: int, workdir: str) -> dict:
                     lambda w, plan=plan, who=who, userns=userns:
                     spawn_principal(plan, plan.principal(who), ready, stdout=w, userns_fd=userns))
         samples_of: dict[str, list[float]] = {key: [] for key in conditions}
+        order = list(conditions)
+        shuffle = random.Random(0).shuffle
         for round_ in range(runs + 1):
-            for key, start in conditions.items():
-                elapsed = until_first_byte(start)
+            # In a new order each round: the kernel tears network namespaces
+            # down in the background, and whatever ran after one would pay.
+            shuffle(order)
+            for key in order:
+                elapsed = until_first_byte(conditions[key])
                 if round_:   # the first round builds templates and warms caches
                     samples_of[key].append(elapsed)
+                time.sleep(0.02)
         out.update({key: statistics.median(samples) for key, samples in samples_of.items()})
 
         for mode, tag, plan, userns in setups:

@@ -15,9 +15,8 @@ Python imports it at start-up, before the app. For a principal it:
 It does nothing outside pspy. It runs at every principal start, so it
 imports next to nothing: a principal without a filter (PSPY_SECCOMP=none,
 set by pspy from the plan; a child the principal starts with another value
-runs under the filter it inherited anyway) never reads the plan, and in
-namespace mode PSPY_SECCOMP names the compiled filter in its root instead
-(no JSON to import). Also in namespace mode, this file's bytecode is
+runs under the filter it inherited anyway) never reads the plan, and one with a filter finds it, compiled, in the file
+PSPY_SECCOMP names (no JSON to import; only learning reads the plan). Also in namespace mode, this file's bytecode is
 compiled into the principal's root when that is built (sandbox/template.py).
 """
 
@@ -64,7 +63,7 @@ if _principal:
     _seccomp = os.environ.get("PSPY_SECCOMP")
     if _seccomp != "none":
         try:
-            if _seccomp:   # namespace mode: the compiled filter, written into its root
+            if _seccomp:   # the compiled filter, a file of its own (pspy/jail.py write_filters)
                 import sys
                 from pspy import _filter
                 _filter.install_file(_seccomp, sys.stderr)

@@ -688,3 +688,31 @@ def write_plan(plan: Plan) -> None:
         f.write(plan.to_json())
     os.chmod(tmp, 0o644)   # principals read it for stubs and socket paths; it holds no secret
     os.rename(tmp, path)
+    write_filters(plan)
+
+
+def write_filters(plan: Plan) -> None:
+    """Each principal's compiled seccomp filter as a file of its own, which
+    its start-up loads without parsing the plan (pspy/_filter.py); a
+    principal without a filter, or learning, has none."""
+    from ._filter import file_bytes
+    from .plan import FILTER_DIR, filter_path
+    folder = os.path.join(plan.jail, FILTER_DIR.lstrip("/"))
+    if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+        raise JailError(f"{folder} is not a folder of pspy's; refusing to write filters there")
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    wanted = {}
+    for principal in plan.principals:
+        if principal.seccomp and not principal.seccomp.get("learn"):
+            wanted[os.path.basename(filter_path(principal.name))] = file_bytes(principal.seccomp, plan.app_dir)
+    for name in os.listdir(folder):
+        if name not in wanted:
+            os.unlink(os.path.join(folder, name))
+    for name, data in wanted.items():
+        tmp = os.path.join(folder, f".{name}.tmp")
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(folder, name))

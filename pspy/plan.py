@@ -30,7 +30,12 @@ APP_DIR = "/app"
 STATE_DIR = "/.pspy"
 LIB_DIR = "/.pspy/lib"          # pspy's own package, importable by every principal
 SOCKET_DIR = "/.pspy/sock"
-FILTER_FILE = "/.pspy/seccomp.filter"   # namespace mode: the principal's compiled filter, in its root
+FILTER_DIR = "/.pspy/seccomp"   # each principal's compiled filter, <name>.filter (jail.write_plan)
+
+
+def filter_path(name: str) -> str:
+    """Where a principal finds its compiled filter, in its view (both modes)."""
+    return f"{FILTER_DIR}/{name}.filter"
 LOG_DIR = "/.pspy/logs"          # root only: principals never read each other's logs
 RUN_DIR = "/.pspy/run"           # root only: supervisor pid and state
 

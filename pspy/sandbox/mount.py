@@ -23,7 +23,7 @@ import sys
 from .. import _native as n
 from ..errors import SandboxError
 from ..jail import data_paths
-from ..plan import APP_DIR, FILTER_FILE, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, plan_path
+from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, plan_path
 
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
@@ -191,9 +191,9 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str,
     _bind(root, mounts, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
     _compile_sitecustomize(root, pspy_dir)
     if principal.seccomp and not principal.seccomp.get("learn"):
-        from .._filter import file_bytes
-        with open(os.path.join(root, FILTER_FILE.lstrip("/")), "wb") as f:
-            f.write(file_bytes(principal.seccomp, plan.app_dir))
+        # Its own filter only (jail.write_filters wrote one per principal).
+        own = filter_path(principal.name)
+        _bind(root, mounts, os.path.join(plan.jail, own.lstrip("/")), own)
     # Only the sockets of providers this principal may call are in its view.
     callees = {q.name for q in plan.providers if q.name != principal.name
                and any(principal.name in s.callers for s in q.services)}

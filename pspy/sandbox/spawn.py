@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 
-from ..plan import APP_DIR, FILTER_FILE, LIB_DIR, Plan, PrincipalPlan, plan_path, STATE_DIR
+from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, filter_path, plan_path, STATE_DIR
 from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
 from . import caps, chroot, ids
@@ -38,8 +38,8 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
     }
     if not principal.seccomp:
         env[ENV_SECCOMP] = "none"
-    elif plan.mode == "namespaces" and not principal.seccomp.get("learn"):
-        env[ENV_SECCOMP] = FILTER_FILE   # written into the principal's root (sandbox/mount.py)
+    elif not principal.seccomp.get("learn"):
+        env[ENV_SECCOMP] = filter_path(principal.name)   # jail.write_filters
     if host_env.get(ENV_DEBUG) == "1":
         env[ENV_DEBUG] = "1"
     for name in principal.env:
