@@ -34,7 +34,7 @@ def install(policy: dict, stream, app_dir: str) -> None:
 
 
 def file_bytes(policy: dict, app_dir: str) -> bytes:
-    """The policy as namespace mode puts it into a principal's root: a header
+    """The policy as jail.write_filters stores it for a principal: a header
     line, then the BPF program (no JSON, no base64 to import at start-up)."""
     import base64
     header = b"%s trapping=%d errno=%d app_dir=%s\n" % (FILE_MAGIC, bool(policy.get("trapping")),

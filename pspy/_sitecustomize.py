@@ -1,7 +1,7 @@
 """Installed as ``sitecustomize`` on every principal's path (/.pspy/lib).
 
 Python imports it at start-up, before the app. For a principal it:
-- loads the principal's seccomp filter from the plan, before any app code
+- loads the principal's seccomp filter (compiled at bootstrap), before any app code
   runs (so neither the app nor whatever it imports runs unfiltered, and the
   launcher's own needs never widen the policy); if the filter cannot be
   loaded the process exits rather than run without it;
@@ -16,7 +16,8 @@ It does nothing outside pspy. It runs at every principal start, so it
 imports next to nothing: a principal without a filter (PSPY_SECCOMP=none,
 set by pspy from the plan; a child the principal starts with another value
 runs under the filter it inherited anyway) never reads the plan, and one with a filter finds it, compiled, in the file
-PSPY_SECCOMP names (no JSON to import; only learning reads the plan). Also in namespace mode, this file's bytecode is
+PSPY_SECCOMP names (no JSON to import). Learning, and a jail bootstrapped
+before those files existed, take the policy from the plan. Also in namespace mode, this file's bytecode is
 compiled into the principal's root when that is built (sandbox/template.py).
 """
 
@@ -63,7 +64,7 @@ if _principal:
     _seccomp = os.environ.get("PSPY_SECCOMP")
     if _seccomp != "none":
         try:
-            if _seccomp:   # the compiled filter, a file of its own (pspy/jail.py write_filters)
+            if _seccomp and os.path.exists(_seccomp):   # a file of its own (pspy/jail.py write_filters)
                 import sys
                 from pspy import _filter
                 _filter.install_file(_seccomp, sys.stderr)

@@ -694,25 +694,35 @@ def write_plan(plan: Plan) -> None:
 def write_filters(plan: Plan) -> None:
     """Each principal's compiled seccomp filter as a file of its own, which
     its start-up loads without parsing the plan (pspy/_filter.py); a
-    principal without a filter, or learning, has none."""
+    principal without a filter, or learning, has none. Written through a
+    descriptor on the folder, which must be pspy's own; anything in it but
+    regular files is refused, files of principals the plan no longer has
+    are removed."""
     from ._filter import file_bytes
     from .plan import FILTER_DIR, filter_path
     folder = os.path.join(plan.jail, FILTER_DIR.lstrip("/"))
-    if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
-        raise JailError(f"{folder} is not a folder of pspy's; refusing to write filters there")
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    wanted = {}
-    for principal in plan.principals:
-        if principal.seccomp and not principal.seccomp.get("learn"):
-            wanted[os.path.basename(filter_path(principal.name))] = file_bytes(principal.seccomp, plan.app_dir)
-    for name in os.listdir(folder):
-        if name not in wanted:
-            os.unlink(os.path.join(folder, name))
-    for name, data in wanted.items():
-        tmp = os.path.join(folder, f".{name}.tmp")
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(folder, name))
+    _mkdir(folder, 0o755)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(dfd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise JailError(f"{folder} is not pspy's own folder (owner uid {st.st_uid}, mode "
+                            f"{oct(st.st_mode & 0o7777)}); refusing to write filters there")
+        wanted = {os.path.basename(filter_path(p.name)): file_bytes(p.seccomp, plan.app_dir)
+                  for p in plan.principals if p.seccomp and not p.seccomp.get("learn")}
+        for name in os.listdir(dfd):
+            entry = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISREG(entry.st_mode):
+                raise JailError(f"{folder}/{name} is not a filter file of pspy's; remove it and bootstrap again")
+            if name not in wanted:
+                os.unlink(name, dir_fd=dfd)
+        for name, data in wanted.items():
+            tmp = f".{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dfd)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(fd, 0o644)   # whatever the umask: every principal reads its own
+                f.write(data)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)

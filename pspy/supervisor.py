@@ -132,9 +132,8 @@ class Supervisor:
         child.started = time.monotonic()
         child.pidns = None
         if self.plan.mode == "namespaces":
-            self._note_pidns(child)   # writes the state
-        else:
-            self._write_state()
+            self._note_pidns(child)
+        self._write_state()
 
     def start_all(self) -> None:
         if self.plan.mode == "namespaces":
@@ -204,8 +203,6 @@ class Supervisor:
                     if now >= child.next_start:
                         self._start(child)
                     continue
-                if child.pidns is None and self.plan.mode == "namespaces":
-                    self._note_pidns(child)
                 code = child.proc.poll()
                 if code is None:
                     if now - child.started > 30:
@@ -227,7 +224,6 @@ class Supervisor:
         ns = child.proc.pidns() if hasattr(child.proc, "pidns") else None
         if ns is not None and ns != os.readlink("/proc/self/ns/pid"):
             child.pidns = ns
-            self._write_state()
 
     def _close_listener(self, child: Child) -> None:
         # Closed while the provider is down, so callers get ServiceUnavailable

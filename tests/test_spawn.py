@@ -65,18 +65,19 @@ def tmp_holds(plan):
                    if p.startswith("/tmp/")})
 
 
-def test_each_start_from_one_template_gets_an_empty_tmp_and_dev_shm(app):
+def test_each_start_from_one_template_gets_an_empty_tmp_and_dev_shm(app, monkeypatch):
     from pspy.sandbox import template
+    plan, _ = app
+    template.release(plan)
+    builds = []
+    real_build = template.build
+    monkeypatch.setattr(template, "build", lambda *a: builds.append(a[1].name) or real_build(*a))
     first = run(app, "Store", LOOK_AND_LEAVE_A_MARK)
     second = run(app, "Store", LOOK_AND_LEAVE_A_MARK)
+    assert builds == ["Store"]                      # one root, copied by both starts
     assert first["written"] == [True, True]        # control: the writes worked
-    assert first["tmp"] == second["tmp"] == tmp_holds(app[0])
+    assert first["tmp"] == second["tmp"] == tmp_holds(plan)
     assert second["shm"] == [] and first["shm"] == []
-    plan, _ = app
-    # Both starts came from one template: the root was built once.
-    assert [key for key in template._templates if key[1] == "Store"
-            and key[0] == os.path.realpath(plan.jail)] != []
-    assert len([key for key in template._templates if key[1] == "Store"]) == 1
 
 
 def test_starts_from_one_template_do_not_share_namespaces(app):
@@ -102,6 +103,56 @@ def test_the_principal_has_a_cgroup_namespace_of_its_own(app):
     assert all(line.endswith(":/") for line in lines), lines   # its cgroup is its root: no host path
 
 
+def test_only_principals_with_a_filter_load_one(app):
+    code = "import json; print(json.dumps([l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0]))"
+    assert run(app, "Store", code) == "2"   # the default profile, from its filter file
+    assert run(app, "Bare", code) == "0"    # control: seccomp="none" (PSPY_SECCOMP=none)
+
+
+def test_filter_files_are_readable_whatever_the_umask_and_strangers_are_refused(app):
+    from pspy import jail
+    from pspy.errors import JailError
+    from pspy.plan import FILTER_DIR
+    plan, _ = app
+    folder = os.path.join(plan.jail, FILTER_DIR.lstrip("/"))
+    old = os.umask(0o077)
+    try:
+        with open(os.path.join(folder, "Gone.filter"), "w") as f:   # a principal the plan no longer has
+            f.write("x")
+        jail.write_filters(plan)
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(folder)) == ["Net.filter", "Store.filter", "web.filter"]   # not Bare's, nor Gone's
+    assert oct(os.stat(folder).st_mode & 0o777) == "0o755"
+    for name in os.listdir(folder):
+        assert oct(os.stat(os.path.join(folder, name)).st_mode & 0o777) == "0o644"
+    assert run(app, "Store", "import json; print(json.dumps('started'))") == "started"   # control
+    os.mkdir(os.path.join(folder, "odd"))
+    try:
+        with pytest.raises(JailError, match="odd is not a filter file of pspy's"):
+            jail.write_filters(plan)
+    finally:
+        os.rmdir(os.path.join(folder, "odd"))
+    moved = folder + ".real"
+    os.rename(folder, moved)
+    os.symlink(moved, folder)
+    try:
+        with pytest.raises(JailError, match="symlink"):
+            jail.write_filters(plan)
+    finally:
+        os.unlink(folder)
+        os.rename(moved, folder)
+
+
+def test_a_filter_file_that_is_not_one_is_refused():
+    from pspy import _filter
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"not a filter\n\x00\x01")
+        f.flush()
+        with pytest.raises(RuntimeError, match="is not a pspy seccomp filter"):
+            _filter.install_file(f.name, sys.stderr)
+
+
 def started(app, principal, code):
     from pspy.sandbox.spawn import spawn_principal
     plan, userns = app
@@ -115,7 +166,7 @@ def test_a_python_prefix_under_tmp_is_bound_again_over_the_fresh_tmp(app, monkey
     from pspy.sandbox import mount, template
     prefix = tempfile.mkdtemp(prefix="pspy-prefix-", dir="/tmp")
     try:
-        os.chmod(prefix, 0o755)
+        os.chmod(prefix, 0o777)   # writable to all on the host: only the bind can make it read-only
         with open(os.path.join(prefix, "marker"), "w") as f:
             f.write("interpreter files")
         os.chmod(os.path.join(prefix, "marker"), 0o644)
@@ -124,12 +175,12 @@ def test_a_python_prefix_under_tmp_is_bound_again_over_the_fresh_tmp(app, monkey
         plan, _ = app
         template.release(plan)   # built again, with the extra prefix
         code = f"""
-import json, os
+import errno, json, os
 def attempt(fn):
     try:
         fn(); return "ok"
     except OSError as e:
-        return type(e).__name__
+        return errno.errorcode[e.errno]
 def write(path):
     with open(path, "w") as f:
         f.write("x")
@@ -141,8 +192,8 @@ print(json.dumps({{"marker": open("{prefix}/marker").read(),
         for _ in range(2):
             result = run(app, "Store", code)
             assert result["marker"] == "interpreter files"
-            assert result["write in prefix"] in ("PermissionError", "OSError")   # read-only
-            assert result["write in tmp"] == "ok"                                 # control
+            assert result["write in prefix"] == "EROFS"   # a read-only bind, though the folder is 0777
+            assert result["write in tmp"] == "ok"        # control
             assert result["tmp"] == sorted({*tmp_holds(plan), "mine"})
     finally:
         plan, _ = app
@@ -164,7 +215,7 @@ def test_pid_1_is_pspy_init_as_the_principal_with_nothing_of_the_supervisors(app
         assert status["NoNewPrivs"].strip() == "1"
         # Not dumpable: the kernel gives its /proc files to root, not to its uid.
         assert os.stat(f"/proc/{proc.pid}/status").st_uid == 0 != principal.uid
-        assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [0, 1, 2]
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) == [2]   # stderr alone
         assert open(f"/proc/{proc.pid}/cmdline", "rb").read().split(b"\0")[0] == b"pspy-init:Store"
         children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
         assert len(children) == 1   # the principal, and nothing else of pspy's

@@ -178,7 +178,7 @@ def _running_pids(jail):
 
 def _principal_pids(zoobank):
     """The principals' own processes: the supervisor's children in chroot mode; in
-    namespace mode the processes named pspy:<principal> (the launcher's grandchildren)."""
+    namespace mode the processes named pspy:<principal> (the children of their PID 1s)."""
     pids = _running_pids(zoobank["jail"])
     if zoobank["mode"] == "chroot":
         return pids
@@ -232,7 +232,7 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
                             "PSPY_CALLER_FDS", "PYTHONNOUSERSITE", "PSPY_SECCOMP"}, env
-    # Nor does any other process of the app (the launcher and PID 1 of namespace mode included);
+    # Nor does any other process of the app (PID 1 of namespace mode included);
     # rootless, the supervisor has the user's uid, but it is the user's own process, outside.
     supervisor = json.load(open(os.path.join(zoobank["jail"], ".pspy", "run", "state.json")))["supervisor"]
     for pid in set(_app_pids(zoobank["jail"])) - {supervisor}:

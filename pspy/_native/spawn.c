@@ -58,6 +58,18 @@
 #include <unistd.h>
 
 #define STACK_SIZE (256 * 1024)
+#define GUARD_SIZE (64 * 1024)   /* below each stack: an overflow faults instead of writing the next one */
+
+/* 32-bit ids where the plain calls take 16-bit ones (i386, arm) */
+#ifdef SYS_setresuid32
+#define PSPY_SYS_SETRESUID SYS_setresuid32
+#define PSPY_SYS_SETRESGID SYS_setresgid32
+#define PSPY_SYS_SETGROUPS SYS_setgroups32
+#else
+#define PSPY_SYS_SETRESUID SYS_setresuid
+#define PSPY_SYS_SETRESGID SYS_setresgid
+#define PSPY_SYS_SETGROUPS SYS_setgroups
+#endif
 
 static void append(char *out, size_t size, const char *text) {
     size_t used = strnlen(out, size);
@@ -102,7 +114,7 @@ static int fail_into(int *err, char *step, size_t size, const char *a, const cha
 #define PFAIL(s, a, b, c, d) fail_into(&(s)->p_err, (s)->p_step, sizeof (s)->p_step, a, b, c, d)
 
 static char *stack_top(struct pspy_spawn *s, int which) {
-    return s->stacks + (size_t) (which + 1) * STACK_SIZE;
+    return s->stacks + (size_t) (which + 1) * (GUARD_SIZE + STACK_SIZE);
 }
 
 /* Bring lo up in the new network namespace: send the RTM_NEWLINK request
@@ -209,9 +221,10 @@ static int drop(struct pspy_spawn *s, int *err, char *step, size_t size) {
        kernel's condition for mapping a gid without root), and a rootless
        plan has no supplementary groups. */
     if (!(s->rootless && s->n_groups == 0)
-            && syscall(SYS_setgroups, (size_t) s->n_groups, (const gid_t *) s->groups) != 0)
+            && syscall(PSPY_SYS_SETGROUPS, (size_t) s->n_groups, (const gid_t *) s->groups) != 0)
         return fail_into(err, step, size, "set the supplementary groups", "", "", "");
-    if (syscall(SYS_setresgid, s->gid, s->gid, s->gid) != 0 || syscall(SYS_setresuid, s->uid, s->uid, s->uid) != 0)
+    if (syscall(PSPY_SYS_SETRESGID, s->gid, s->gid, s->gid) != 0
+            || syscall(PSPY_SYS_SETRESUID, s->uid, s->uid, s->uid) != 0)
         return fail_into(err, step, size, "change to the principal's uid and gid", "", "", "");
     if (getuid() != s->uid || geteuid() != s->uid || getgid() != s->gid) {
         errno = EPERM;
@@ -302,20 +315,18 @@ static void exec_command(struct pspy_spawn *s) {
     for (;;) {
         const char *end = strchrnul(p, ':');
         char candidate[4096];
-        candidate[0] = '\0';
-        if (end == p) {
-            append(candidate, sizeof candidate, ".");
+        size_t dir_len = end == p ? 1 : (size_t) (end - p);
+        if (dir_len + 1 + strlen(file) + 1 > sizeof candidate) {
+            errno = ENAMETOOLONG;   /* skipped, as glibc does: never a cut-short path */
         } else {
-            size_t len = (size_t) (end - p) < sizeof candidate - 1 ? (size_t) (end - p) : sizeof candidate - 1;
-            memcpy(candidate, p, len);
-            candidate[len] = '\0';
+            memcpy(candidate, end == p ? "." : p, dir_len);
+            candidate[dir_len] = '/';
+            memcpy(candidate + dir_len + 1, file, strlen(file) + 1);
+            execve(candidate, s->argv, s->envp);
         }
-        append(candidate, sizeof candidate, "/");
-        append(candidate, sizeof candidate, file);
-        execve(candidate, s->argv, s->envp);
         if (errno == EACCES)
             found_denied = 1;
-        else if (errno != ENOENT && errno != ENOTDIR)
+        else if (errno != ENOENT && errno != ENOTDIR && errno != ENAMETOOLONG)
             return;
         if (*end == '\0')
             break;
@@ -359,6 +370,7 @@ static int principal_main(void *arg) {
 static int init_main(void *arg) {
     struct pspy_spawn *s = arg;
     setsid();
+    umask(022);   /* the folders the ops make are traversable whatever the supervisor's umask */
     if (run_ops(s) != 0)
         _exit(125);
     if (pipe2(s->go, O_CLOEXEC) != 0) {
@@ -370,7 +382,6 @@ static int init_main(void *arg) {
         FAIL(s, "start the principal (clone)", "", "", "");
         _exit(125);
     }
-    s->principal_pid = child;
     close(s->go[0]);
     if (drop(s, &s->err, s->step, sizeof s->step) != 0)
         goto failed;
@@ -384,7 +395,9 @@ static int init_main(void *arg) {
     }
     char pid_text[24], go_text[24];
     format_int(pid_text, sizeof pid_text, child);
-    int want[5] = {s->stdio[0], s->stdio[1], s->stdio[2], s->go[1], s->init_exe_fd};
+    /* PID 1 keeps stderr only (for the kernel's and its own messages): whoever
+       reads the principal's output sees its end when the principal ends. */
+    int want[5] = {-1, -1, s->stdio[2], s->go[1], s->init_exe_fd};
     if (place_fds(want, 5, NULL, 0, -1) != 0) {
         FAIL(s, "set up PID 1's descriptors", "", "", "");
         goto failed;
@@ -451,15 +464,17 @@ static int launcher_main(void *arg) {
 int pspy_spawn(struct pspy_spawn *s) {
     s->err = s->p_err = 0;
     s->step[0] = s->p_step[0] = '\0';
-    s->init_pid = s->principal_pid = 0;
+    s->init_pid = 0;
     s->pidns = 0;
-    s->stack_size = 3 * STACK_SIZE;
+    s->stack_size = 3 * (GUARD_SIZE + STACK_SIZE);
     s->stacks = mmap(NULL, s->stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
                      -1, 0);
     if (s->stacks == MAP_FAILED) {
         FAIL(s, "allocate the launcher's stacks", "", "", "");
         return -1;
     }
+    for (int i = 0; i < 3; i++)
+        mprotect(s->stacks + (size_t) i * (GUARD_SIZE + STACK_SIZE), GUARD_SIZE, PROT_NONE);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -470,9 +485,19 @@ int pspy_spawn(struct pspy_spawn *s) {
         errno = saved;
         FAIL(s, "start the launcher (clone)", "", "", "");
     } else {
-        int status;
+        int status = 0;
         while (waitpid(launcher, &status, __WALL) < 0 && errno == EINTR)
             ;
+        if (!WIFEXITED(status) || (WEXITSTATUS(status) != 0 && !s->err && !s->p_err)) {
+            /* Killed (the OOM killer, say) before it could say why: its
+               children may still run on the stacks, so they are left mapped,
+               and PID 1, if there is one, goes with everything under it. */
+            if (s->init_pid > 0)
+                kill(s->init_pid, SIGKILL);
+            errno = WIFSIGNALED(status) ? EINTR : EPROTO;
+            FAIL(s, "start the principal (the launcher died before it finished)", "", "", "");
+            return -1;
+        }
     }
     munmap(s->stacks, s->stack_size);
     s->stacks = NULL;

@@ -64,7 +64,6 @@ struct pspy_spawn {
     int go[2];
     int done[2];
     int saved[PSPY_MAX_SLOTS];
-    int principal_pid;
     char *stacks;
     size_t stack_size;
 };

@@ -9,9 +9,11 @@ template), PID, IPC, UTS, cgroup and, unless the principal has the network, net,
 made by host root so that they belong to the host's user namespace ->
 loopback up (the request pyroute2 encoded, sandbox/net.py) -> PID 1, the
 supervisor's child: fresh /proc, /tmp, /dev/shm -> the principal, which
-joins the app's user namespace -> groups, gid, uid -> no capability
-(bounding set too) -> no_new_privs -> not dumpable -> parent-death signal ->
-exec. PID 1 drops the same way and runs pspy-init (sandbox/pid.py).
+waits until PID 1 has exec'd pspy-init (sandbox/pid.py) and that is no
+longer dumpable -> joins the app's user namespace -> groups, gid, uid -> a
+new session keyring -> no capability (bounding set too) -> no_new_privs ->
+parent-death signal -> exec (its sitecustomize then makes it non-dumpable
+again: exec resets that). PID 1 drops the same way before its own exec.
 
 Rootless, the launcher joins the app's user namespace first: without root
 only it can own the new namespaces.
@@ -97,6 +99,8 @@ def _std_fd(spec, index: int, pipes: list):
 def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int, *, stdin=None,
            stdout=None, stderr=None, pass_fds: tuple[int, ...] = ()) -> Launched:
     """Start ``command`` as ``principal`` in its namespaces; ``pass_fds`` keep their numbers."""
+    if not command or not command[0]:
+        raise SandboxError(f"cannot start {principal.name}: no command given")
     if any(fd < 3 for fd in pass_fds):
         raise SandboxError(f"cannot start {principal.name}: a descriptor to hand over ({sorted(pass_fds)}) "
                            "is below 3, where the principal's stdio goes (was pspy started with stdio closed?)")
@@ -146,7 +150,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     spec.init_name = c_str(f"pspy-init:{principal.name}")
     spec.argv = c_strv(command)
     spec.envp = c_strv(f"{k}={v}" for k, v in env.items())
-    spec.path = c_str(env.get("PATH", ""))
+    spec.path = c_str(env.get("PATH"))   # NULL: /usr/bin:/bin
     keep = ffi.new("int[]", sorted(pass_fds) or [0])
     keepalive.append(keep)
     spec.keep, spec.n_keep = keep, len(pass_fds)
@@ -177,6 +181,8 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
         failed, err = (spec.p_step, spec.p_err) if spec.p_err else (spec.step, spec.err)
         step = ffi.string(failed).decode(errors="replace")
         raise SandboxError(f"cannot start {principal.name}: {n.NativeError(step, err)}")
+    if spec.init_pid <= 0:   # never: the launcher reports a start without PID 1 as a failure
+        raise SandboxError(f"cannot start {principal.name}: the launcher reported no PID 1")
     return Launched(spec.init_pid, *streams, pidns=spec.pidns)
 
 

@@ -62,6 +62,7 @@ def build(plan: Plan, principal: PrincipalPlan, userns_fd: int) -> int:
         code = 1
         try:
             ours.close()
+            os.umask(0o022)   # the root's folders are traversable whatever the supervisor's umask
             if plan.rootless:
                 user.enter(userns_fd)   # without root, only the app's user namespace can own the new ones
             n.unshare(n.CLONE_NEWNS | n.CLONE_NEWPID)
