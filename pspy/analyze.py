@@ -146,7 +146,7 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
             "serves": [s.name for s in p.services],
             "may_call": may_call,
             "readable": seen["readable"], "writable": seen["writable"], "symlinks": seen["symlinks"],
-            "namespaces": (["user", "mount", "pid", "ipc", "uts"] + ([] if p.network else ["network"]))
+            "namespaces": (["user", "mount", "pid", "ipc", "uts", "cgroup"] + ([] if p.network else ["network"]))
             if plan.mode == "namespaces" else [],
             "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
         })

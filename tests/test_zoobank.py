@@ -153,6 +153,20 @@ def test_analyze_json_agrees_with_probes(zoobank):
             assert (seen[path]["write"] == "ok") == (path in p["writable"]), (name, path, seen[path])
 
 
+def test_analyze_lists_exactly_the_namespaces_the_kernel_shows(zoobank):
+    # chroot mode: none, on either side
+    report = json.loads(pspy("analyze", "--jail", zoobank["jail"], "--format", "json", check=True).stdout)
+    kernel_name = {"user": "user", "mount": "mnt", "pid": "pid", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup",
+                   "network": "net"}
+    for name, pid in _principal_pids(zoobank).items():
+        own = {label for label, ns in kernel_name.items()
+               if os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")}
+        listed = next(p["namespaces"] for p in report["principals"] if p["name"] == name)
+        assert sorted(listed) == sorted(own), (name, listed, own)
+        if zoobank["mode"] != "chroot":
+            assert ("network" in own) == (name != "web")   # the front end keeps the host's network
+
+
 def test_principals_run_with_their_own_uids(zoobank):
     report = json.loads(pspy("analyze", "--jail", zoobank["jail"], "--format", "json", check=True).stdout)
     uids = {p["name"]: p["uid"] for p in report["principals"]}

@@ -178,6 +178,10 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
             raise SandboxError(f"cannot run {command[0]!r} as {principal.name}: no such program in its view "
                                "(the app, the Python installation and the system's /usr, /bin and /lib; "
                                "try 'python -c ...')")
+        if spec.p_err == errno.EACCES and ffi.string(spec.p_step).startswith(b"run "):
+            raise SandboxError(f"cannot run {command[0]!r} as {principal.name}: permission denied in its view "
+                               "(not executable by the principal, or on a mount without exec; an app script "
+                               f"runs as 'python {command[0]}')")
         failed, err = (spec.p_step, spec.p_err) if spec.p_err else (spec.step, spec.err)
         step = ffi.string(failed).decode(errors="replace")
         raise SandboxError(f"cannot start {principal.name}: {n.NativeError(step, err)}")
