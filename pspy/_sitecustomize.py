@@ -15,10 +15,11 @@ Python imports it at start-up, before the app. For a principal it:
 It does nothing outside pspy. It runs at every principal start, so it
 imports next to nothing: a principal without a filter (PSPY_SECCOMP=none,
 set by pspy from the plan; a child the principal starts with another value
-runs under the filter it inherited anyway) never reads the plan, and one with a filter finds it, compiled, in the file
-PSPY_SECCOMP names (no JSON to import). Learning, and a jail bootstrapped
-before those files existed, take the policy from the plan. Also in namespace mode, this file's bytecode is
-compiled into the principal's root when that is built (sandbox/template.py).
+runs under the filter it inherited anyway) never reads the plan, and one
+with a filter finds it, compiled, in the file PSPY_SECCOMP names (no JSON
+to import). Learning, and a jail bootstrapped before those files existed,
+take the policy from the plan. In namespace mode this file's bytecode is
+compiled into the principal's root when that is built (sandbox/mount.py).
 """
 
 import os

@@ -144,6 +144,23 @@ def test_filter_files_are_readable_whatever_the_umask_and_strangers_are_refused(
         os.rename(moved, folder)
 
 
+def test_a_jail_without_filter_files_loads_the_filter_from_the_plan(app):
+    """Jails bootstrapped before the filter files existed still start filtered."""
+    from pspy import jail
+    from pspy.plan import filter_path
+    from pspy.sandbox import template
+    plan, _ = app
+    os.unlink(os.path.join(plan.jail, filter_path("Store").lstrip("/")))
+    template.release(plan)
+    try:
+        code = ("import json; print(json.dumps([[l.split()[1] for l in open('/proc/self/status') "
+                "if l.startswith('Seccomp:')][0], __import__('os').path.exists('" + filter_path("Store") + "')]))")
+        assert run(app, "Store", code) == ["2", False]
+    finally:
+        jail.write_filters(plan)
+        template.release(plan)
+
+
 def test_a_filter_file_that_is_not_one_is_refused():
     from pspy import _filter
     with tempfile.NamedTemporaryFile() as f:

@@ -190,10 +190,12 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str,
     _bind(root, mounts, pspy_dir, f"{LIB_DIR}/pspy")
     _bind(root, mounts, os.path.join(pspy_dir, "_sitecustomize.py"), f"{LIB_DIR}/sitecustomize.py")
     _compile_sitecustomize(root, pspy_dir)
-    if principal.seccomp and not principal.seccomp.get("learn"):
-        # Its own filter only (jail.write_filters wrote one per principal).
-        own = filter_path(principal.name)
-        _bind(root, mounts, os.path.join(plan.jail, own.lstrip("/")), own)
+    own = filter_path(principal.name)
+    source = os.path.join(plan.jail, own.lstrip("/"))
+    if principal.seccomp and not principal.seccomp.get("learn") and os.path.isfile(source):
+        # Its own filter only (jail.write_filters wrote one per principal; a
+        # jail bootstrapped before has none, and the plan serves instead).
+        _bind(root, mounts, source, own)
     # Only the sockets of providers this principal may call are in its view.
     callees = {q.name for q in plan.providers if q.name != principal.name
                and any(principal.name in s.callers for s in q.services)}
