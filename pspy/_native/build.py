@@ -36,7 +36,7 @@ ffibuilder.cdef("""
         unsigned int uid; unsigned int gid; const unsigned int *groups; int n_groups; int last_cap;
         const char *cwd; const char *init_name; char *const *argv; char *const *envp; const char *path;
         int stdio[3]; const int *keep; int n_keep; int init_exe_fd;
-        int init_pid; unsigned long long pidns; int err; char step[512]; int p_err; char p_step[512];
+        int init_pid; unsigned long long pidns; int err; char step[512]; int p_err; char p_step[512]; int exec_err;
         ...;
     };
     int pspy_spawn(struct pspy_spawn *spec);

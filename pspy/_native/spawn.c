@@ -363,6 +363,7 @@ static int principal_main(void *arg) {
     }
     reset_signals();
     exec_command(s);
+    s->exec_err = errno;
     PFAIL(s, "run ", s->argv[0], " (", "the command of the principal)");
     _exit(127);
 }
@@ -462,7 +463,7 @@ static int launcher_main(void *arg) {
 }
 
 int pspy_spawn(struct pspy_spawn *s) {
-    s->err = s->p_err = 0;
+    s->err = s->p_err = s->exec_err = 0;
     s->step[0] = s->p_step[0] = '\0';
     s->init_pid = 0;
     s->pidns = 0;

@@ -60,6 +60,7 @@ struct pspy_spawn {
     char step[512];
     int p_err;                  /* the principal failed before exec */
     char p_step[512];
+    int exec_err;               /* ... in exec itself: errno (ENOENT: no such program) */
     /* private to spawn.c */
     int go[2];
     int done[2];

@@ -1,5 +1,7 @@
-"""Capabilities and process attributes, through python-prctl."""
+"""Capabilities and process attributes through python-prctl, for chroot mode
+(namespace mode drops them in C between clone and exec: pspy/_native/spawn.c)."""
 
+import functools
 import os
 import signal
 
@@ -22,37 +24,11 @@ def lock_down(parent_pid: int | None) -> None:
         arm_parent_death(parent_pid)
 
 
-def drop_bounding_set() -> None:
-    """Empty the capability bounding set (needs CAP_SETPCAP: call before the uid drop).
-
-    Afterwards not even a setuid-root or file-capability binary could gain a
-    capability, even if no_new_privs were somehow lifted.
-    """
-    for cap in range(0, last_cap() + 1):
-        try:
-            prctl.capbset_drop(cap)
-        except OSError:
-            pass   # unknown to this kernel
-
-
+@functools.cache
 def last_cap() -> int:
+    """The highest capability number this kernel knows (the spawn path empties the bounding set up to it)."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
     except OSError:
         return 40
-
-
-def clear_all() -> None:
-    """No effective, permitted or inheritable capability, nor ambient ones."""
-    prctl.cap_effective.limit()
-    prctl.cap_permitted.limit()
-    prctl.cap_inheritable.limit()
-    try:
-        prctl.cap_ambient.clear()  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-
-
-def set_name(name: str) -> None:
-    prctl.set_name(name[:15])

@@ -162,7 +162,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
         child_fds, streams = zip(*(_std_fd(spec_, i, pipes) for i, spec_ in enumerate((stdin, stdout, stderr))))
         for i, fd in enumerate(child_fds):
             spec.stdio[i] = fd if _is_open(fd) else -1
-        spec.proc_fd = _opened(own, "/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        spec.proc_fd = _own(own, os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         spec.supervisor_pidfd = _own(own, os.pidfd_open(os.getpid()))
         rc = n.lib.pspy_spawn(spec)
     finally:
@@ -174,11 +174,11 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
         for stream in streams:
             if stream is not None:
                 stream.close()
-        if spec.p_err == errno.ENOENT and ffi.string(spec.p_step).startswith(b"run "):
+        if spec.exec_err == errno.ENOENT:
             raise SandboxError(f"cannot run {command[0]!r} as {principal.name}: no such program in its view "
                                "(the app, the Python installation and the system's /usr, /bin and /lib; "
                                "try 'python -c ...')")
-        if spec.p_err == errno.EACCES and ffi.string(spec.p_step).startswith(b"run "):
+        if spec.exec_err == errno.EACCES:
             raise SandboxError(f"cannot run {command[0]!r} as {principal.name}: permission denied in its view "
                                "(not executable by the principal, or on a mount without exec; an app script "
                                f"runs as 'python {command[0]}')")
@@ -196,10 +196,6 @@ def _is_open(fd: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _opened(own: list[int], path: str, flags: int) -> int:
-    return _own(own, os.open(path, flags))
 
 
 def _own(own: list[int], fd: int) -> int:
