@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .jail import data_paths
 from .plan import Plan
+from .sharing import view_of
 
 R, W, X = 4, 2, 1
 
@@ -95,19 +96,37 @@ def access(jail: str, app_dir: str, who: Identity) -> dict:
     return {"readable": readable, "writable": writable, "symlinks": symlinks}
 
 
+def _under(path: str, roots) -> bool:
+    path = path.rstrip("/")
+    return any(path == r or path.startswith(r + "/") for r in roots)
+
+
 def _namespace_view(plan: Plan, name: str, seen: dict, owned: dict[str, set[str]]) -> dict:
-    """In namespace mode other principals' data is not mounted at all, and only
-    the principal's own data paths are mounted read-write."""
-    mine = owned.get(name, set())
-    hidden = set().union(*(paths for other, paths in owned.items() if other != name)) - mine
+    """In namespace mode what Unix permissions allow is narrowed by the view:
+    other principals' data that their bits do not admit is not mounted, and
+    only the principal's own data and the data others' bits let it write are
+    mounted read-write (pspy/sharing.py, which the mounts read too)."""
+    view = view_of(plan, plan.principal(name), plan.host_path(plan.app_dir), owned)
+    return {"readable": [p for p in seen["readable"] if not _under(p, view.hidden)],
+            "writable": [p for p in seen["writable"] if _under(p, view.writable)],
+            "symlinks": [p for p in seen["symlinks"] if not _under(p.split(" -> ")[0], view.hidden)]}
 
-    def under(path: str, roots: set[str]) -> bool:
-        path = path.rstrip("/")
-        return any(path == r or path.startswith(r + "/") for r in roots)
 
-    return {"readable": [p for p in seen["readable"] if not under(p, hidden)],
-            "writable": [p for p in seen["writable"] if under(p, mine)],
-            "symlinks": [p for p in seen["symlinks"] if not under(p.split(" -> ")[0], hidden)]}
+def reached_data(name: str, seen: dict, owned: dict[str, set[str]]) -> list[dict]:
+    """Other principals' data paths this principal can read or write, from what
+    it was found to reach: ``{"path", "owner", "read", "write"}``."""
+    readable, writable = set(seen["readable"]), set(seen["writable"])
+    out = []
+    for owner, paths in sorted(owned.items()):
+        if owner == name:
+            continue
+        for rel in sorted(paths):
+            keys = (rel, rel + "/")
+            read, write = any(k in readable for k in keys), any(k in writable for k in keys)
+            if read or write:
+                out.append({"path": rel + ("/" if rel + "/" in readable | writable else ""), "owner": owner,
+                            "read": read, "write": write})
+    return out
 
 
 def seccomp_report(principal) -> dict:
@@ -130,7 +149,7 @@ def seccomp_report(principal) -> dict:
 
 def report(plan: Plan, include_seccomp: bool = False) -> dict:
     principals = []
-    owned = data_paths(plan, plan.host_path(plan.app_dir)) if plan.mode == "namespaces" else {}
+    owned = data_paths(plan, plan.host_path(plan.app_dir))
     for p in plan.principals:
         who = identity_of(plan, p.name)
         seen = access(plan.jail, plan.app_dir, who)
@@ -146,12 +165,16 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
             "serves": [s.name for s in p.services],
             "may_call": may_call,
             "readable": seen["readable"], "writable": seen["writable"], "symlinks": seen["symlinks"],
+            "owns": sorted(rel + ("/" if os.path.isdir(os.path.join(plan.host_path(plan.app_dir), rel)) else "")
+                           for rel in owned.get(p.name, ())),
+            "reaches": reached_data(p.name, seen, owned),
             "namespaces": (["user", "mount", "pid", "ipc", "uts", "cgroup"] + ([] if p.network else ["network"]))
             if plan.mode == "namespaces" else [],
             "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
         })
         if include_seccomp:
             principals[-1]["seccomp"] = seccomp_report(p)
+    findings = [f for p in principals for f in folder_findings(p)]
     if plan.rootless:
         isolation = {
             "uid_separation": False,
@@ -185,7 +208,28 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
                          "processes of their own uid",
         }
     return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode + (" (rootless)" if plan.rootless else ""),
-            "rootless": plan.rootless, "isolation": isolation, "principals": principals}
+            "rootless": plan.rootless, "isolation": isolation, "findings": findings, "principals": principals}
+
+
+def folder_findings(principal: dict) -> list[dict]:
+    """A file the principal may write in a folder it may not: SQLite and other
+    journaling databases create their journal next to the file, so every
+    write fails ("attempt to write a readonly database")."""
+    writable = set(principal["writable"])
+    out = []
+    for path in principal["writable"]:
+        if path.endswith("/"):
+            continue
+        folder = os.path.dirname(path) + "/" if "/" in path else "./"
+        if folder in writable:
+            continue
+        fix = (f"give {principal['name']} the folder instead (perms {{{folder!r}: 0o700}})" if folder != "./"
+               else f"move it into a folder of {principal['name']}'s own (perms {{'data/': 0o700}})")
+        out.append({"severity": "warning", "principal": principal["name"], "path": path,
+                    "finding": "file writable in a folder that is not",
+                    "reason": f"{principal['name']} may write {path} but not its folder {folder}: a journaling "
+                              f"database there (SQLite) cannot create its journal and fails every write; {fix}"})
+    return out
 
 
 def report_for_ids(jail: str, app_dir: str, uid: int, gid: int, groups: tuple[int, ...]) -> dict:
@@ -200,6 +244,8 @@ def format_text(data: dict) -> str:
     out = []
     if "app" in data:
         out.append(f"pspy analyze: {data['app']} in {data['jail']} ({data['mode']} mode)")
+        for f in data.get("findings", ()):
+            out.append(f"  {f['severity'].upper()}: {f['reason']}")
         if "warning" in data["isolation"]:
             out.append(f"  WARNING: {data['isolation']['warning']}")
         for key, value in data["isolation"].items():
@@ -226,6 +272,11 @@ def format_text(data: dict) -> str:
             out.append(f"  may call:  {', '.join(p['may_call']) or 'nothing'}")
         if p.get("namespaces"):
             out.append(f"  namespaces: {', '.join(p['namespaces'])}; network: {p['network']}")
+        if p.get("owns"):
+            out.append(f"  owns:      {', '.join(p['owns'])}")
+        for r in p.get("reaches", ()):
+            how = "read-write" if r["write"] and r["read"] else "write" if r["write"] else "read-only"
+            out.append(f"  reaches:   {r['path']} of {r['owner']} ({how})")
         out.append(f"  can write: {', '.join(p['writable']) or 'nothing in the app'}")
         out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
         if p.get("symlinks"):

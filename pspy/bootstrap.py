@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from . import config, jail, registry
-from .discover import discover
+from .discover import FRONT_END_NAME, discover
 from .errors import ConfigError, PlanError, PspyError
 from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_MAX_FRAME, DEFAULT_RPC_TIMEOUT,
                    DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
@@ -97,6 +97,9 @@ def options_for(req: Request) -> Options:
         front_end=front_end,
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
         seccomp=dict(cfg.get("seccomp", {})), learn=req.learn,
+        front_end_perms=dict(cfg.get("perms", {}).get(FRONT_END_NAME, {})),
+        front_end_group=cfg.get("group", {}).get(FRONT_END_NAME),
+        front_end_extra_groups=list(cfg.get("extra_groups", {}).get(FRONT_END_NAME, [])),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
@@ -195,6 +198,11 @@ def _build_jail(plan: Plan, say) -> None:
     for w in warnings:
         say(f"pspy: warning: {w}")
     jail.write_plan(plan)
+    # What analyze finds in the jail as built: a provider that may write a
+    # file but not its folder bootstraps cleanly and then fails every write.
+    from .analyze import report
+    for finding in report(plan)["findings"]:
+        say(f"pspy: warning: {finding['reason']}")
 
 
 def run_foreground(plan: Plan, say=print) -> int:

@@ -23,7 +23,14 @@ KEYS = {
     "max_frame": int,
     "debug": bool,
     "seccomp": dict,
+    "perms": dict,
+    "group": dict,
+    "extra_groups": dict,
 }
+# Settings the front end has no decorator for: it is the only principal they
+# may name here (a provider declares its own on its @pspy.service).
+FRONT_END_ONLY = ("perms", "group", "extra_groups")
+FRONT_END = "web"
 
 
 def load(app_dir: str) -> dict:
@@ -52,6 +59,24 @@ def load(app_dir: str) -> dict:
         if not (isinstance(policy, str) and policy) and not isinstance(policy, dict):
             raise ConfigError(f"{path}: seccomp.{principal} must be a profile name, 'none', a .json file "
                               f"of the app, or a table {{allow, deny, default_action}}; got {policy!r}")
+    for key in FRONT_END_ONLY:
+        for principal in data.get(key, {}):
+            if principal != FRONT_END:
+                raise ConfigError(f"{path}: {key}.{principal}: pspy.toml gives {key} to the front end "
+                                  f"({FRONT_END!r}) only; declare a provider's on its @pspy.service")
+    front_perms = data.get("perms", {}).get(FRONT_END, {})
+    if not isinstance(front_perms, dict):
+        raise ConfigError(f"{path}: perms.{FRONT_END} must be a table of path = mode, "
+                          f"e.g. perms = {{ {FRONT_END} = {{ \"uploads/\" = 0o700 }} }}")
+    for rel, mode in front_perms.items():
+        if isinstance(mode, int) and not isinstance(mode, bool) and mode > 0o777 and set(str(mode)) <= set("01234567"):
+            raise ConfigError(f"{path}: perms.{FRONT_END}.{rel!r} = {mode} is read by TOML as a decimal number; "
+                              f"write the mode in octal: 0o{mode}")
+    if FRONT_END in data.get("group", {}) and not isinstance(data["group"][FRONT_END], str):
+        raise ConfigError(f"{path}: group.{FRONT_END} must be a group name, got {data['group'][FRONT_END]!r}")
+    extra = data.get("extra_groups", {}).get(FRONT_END, [])
+    if not isinstance(extra, list) or not all(isinstance(g, str) for g in extra):
+        raise ConfigError(f"{path}: extra_groups.{FRONT_END} must be a list of group names, got {extra!r}")
     if "rpc_timeout" in data and not 0 < data["rpc_timeout"] <= 86400:
         raise ConfigError(f"{path}: rpc_timeout must be in (0, 86400] seconds")
     if "max_frame" in data and not 1024 <= data["max_frame"] <= 1 << 30:

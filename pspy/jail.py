@@ -393,7 +393,7 @@ def _copy_app(src: str, dst: str) -> None:
 
 
 def carry_over_data(plan: Plan, result: Staging) -> None:
-    """Keep what providers wrote: paths their perms name move into the new copy.
+    """Keep what principals wrote: paths their perms name move into the new copy.
 
     Only the outermost matches move (a match inside another moves with it).
     Each move is recorded so that a refused bootstrap can put it back.
@@ -402,7 +402,7 @@ def carry_over_data(plan: Plan, result: Staging) -> None:
     if not os.path.isdir(old_app) or os.path.islink(old_app):
         return
     staging = result.path
-    matches = {rel for principal in plan.providers for perm in principal.perms
+    matches = {rel for principal in plan.principals for perm in principal.perms
                for rel in match_pattern(old_app, perm.pattern)}
     outermost = [rel for rel in sorted(matches, key=lambda r: (r.count("/"), r))
                  if not any(rel.startswith(other + "/") for other in matches if other != rel)]
@@ -465,9 +465,10 @@ def match_pattern(root: str, pattern: str) -> list[str]:
 
 
 def data_paths(plan: Plan, app_root: str) -> dict[str, set[str]]:
-    """Each provider's data paths (app-relative), as its perms match them in the jail."""
+    """Each principal's data paths (app-relative), as its perms match them in
+    the jail: the providers' from their decorators, the front end's from pspy.toml."""
     return {p.name: {rel for perm in p.perms for rel in match_pattern(app_root, perm.pattern)}
-            for p in plan.providers}
+            for p in plan.principals if p.perms}
 
 
 @dataclass
@@ -538,7 +539,7 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
     owner = (plan.uid_base, plan.gid_base) if plan.rootless else (0, 0)
     visit("", owner[0], owner[1], 0o755, "app", True)
     ordered = []
-    for principal in plan.providers:
+    for principal in plan.principals:
         for perm in principal.perms:
             ordered.append((perm.pattern.rstrip("/").count("/"), principal, perm))
     # Shallow patterns first, so a deeper, more specific pattern wins.
@@ -572,8 +573,8 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                             f"but a readable {rel!r} at the app root is importable by every principal, "
                             f"so {principal.name} could plant code in them; use 0o700 or a path below a "
                             "folder (e.g. 'data/" + rel + "/')")
-    # Namespace mode mounts each provider's data paths into its view alone; a
-    # path inside another provider's would be mounted into both, or neither.
+    # Namespace mode mounts each principal's data paths as a whole; a path
+    # inside another principal's would be mounted with it where it is not meant to be.
     if plan.mode == "namespaces":
         for principal, rel, location in granted:
             for other, other_rel, other_location in granted:
@@ -581,9 +582,9 @@ def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
                     continue
                 problems.append(f"{other_rel}: given to {other.name} at {other_location} inside {rel}, "
                                 f"given to {principal.name} at {location}; namespace mode mounts each "
-                                "provider's data alone, so data paths of two providers must not nest")
-    # A provider must be able to reach what it was given: every folder above
-    # must let it search, after all changes (another provider's 0o700 folder
+                                "principal's data as a whole, so data paths of two principals must not nest")
+    # A principal must be able to reach what it was given: every folder above
+    # must let it search, after all changes (another principal's 0o700 folder
     # around it would make its perms useless, and its calls fail at run time).
     for principal, rel, location in granted:
         parts = rel.split("/")

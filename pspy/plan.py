@@ -202,6 +202,11 @@ class Options:
     mode: str = "chroot"
     rootless: bool = False
     seccomp: dict = field(default_factory=dict)   # principal -> policy, from pspy.toml (over the decorator)
+    # The front end's data and groups (pspy.toml's perms.web, group.web,
+    # extra_groups.web): it has no decorator to declare them on.
+    front_end_perms: dict[str, int] = field(default_factory=dict)
+    front_end_group: str | None = None
+    front_end_extra_groups: list[str] = field(default_factory=list)
     learn: bool = False          # pspy learn: every principal records its syscalls instead
 
 
@@ -244,12 +249,15 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     if options.rootless:
         uids = dict.fromkeys(names, options.uid_base)
 
-    group_names: list[str] = [FRONT_END_NAME]
-    primary: dict[str, str] = {FRONT_END_NAME: FRONT_END_NAME}
+    front_perms = _front_end_perms(manifest, options)
+    front_group = options.front_end_group or FRONT_END_NAME
+    group_names: list[str] = [front_group]
+    primary: dict[str, str] = {FRONT_END_NAME: front_group}
     for name in provider_names:
         g = manifest.providers[name].group or name
         primary[name] = g
         group_names.append(g)
+    group_names.extend(options.front_end_extra_groups)
     for name in provider_names:
         group_names.extend(manifest.providers[name].extra_groups)
     group_names = list(dict.fromkeys(group_names))
@@ -258,9 +266,12 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     if options.rootless:
         gids = dict.fromkeys(group_names, options.gid_base)
 
+    front_extra = list(dict.fromkeys(options.front_end_extra_groups))
     principals = [PrincipalPlan(
-        name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[FRONT_END_NAME],
-        group=FRONT_END_NAME, extra_groups=[], groups=[], env=list(options.env.get(FRONT_END_NAME, [])),
+        name=FRONT_END_NAME, kind="front_end", uid=uids[FRONT_END_NAME], gid=gids[front_group],
+        group=front_group, extra_groups=front_extra,
+        groups=[] if options.rootless else [gids[g] for g in front_extra],
+        env=list(options.env.get(FRONT_END_NAME, [])), perms=front_perms,
         argv=list(options.front_end), network=True,
         seccomp=policy(FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
@@ -290,6 +301,44 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
                 max_frame=options.max_frame, debug=options.debug)
+
+
+FRONT_END_SETTINGS = "pspy.toml"
+
+
+def _front_end_perms(manifest: Manifest, options: Options) -> list[PermPlan]:
+    """The front end's perms from pspy.toml, checked as a decorator's are:
+    safe paths, valid modes, and no path another principal already owns."""
+    from .discover import NAME_RE, normalize_perm_path, perm_problem
+    where = f"{FRONT_END_SETTINGS} perms.{FRONT_END_NAME}"
+    problems = []
+    for key, names in (("group", [options.front_end_group] if options.front_end_group else []),
+                       ("extra_groups", options.front_end_extra_groups)):
+        for g in names:
+            if not isinstance(g, str) or not NAME_RE.match(g):
+                problems.append(f"{FRONT_END_SETTINGS} {key}.{FRONT_END_NAME}: {g!r} is not a group name "
+                                "(letters, digits, '_', '-' or '.', starting with a letter)")
+    claimed = {perm.pattern.rstrip("/"): (prov.name, perm.location)
+               for prov in manifest.providers.values() for perm in prov.perms.values()}
+    out: dict[str, PermPlan] = {}
+    for path, mode in options.front_end_perms.items():
+        error = perm_problem(path, mode)
+        if error:
+            problems.append(f"{where}: {error}")
+            continue
+        norm = normalize_perm_path(path)
+        owner = claimed.get(norm.rstrip("/"))
+        if owner is not None:
+            problems.append(f"{where}: {norm!r} is also claimed by provider {owner[0]!r} at {owner[1]}; "
+                            "a path has one owner")
+            continue
+        if norm.rstrip("/") in {p.rstrip("/") for p in out}:
+            problems.append(f"{where}: {norm!r} is given twice")
+            continue
+        out[norm] = PermPlan(norm, mode, where)
+    if problems:
+        raise PlanError("\n".join(problems))
+    return [out[k] for k in sorted(out)]
 
 
 def _policy(options: Options, manifest: Manifest, name: str, decorated, location: str | None, *,

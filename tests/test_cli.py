@@ -72,3 +72,24 @@ def test_decorator_is_a_passthrough_without_pspy(tmp_path, monkeypatch):
 
     assert add(1, 2) == 3 and add.__name__ == "add"
     assert Auth().hello() == "hi"
+
+
+def test_pspy_toml_perms_for_a_provider_or_in_decimal_are_refused_with_the_file(tmp_path):
+    app = write_app(tmp_path / "app", {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank")
+        def balance():
+            return 1
+        """})
+    toml = os.path.join(app, "pspy.toml")
+    cases = [('perms = { Bank = { "db/" = 0o700 } }', "perms.Bank: pspy.toml gives perms to the front end"),
+             ('perms = { web = { "db/" = 770 } }', "read by TOML as a decimal number; write the mode in octal: 0o770"),
+             ('perms = { web = "db/" }', "perms.web must be a table of path = mode"),
+             ('extra_groups = { web = "Bank" }', "extra_groups.web must be a list of group names")]
+    for text, message in cases:
+        with open(toml, "w") as f:
+            f.write(text + "\n")
+        proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+        assert proc.returncode == 1 and message in proc.stderr and toml in proc.stderr, (text, proc.stderr)
+        assert "Traceback" not in proc.stderr

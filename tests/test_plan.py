@@ -203,3 +203,40 @@ def test_unknown_principal_lookup_lists_the_principals():
     with pytest.raises(PlanError) as info:
         build_plan(zoobank(), Options()).principal("Nope")
     assert "Nope" in str(info.value) and "Bank" in str(info.value)
+
+
+# --- the front end's perms and groups (pspy.toml) ----------------------------
+
+def test_front_end_gets_the_perms_group_and_extra_groups_pspy_toml_gives_it():
+    plan = build_plan(zoobank(), Options(front_end_perms={"uploads/": 0o700, "db/./profiles/": 0o770},
+                                         front_end_group="Front", front_end_extra_groups=["BankGroup"]))
+    web = plan.principal("web")
+    assert [(p.pattern, p.mode, p.location) for p in web.perms] == [
+        ("db/profiles/", 0o770, "pspy.toml perms.web"), ("uploads/", 0o700, "pspy.toml perms.web")]
+    assert (web.group, web.gid) == ("Front", plan.groups["Front"])
+    assert web.groups == [plan.groups["BankGroup"]] == [plan.principal("Bank").gid]
+    assert "web" not in plan.groups   # the default group is not made when another is named
+
+
+def test_front_end_without_settings_keeps_its_own_group_and_no_perms():
+    web = build_plan(zoobank(), Options()).principal("web")
+    assert (web.group, web.perms, web.groups) == ("web", [], [])
+
+
+@pytest.mark.parametrize("perms, message", [
+    ({"db/bank/": 0o700}, "'db/bank/' is also claimed by provider 'Bank' at bank.py:3"),
+    ({"db/bank": 0o700}, "also claimed by provider 'Bank'"),
+    ({"/etc/": 0o700}, "is absolute"),
+    ({"../up/": 0o700}, "leaves the app root"),
+    ({"uploads/": 0o4700}, "setuid, setgid and sticky bits are refused"),
+    ({"uploads/": "0o700"}, "must be an octal integer"),
+])
+def test_unsafe_or_contested_front_end_perms_are_refused_naming_pspy_toml(perms, message):
+    with pytest.raises(PlanError) as info:
+        build_plan(zoobank(), Options(front_end_perms=perms))
+    assert "pspy.toml perms.web" in str(info.value) and message in str(info.value)
+
+
+def test_a_front_end_group_that_is_not_a_name_is_refused():
+    with pytest.raises(PlanError, match="group.web: '../x' is not a group name"):
+        build_plan(zoobank(), Options(front_end_group="../x"))

@@ -4,8 +4,10 @@ only what it needs, then pivot_root into it.
 - read-only binds of the system libraries and the Python installation
   (nothing is copied: bootstrap time does not grow with site-packages);
 - the app (staged in the jail with its owners and modes) read-only, with
-  the principal's own perms paths read-write and other principals' data
-  paths left out entirely: they do not exist in its view;
+  the principal's own perms paths read-write, other principals' data paths
+  its group or other bits admit read-only or read-write as those bits say
+  (pspy/sharing.py), and the rest of their data left out entirely: it does
+  not exist in its view;
 - a private /tmp, /proc of its own PID namespace, a minimal /dev;
 - /.pspy with the plan, pspy itself, and the sockets of the providers it
   may call, nothing else.
@@ -22,8 +24,8 @@ import sys
 
 from .. import _native as n
 from ..errors import SandboxError
-from ..jail import data_paths
 from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, plan_path
+from ..sharing import view_of
 
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
@@ -149,15 +151,15 @@ def _build_dev(root: str) -> None:
 
 def _build_app(plan: Plan, principal: PrincipalPlan, root: str) -> None:
     source = plan.host_path(APP_DIR)
-    owned = data_paths(plan, source)
-    mine = owned.get(principal.name, set())
-    hidden = set().union(*(paths for name, paths in owned.items() if name != principal.name)) - mine
-    _assemble(source, _mkdirs(root, APP_DIR), "", hidden, mine)
+    view = view_of(plan, principal, source)
+    _assemble(source, _mkdirs(root, APP_DIR), "", set(view.hidden), set(view.writable))
 
 
-def _assemble(src: str, dst: str, rel: str, hidden: set[str], mine: set[str]) -> None:
-    """Mirror src into dst with binds, leaving hidden paths out and mine writable."""
-    special = hidden | mine
+def _assemble(src: str, dst: str, rel: str, hidden: set[str], writable: set[str]) -> None:
+    """Mirror src into dst with binds, leaving hidden paths out and writable
+    ones read-write (its own data, and others' its group or other bits let
+    it write: pspy/sharing.py); everything else is read-only."""
+    special = hidden | writable
     for name in sorted(os.listdir(src)):
         r = f"{rel}{name}"
         s, d = os.path.join(src, name), os.path.join(dst, name)
@@ -167,12 +169,12 @@ def _assemble(src: str, dst: str, rel: str, hidden: set[str], mine: set[str]) ->
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(s), d)
             continue
-        if r in mine:
+        if r in writable:
             _bind_entry(s, d, st, readonly=False)
         elif stat.S_ISDIR(st.st_mode) and any(p.startswith(r + "/") for p in special):
             os.mkdir(d)
             os.chmod(d, stat.S_IMODE(st.st_mode))
-            _assemble(s, d, r + "/", hidden, mine)
+            _assemble(s, d, r + "/", hidden, writable)
         else:
             _bind_entry(s, d, st, readonly=True)
 
