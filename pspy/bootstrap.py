@@ -100,6 +100,7 @@ def options_for(req: Request) -> Options:
         front_end_perms=dict(cfg.get("perms", {}).get(FRONT_END_NAME, {})),
         front_end_group=cfg.get("group", {}).get(FRONT_END_NAME),
         front_end_extra_groups=list(cfg.get("extra_groups", {}).get(FRONT_END_NAME, [])),
+        exclude=list(cfg.get("exclude", [])),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
@@ -116,7 +117,9 @@ def build(req: Request, say=print) -> Plan:
     if not os.path.isdir(req.app_dir):
         raise ConfigError(f"{req.app_dir}: app folder not found")
     options = options_for(req)
-    manifest = discover(req.app_dir)   # pure, so decorator mistakes show even without root
+    manifest = discover(req.app_dir, exclude=options.exclude)   # pure: decorator mistakes show even without root
+    for w in manifest.warnings:
+        say(f"pspy: warning: {w}")
     if not manifest.providers:
         raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
     if os.geteuid() != 0 and not options.rootless:

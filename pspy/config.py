@@ -26,6 +26,7 @@ KEYS = {
     "perms": dict,
     "group": dict,
     "extra_groups": dict,
+    "exclude": list,   # globs discovery does not read; see discover.is_excluded
 }
 # Settings the front end has no decorator for: it is the only principal they
 # may name here (a provider declares its own on its @pspy.service).
@@ -52,6 +53,13 @@ def load(app_dir: str) -> dict:
     for key in ("files", "front_end"):
         if not all(isinstance(v, str) for v in data.get(key, [])):
             raise ConfigError(f"{path}: {key} must be a list of strings")
+    for glob in data.get("exclude", []):
+        if not isinstance(glob, str) or not glob:
+            raise ConfigError(f"{path}: exclude must be a list of non-empty globs, got {glob!r}")
+        if "\0" in glob:
+            raise ConfigError(f"{path}: exclude glob {glob!r} contains a NUL byte")
+        if glob.startswith("/"):
+            raise ConfigError(f"{path}: exclude glob {glob!r} is absolute; globs are relative to the app root")
     for principal, names in data.get("env", {}).items():
         if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() for n in names):
             raise ConfigError(f"{path}: env.{principal} must be a list of variable names, got {names!r}")

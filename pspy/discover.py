@@ -12,6 +12,8 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Sequence
 
 from .errors import DiscoveryError
 
@@ -71,6 +73,7 @@ class ProviderSpec:
 class Manifest:
     app_root: str
     providers: dict[str, ProviderSpec]
+    warnings: list[str] = field(default_factory=list)   # files skipped, one line each, for the CLI to show
 
     def service(self, provider: str, name: str) -> ServiceSpec:
         for spec in self.providers[provider].services:
@@ -93,29 +96,57 @@ def _set_once(prov: ProviderSpec, attr: str, value, loc: str, problems: list, wh
                               f"{attr}={current!r} at {getattr(prov, f'{attr}_location')}; {why}"))
 
 
-def discover(app_root: str) -> Manifest:
-    """Parse every ``.py`` file under ``app_root`` and merge the services found."""
+def discover(app_root: str, exclude: Sequence[str] = ()) -> Manifest:
+    """Parse every ``.py`` file under ``app_root`` and merge the services found.
+
+    ``exclude``: globs of files and folders not to read (see ``is_excluded``).
+    A file Python cannot parse is skipped with a warning in
+    ``Manifest.warnings`` if its bytes do not mention ``pspy`` (a Python 2
+    leftover, a template, data named ``.py``); one that does stays an error,
+    since it most likely holds a service the user means to declare.
+    """
     app_root = os.path.abspath(app_root)
     if not os.path.isdir(app_root):
         raise DiscoveryError([(app_root, "not a directory")])
     problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
     found: list[tuple[ServiceSpec, dict, str]] = []
-    for rel in _python_files(app_root):
+    for rel in _python_files(app_root, exclude):
         path = os.path.join(app_root, rel)
         try:
             with open(path, "rb") as f:
-                tree = ast.parse(f.read(), filename=rel)
-        except SyntaxError as e:
-            problems.append((f"{rel}:{e.lineno or 0}", f"cannot parse: {e.msg}"))
-            continue
-        except (OSError, ValueError) as e:
+                source = f.read()
+        except OSError as e:
             problems.append((rel, f"cannot read: {e}"))
+            continue
+        try:
+            tree = ast.parse(source, filename=rel)
+        except (SyntaxError, ValueError) as e:
+            # Skipping is safe: a file the interpreter cannot parse cannot be
+            # imported either, so it declares no service that could run.
+            loc = f"{rel}:{_error_line(e, source)}"
+            reason = e.msg if isinstance(e, SyntaxError) else str(e)
+            if b"pspy" in source:
+                problems.append((loc, f"cannot parse: {reason} (if the file is not part of the app, "
+                                      "list it in pspy.toml's exclude)"))
+            else:
+                warnings.append(f"{loc}: skipped: not Python 3 source ({reason}) and it does not mention pspy")
             continue
         found.extend(_services_in_module(tree, rel, problems))
     providers = _merge(found, problems)
     if problems:
         raise DiscoveryError(sorted(set(problems), key=_location_key))
-    return Manifest(app_root=app_root, providers=providers)
+    return Manifest(app_root=app_root, providers=providers, warnings=warnings)
+
+
+def _error_line(e: Exception, source: bytes) -> int:
+    """The line a parse error points at; for a NUL byte (a ValueError on
+    some Python versions, without a line), the line holding the first one."""
+    if isinstance(e, SyntaxError) and e.lineno and b"\0" not in source:
+        return e.lineno
+    if b"\0" in source:
+        return source.count(b"\n", 0, source.index(b"\0")) + 1
+    return 0
 
 
 def _location_key(problem: tuple[str, str]) -> tuple:
@@ -124,17 +155,65 @@ def _location_key(problem: tuple[str, str]) -> tuple:
     return (file, int(line)) if line.isdigit() else (loc, 0)
 
 
-def _python_files(app_root: str) -> list[str]:
+def _python_files(app_root: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The app's ``.py`` files, minus those ``is_excluded`` skips (an excluded
+    folder is not walked at all)."""
+    patterns = [_normalize_glob(p) for p in exclude]
     out = []
     for dirpath, dirnames, filenames in os.walk(app_root):  # os.walk does not follow symlinks
+        here = os.path.relpath(dirpath, app_root)
         dirnames[:] = sorted(d for d in dirnames
                              if d not in SKIP_DIRS and not d.startswith(".")
-                             and not os.path.islink(os.path.join(dirpath, d)))
+                             and not os.path.islink(os.path.join(dirpath, d))
+                             and not _folder_excluded(_join(here, d), patterns))
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if name.endswith(".py") and not os.path.islink(full):
+            if name.endswith(".py") and not os.path.islink(full) \
+                    and not _file_excluded(_join(here, name), patterns):
                 out.append(os.path.relpath(full, app_root))
     return out
+
+
+def _join(folder: str, name: str) -> str:
+    return name if folder == "." else f"{folder.replace(os.sep, '/')}/{name}"
+
+
+def is_excluded(rel_path: str, exclude: Sequence[str]) -> bool:
+    """Whether discovery skips the file ``rel_path`` (relative to the app root).
+
+    Each glob of pspy.toml's ``exclude`` is matched with ``fnmatchcase``
+    (``*``, ``?``, ``[...]``; case-sensitive) against the file's path relative
+    to the app root with '/' separators, and against each folder above it
+    (``a``, ``a/b`` for ``a/b/c.py``). A glob is anchored at the app root and,
+    as in fnmatch, its ``*`` also matches '/':
+
+    - ``legacy`` or ``legacy/`` skips the folder ``legacy`` and all below it;
+      ``legacy/*.py`` every ``.py`` at any depth under it.
+    - A trailing '/' means a folder only: ``old.py/`` never skips a file.
+    - ``*.tmpl.py`` skips such files at any depth (``*`` crosses '/');
+      ``*/vendor/`` every folder named ``vendor`` below the top level.
+    - A leading ``./`` is ignored.
+
+    Excluded files are still copied into the jail; only discovery skips them.
+    """
+    patterns = [_normalize_glob(p) for p in exclude]
+    parts = rel_path.replace(os.sep, "/").split("/")
+    return _file_excluded("/".join(parts), patterns) or any(
+        _folder_excluded("/".join(parts[:i]), patterns) for i in range(1, len(parts)))
+
+
+def _normalize_glob(pattern: str) -> tuple[str, bool]:
+    """(glob without './' or a trailing '/', whether it names folders only)."""
+    folder_only = pattern.endswith("/")
+    return posixpath.normpath(pattern.rstrip("/") or "/"), folder_only
+
+
+def _folder_excluded(rel_folder: str, patterns: list[tuple[str, bool]]) -> bool:
+    return any(fnmatchcase(rel_folder, glob) for glob, _ in patterns)
+
+
+def _file_excluded(rel_file: str, patterns: list[tuple[str, bool]]) -> bool:
+    return any(fnmatchcase(rel_file, glob) for glob, folder_only in patterns if not folder_only)
 
 
 def module_name(rel_path: str) -> str:

@@ -208,6 +208,7 @@ class Options:
     front_end_group: str | None = None
     front_end_extra_groups: list[str] = field(default_factory=list)
     learn: bool = False          # pspy learn: every principal records its syscalls instead
+    exclude: list[str] = field(default_factory=list)   # pspy.toml globs discovery skips
 
 
 MAX_ID = 2**31 - 2

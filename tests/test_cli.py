@@ -93,3 +93,26 @@ def test_pspy_toml_perms_for_a_provider_or_in_decimal_are_refused_with_the_file(
         proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
         assert proc.returncode == 1 and message in proc.stderr and toml in proc.stderr, (text, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_pspy_toml_exclude_that_is_not_a_list_of_relative_globs_is_refused_with_the_file(tmp_path):
+    app = write_app(tmp_path / "app", {"bank.py": """\
+        import pspy
+
+        @pspy.service(service_provider="Bank")
+        def balance():
+            return 1
+        """})
+    toml = os.path.join(app, "pspy.toml")
+    cases = [('exclude = "legacy/"', "exclude must be a list"),
+             ('exclude = [""]', "exclude must be a list of non-empty globs"),
+             ('exclude = [3]', "exclude must be a list of non-empty globs"),
+             ('exclude = ["/etc/"]', "exclude glob '/etc/' is absolute"),
+             ('exclude = ["a\\u0000b"]', "contains a NUL byte")]
+    for text, message in cases:
+        with open(toml, "w") as f:
+            f.write(text + "\n")
+        proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
+        assert proc.returncode == 1 and message in proc.stderr and toml in proc.stderr, (text, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert not os.path.exists(tmp_path / "jail")

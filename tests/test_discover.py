@@ -3,13 +3,13 @@
 import pytest
 
 from conftest import write_app
-from pspy.discover import discover
+from pspy.discover import discover, is_excluded
 from pspy.errors import DiscoveryError
 
 
-def problems_of(root):
+def problems_of(root, exclude=()):
     with pytest.raises(DiscoveryError) as info:
-        discover(root)
+        discover(root, exclude=exclude)
     return info.value.problems
 
 
@@ -600,3 +600,117 @@ def test_network_must_be_a_bool_and_agree_within_a_provider(tmp_path):
     problems = dict(info.value.problems)
     assert "network=True at svc.py:3" in problems["svc.py:7"]
     assert "True or False" in problems["svc.py:11"]
+
+
+# --- real app folders: unparsable leftovers and exclude --------------------
+
+SERVICE = """\
+    import pspy
+
+    @pspy.service(service_provider="Bank")
+    def transfer():
+        pass
+    """
+
+# A decorator mistake (a non-literal argument): an error wherever discovery reads it.
+BROKEN_SERVICE = """\
+    import pspy
+    PERMS = {}
+
+    @pspy.service(service_provider="Bank", perms=PERMS)
+    def refund():
+        pass
+    """
+
+
+def test_unparsable_file_that_does_not_mention_pspy_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "legacy/old.py": "x = 1\n\ndef broken(:\n    pass\n"})
+    manifest = discover(root)
+    assert list(manifest.providers) == ["Bank"]
+    assert manifest.warnings == ["legacy/old.py:3: skipped: not Python 3 source (invalid syntax) "
+                                 "and it does not mention pspy"]
+
+
+def test_a_parsable_app_has_no_warnings(tmp_path):
+    assert discover(write_app(tmp_path, {"bank.py": SERVICE})).warnings == []
+
+
+def test_unparsable_file_that_mentions_pspy_is_still_an_error(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "auth.py": "# uses pspy\nx = 1\ndef broken(:\n    pass\n"})
+    location, message = only_problem(root)
+    assert location == "auth.py:3" and "cannot parse" in message
+
+
+def test_python_2_print_statement_file_is_skipped(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "tools/report.py": 'import sys\n\nprint "x"\n'})
+    manifest = discover(root)
+    assert list(manifest.providers) == ["Bank"]
+    [warning] = manifest.warnings
+    assert warning.startswith("tools/report.py:3: skipped: not Python 3 source (")
+    assert "print" in warning and warning.endswith("and it does not mention pspy")
+
+
+def test_file_with_a_nul_byte_is_skipped_with_the_line_of_the_nul(tmp_path):
+    write_app(tmp_path, {"bank.py": SERVICE})
+    (tmp_path / "blob.py").write_bytes(b"header = 1\nsecond = 2\n\x00\x01binary\n")
+    manifest = discover(str(tmp_path))
+    assert list(manifest.providers) == ["Bank"]
+    [warning] = manifest.warnings
+    assert warning.startswith("blob.py:3: skipped: not Python 3 source (") and "null" in warning
+
+
+def test_file_with_a_nul_byte_that_mentions_pspy_is_an_error(tmp_path):
+    write_app(tmp_path, {"bank.py": SERVICE})
+    (tmp_path / "blob.py").write_bytes(b"import pspy\n\x00\n")
+    location, message = only_problem(str(tmp_path))
+    assert location == "blob.py:2" and "cannot parse" in message
+
+
+@pytest.mark.parametrize("glob", ["broken", "broken/", "./broken/"])
+def test_excluded_folder_with_or_without_trailing_slash_is_not_read(tmp_path, glob):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "broken/refund.py": BROKEN_SERVICE,
+                                "broken/deep/more.py": BROKEN_SERVICE})
+    assert problems_of(root)   # control: read, it is an error
+    manifest = discover(root, exclude=[glob])
+    assert list(manifest.providers) == ["Bank"] and manifest.warnings == []
+
+
+def test_excluded_file_glob_matches_at_any_depth(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "page.tmpl.py": BROKEN_SERVICE,
+                                "pkg/view.tmpl.py": BROKEN_SERVICE, "pkg/refund.py": BROKEN_SERVICE})
+    assert [loc for loc, _ in problems_of(root)] == ["page.tmpl.py:4", "pkg/refund.py:4", "pkg/view.tmpl.py:4"]
+    # Only the file not matching the glob is still read.
+    assert [loc for loc, _ in problems_of(root, exclude=["*.tmpl.py"])] == ["pkg/refund.py:4"]
+
+
+def test_excluded_file_that_would_be_a_decorator_error_is_ignored(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "refund.py": BROKEN_SERVICE})
+    assert only_problem(root)[0] == "refund.py:4"   # control
+    manifest = discover(root, exclude=["refund.py"])
+    assert list(manifest.providers) == ["Bank"]
+    assert [s.name for s in manifest.providers["Bank"].services] == ["transfer"]
+
+
+def test_excluded_unparsable_file_gives_no_warning(tmp_path):
+    root = write_app(tmp_path, {"bank.py": SERVICE, "legacy/old.py": 'print "x"\n'})
+    assert discover(root, exclude=["legacy/"]).warnings == []
+
+
+@pytest.mark.parametrize("rel, glob, excluded", [
+    ("legacy/old.py", "legacy", True),
+    ("legacy/old.py", "legacy/", True),
+    ("legacy/a/b/old.py", "legacy/", True),
+    ("legacy.py", "legacy/", False),           # a trailing '/' names folders only
+    ("old.py", "old.py/", False),
+    ("app/legacy/old.py", "legacy", False),     # anchored at the app root
+    ("app/legacy/old.py", "*/legacy/", True),
+    ("legacy/old.py", "*/legacy/", False),
+    ("x.tmpl.py", "*.tmpl.py", True),
+    ("a/b/x.tmpl.py", "*.tmpl.py", True),       # fnmatch's '*' crosses '/'
+    ("legacy/a/old.py", "legacy/*.py", True),
+    ("Legacy/old.py", "legacy", False),         # case-sensitive
+    ("old.py", "./old.py", True),
+    ("bank.py", "bank", False),
+])
+def test_exclude_glob_semantics(rel, glob, excluded):
+    assert is_excluded(rel, [glob]) is excluded
