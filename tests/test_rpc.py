@@ -7,6 +7,7 @@ uid) when not root, the supervisor when root. Tests about the uid -> principal
 mapping itself replace peer_credentials, so they mean the same as root or not.
 """
 
+import logging
 import os
 import shutil
 import socket
@@ -163,6 +164,27 @@ def test_remote_traceback_is_sent_in_debug_mode(start_server):
     with pytest.raises(ValueError) as info:
         c.call("builtin")
     assert any("raise_value_error" in note for note in info.value.__notes__)
+
+
+def test_a_service_exception_is_logged_with_service_type_message_and_traceback(start_server, caplog):
+    path = start_server({"transfer": raise_value_error, "refund": raise_custom, "balance": lambda: 3})
+    c = client(path)
+    with caplog.at_level(logging.ERROR, logger="pspy.rpc"):
+        assert c.call("balance") == 3
+        assert caplog.records == []   # success logs nothing
+        with pytest.raises(ValueError):
+            c.call("transfer")
+        with pytest.raises(RemoteError) as info:
+            c.call("refund")
+    assert info.value.remote_traceback is None   # the log has it; the caller (not debug) does not
+    builtin, custom = caplog.records
+    assert (builtin.name, builtin.levelno) == ("pspy.rpc", logging.ERROR)
+    assert builtin.getMessage() == "service Bank.transfer raised ValueError: zoobars must be positive"
+    assert custom.getMessage().startswith("service Bank.refund raised ")
+    assert custom.getMessage().endswith("InsufficientFunds: alice has 3 zoobars")
+    text = caplog.text
+    assert "Traceback (most recent call last)" in text
+    assert f'File "{__file__}"' in text and "in raise_value_error" in text and "in raise_custom" in text
 
 
 def test_unknown_service_is_a_lookup_error(start_server):

@@ -61,6 +61,40 @@ except pspy.RemoteError as e:
     assert result == ["worker.Unregistered", "secret detail in a custom error", None]
 
 
+def logged_since(path, offset, wanted, timeout=10):
+    """The text appended to the log at ``path`` after ``offset``, once it holds ``wanted``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(path, errors="replace") as f:
+            f.seek(offset)
+            text = f.read()
+        if wanted in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def test_a_service_exception_lands_in_the_provider_log_with_its_traceback_but_not_at_the_caller(jail):
+    log_file = os.path.join(jail, ".pspy", "logs", "Worker.log")
+    offset = os.path.getsize(log_file)
+    result = probe(jail, "web", CALL + """
+try:
+    worker.fail('custom')
+except pspy.RemoteError as e:
+    print(json.dumps([e.remote_type, e.remote_traceback, str(e)]))
+""")
+    remote_type, remote_traceback, text = result
+    assert remote_type == "worker.Unregistered"
+    assert remote_traceback is None and "Traceback" not in text   # not debug mode: the caller gets none
+    wanted = "service Worker.fail raised worker.Unregistered: secret detail in a custom error"
+    log = logged_since(log_file, offset, wanted)
+    assert wanted in log, log
+    assert " Worker ERROR " in next(line for line in log.splitlines() if wanted in line)
+    after = log[log.index(wanted):]
+    assert after.splitlines()[1] == "Traceback (most recent call last):"
+    assert 'worker.py", line' in after and "in fail" in after
+    assert 'raise Unregistered("secret detail in a custom error")' in after
+
+
 def test_registered_dataclass_round_trips(jail):
     assert probe(jail, "web", CALL + """
 p = worker.move(worker.Point(1, 2), 10)

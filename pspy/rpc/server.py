@@ -188,7 +188,13 @@ class Server:
             if endpoint.is_async or type(result) is types.CoroutineType:
                 result = self._run_coroutine(result)
         except Exception as e:  # noqa: BLE001 - every service failure goes back to the caller
-            return self._exception_response(e)
+            response = self._exception_response(e)
+            # The caller sees a traceback only in debug mode; the provider's
+            # own log always keeps one, so a failure in production leaves a trace.
+            # The headline escapes line breaks: the message may carry the caller's input.
+            log.error("service %s.%s raised %s: %s", self.provider, name, response[1]["type"],
+                      response[1]["message"].replace("\n", "\\n"), exc_info=e)
+            return response
         return [protocol.OK, result]
 
     def _run_coroutine(self, coro):
