@@ -16,6 +16,8 @@ import stat
 from dataclasses import dataclass
 
 from .jail import data_paths
+from .limits import (RLIMIT_CPU, RLIMIT_DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, cgroup_controllers,
+                     rlimits)
 from .plan import Plan
 from .sharing import view_of
 
@@ -171,6 +173,8 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
             "namespaces": (["user", "mount", "pid", "ipc", "uts", "cgroup"] + ([] if p.network else ["network"]))
             if plan.mode == "namespaces" else [],
             "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
+            "isolation": p.isolation,
+            **limits_report(plan, p),
         })
         if include_seccomp:
             principals[-1]["seccomp"] = seccomp_report(p)
@@ -209,6 +213,26 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
         }
     return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode + (" (rootless)" if plan.rootless else ""),
             "rootless": plan.rootless, "isolation": isolation, "findings": findings, "principals": principals}
+
+
+_RLIMIT_NAMES = {RLIMIT_CPU: "RLIMIT_CPU", RLIMIT_DATA: "RLIMIT_DATA", RLIMIT_NPROC: "RLIMIT_NPROC",
+                 RLIMIT_NOFILE: "RLIMIT_NOFILE", RLIMIT_FSIZE: "RLIMIT_FSIZE"}
+
+
+def limits_report(plan: Plan, p) -> dict:
+    """The principal's limits and what enforces each: setrlimit, and which
+    cgroup hierarchy (v1 or v2) holds each controller used."""
+    controllers = {c: plan.cgroups[c] for c in cgroup_controllers(p.limits) if c in plan.cgroups}
+    if not p.limits:
+        enforced = "no limits"
+    elif plan.rootless:
+        enforced = "setrlimit only (rootless: cgroups need root)"
+    else:
+        enforced = "setrlimit" + ("".join(f", cgroup {v} {c}" for c, v in sorted(controllers.items())))
+    return {"limits": dict(p.limits),
+            "rlimits": [{"resource": _RLIMIT_NAMES[r], "soft": soft, "hard": hard}
+                        for r, soft, hard in rlimits(p.limits, plan.rootless)],
+            "cgroups": controllers, "limits_enforced_by": enforced}
 
 
 def folder_findings(principal: dict) -> list[dict]:
@@ -277,6 +301,11 @@ def format_text(data: dict) -> str:
         for r in p.get("reaches", ()):
             how = "read-write" if r["write"] and r["read"] else "write" if r["write"] else "read-only"
             out.append(f"  reaches:   {r['path']} of {r['owner']} ({how})")
+        if p.get("limits"):
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(p["limits"].items()))
+            out.append(f"  limits:    {shown} (by {p['limits_enforced_by']})")
+        if p.get("isolation") == "per_call":
+            out.append("  isolation: per_call (a fresh process forked from a ready copy for every call)")
         out.append(f"  can write: {', '.join(p['writable']) or 'nothing in the app'}")
         out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
         if p.get("symlinks"):

@@ -101,6 +101,7 @@ def options_for(req: Request) -> Options:
         front_end_group=cfg.get("group", {}).get(FRONT_END_NAME),
         front_end_extra_groups=list(cfg.get("extra_groups", {}).get(FRONT_END_NAME, [])),
         exclude=list(cfg.get("exclude", [])),
+        limits=dict(cfg.get("limits", {})),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
@@ -185,6 +186,10 @@ def _plan_with_free_ids(manifest, options: Options, previous: Plan | None, jails
 
 
 def _build_jail(plan: Plan, say) -> None:
+    # Which cgroup hierarchy holds each controller the limits need, decided
+    # now: a limit this host cannot enforce fails the bootstrap, not a start.
+    from .sandbox.cgroup import hierarchies
+    plan.cgroups = hierarchies(plan)
     jail.prepare_root(plan)
     staging = jail.stage_app(plan)
     try:

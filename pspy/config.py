@@ -26,6 +26,7 @@ KEYS = {
     "perms": dict,
     "group": dict,
     "extra_groups": dict,
+    "limits": dict,
     "exclude": list,   # globs discovery does not read; see discover.is_excluded
 }
 # Settings the front end has no decorator for: it is the only principal they

@@ -19,7 +19,8 @@ T = TypeVar("T")
 def service(*, service_provider: str, group: str | None = None,
             perms: dict[str, int] | None = None, extra_groups: list[str] | None = None,
             callers: list[str] | None = None, timeout: float | None = None,
-            network: bool | None = None, seccomp: str | dict | None = None) -> Callable[[T], T]:
+            network: bool | None = None, seccomp: str | dict | None = None,
+            limits: dict | None = None, isolation: str | None = None) -> Callable[[T], T]:
     """Declare a function or class as a service run by ``service_provider``.
 
     group: the provider's primary group (default: a group named after it).
@@ -33,6 +34,12 @@ def service(*, service_provider: str, group: str | None = None,
       'web', 'strict', 'none', a .json OCI profile in the app, or a dict
       {"allow": [...], "deny": [...], "default_action": "errno"|"kill"|"log"}
       layered on 'default'.
+    limits: the provider's resource limits, a dict of cpu_seconds, memory
+      (bytes or '64M'), processes, open_files, file_size, cpus and
+      call_timeout (wall seconds per call); see pspy/limits.py.
+    isolation: 'process' (the default: one process serves every call) or
+      'per_call': every call runs in a fresh process forked from a ready,
+      pre-imported copy of the provider, which exits after replying.
     """
     def decorate(obj: T) -> T:
         rt = runtime.current()

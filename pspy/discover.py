@@ -19,7 +19,7 @@ from .errors import DiscoveryError
 
 # Keyword arguments of the paper's decorator, plus pspy's ``callers``.
 KNOWN_KEYWORDS = ("service_provider", "group", "perms", "extra_groups", "callers", "timeout", "network",
-                  "seccomp")
+                  "seccomp", "limits", "isolation")
 # Designed arguments whose enforcement is not built yet. Accepting them
 # silently would promise isolation pspy does not give, so they are refused.
 NOT_YET_SUPPORTED: tuple[str, ...] = ()
@@ -67,6 +67,10 @@ class ProviderSpec:
     network_location: str | None = None
     seccomp: str | dict | None = None    # None: not said (providers get 'default')
     seccomp_location: str | None = None
+    limits: dict | None = None           # None: not said (no limits); see pspy/limits.py
+    limits_location: str | None = None
+    isolation: str | None = None         # None: not said ("process": one process serves every call)
+    isolation_location: str | None = None
 
 
 @dataclass
@@ -339,6 +343,16 @@ def _service_spec(node, rel: str, loc: str, args: dict, problems) -> ServiceSpec
     if policy is not None and not (isinstance(policy, str) and policy) and not isinstance(policy, dict):
         problems.append((loc, f"seccomp must be a profile name ('default', 'web', 'strict'), 'none', a .json "
                               f"file of the app, or a dict {{allow, deny, default_action}}; got {policy!r}"))
+    if args.get("limits") is not None:
+        from .limits import normalize
+        normalized, limit_problems = normalize(args["limits"], "limits")
+        problems.extend((loc, text) for text in limit_problems)
+        args["limits"] = normalized
+    isolation = args.get("isolation")
+    if isolation is not None:
+        from .limits import ISOLATIONS
+        if isolation not in ISOLATIONS:
+            problems.append((loc, f"isolation must be one of {', '.join(map(repr, ISOLATIONS))}, got {isolation!r}"))
     timeout = args.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout <= 86400):
@@ -426,6 +440,9 @@ def _merge(found, problems) -> dict[str, ProviderSpec]:
                 prov.extra_groups.append(g)
         _set_once(prov, "network", args.get("network"), loc, problems, "one process has one network")
         _set_once(prov, "seccomp", args.get("seccomp"), loc, problems, "one process has one filter")
+        _set_once(prov, "limits", args.get("limits"), loc, problems, "one provider has one set of limits")
+        _set_once(prov, "isolation", args.get("isolation"), loc, problems,
+                  "every call of one provider runs the same way")
     # Two providers must not claim the same path with different owners.
     claimed: dict[str, tuple[str, PermSpec]] = {}
     for prov in providers.values():

@@ -76,6 +76,8 @@ class PrincipalPlan:
     argv: list[str] = field(default_factory=list)      # front end command
     network: bool = False        # host network (True) or an empty network namespace (namespace mode)
     seccomp: dict | None = None  # {"source", "derived", "profile"}: its filter (pspy.seccomp); None: none
+    limits: dict = field(default_factory=dict)   # pspy/limits.py's keys, plain numbers; {}: none
+    isolation: str = "process"   # "per_call": every call in a fresh process forked from a ready copy
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -102,6 +104,10 @@ class Plan:
     max_frame: int = DEFAULT_MAX_FRAME
     debug: bool = False              # remote tracebacks reach callers
     rootless: bool = False           # namespace mode without root: one host uid for every principal
+    # cgroup controller -> "v1" or "v2": the hierarchy that holds it on this
+    # host, for the controllers the principals' limits need (bootstrap finds
+    # them: sandbox/cgroup.py); empty rootless, where limits are setrlimit only.
+    cgroups: dict[str, str] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     # --- lookups -----------------------------------------------------------
@@ -207,6 +213,7 @@ class Options:
     front_end_perms: dict[str, int] = field(default_factory=dict)
     front_end_group: str | None = None
     front_end_extra_groups: list[str] = field(default_factory=list)
+    limits: dict = field(default_factory=dict)    # principal -> limits, from pspy.toml (over the decorator)
     learn: bool = False          # pspy learn: every principal records its syscalls instead
     exclude: list[str] = field(default_factory=list)   # pspy.toml globs discovery skips
 
@@ -238,7 +245,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                             "principals must not share ids with system accounts")
     provider_names = sorted(manifest.providers)
     names = [FRONT_END_NAME] + provider_names
-    for setting in ("env", "seccomp"):
+    for setting in ("env", "seccomp", "limits"):
         for principal in getattr(options, setting):
             if principal not in names:
                 raise PlanError(f"{setting} is configured for {principal!r}, which is not a principal "
@@ -273,7 +280,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         group=front_group, extra_groups=front_extra,
         groups=[] if options.rootless else [gids[g] for g in front_extra],
         env=list(options.env.get(FRONT_END_NAME, [])), perms=front_perms,
-        argv=list(options.front_end), network=True,
+        argv=list(options.front_end), network=True, limits=_limits(options, FRONT_END_NAME, None, None),
         seccomp=policy(FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
         spec = manifest.providers[name]
@@ -294,6 +301,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                    for p in sorted(spec.perms.values(), key=lambda p: p.pattern)],
             modules=sorted({s.module for s in spec.services}),
             network=bool(spec.network),
+            limits=_limits(options, name, spec.limits, spec.limits_location),
+            isolation=spec.isolation or "process",
             seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network))))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
@@ -305,6 +314,20 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
 
 
 FRONT_END_SETTINGS = "pspy.toml"
+
+
+def _limits(options: Options, name: str, decorated: dict | None, location: str | None) -> dict:
+    """The principal's limits: pspy.toml's limits.NAME if given, else its decorator's."""
+    from .limits import normalize
+    if name not in options.limits:
+        return dict(decorated or {})
+    where = f"{FRONT_END_SETTINGS} limits.{name}"
+    limits, problems = normalize(options.limits[name], where)
+    if name == FRONT_END_NAME and "call_timeout" in limits:
+        problems.append(f"{where}: call_timeout is for providers; the front end serves no calls")
+    if problems:
+        raise PlanError("\n".join(problems))
+    return limits
 
 
 def _front_end_perms(manifest: Manifest, options: Options) -> list[PermPlan]:

@@ -20,7 +20,10 @@ from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
 from .registry import process_uids
 from .rpc import protocol
 from .rpc.client import Client
+from .sandbox import cgroup
 from .sandbox.spawn import provider_argv, spawn_principal
+
+EXIT_CALL_TIMEOUT = 124      # a provider that ended itself for a call past its call_timeout
 
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
@@ -107,6 +110,7 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.userns_fd: int | None = None   # namespace mode: the app's user namespace
+        self.cgroups: set[str] = set()       # the principals' cgroup folders, removed at the end
 
     # --- starting ---------------------------------------------------------------
     def _argv(self, principal: PrincipalPlan) -> list[str]:
@@ -130,6 +134,7 @@ class Supervisor:
         finally:
             log.close()
         child.started = time.monotonic()
+        self.cgroups.update(cgroup.folders(self.plan, child.principal).values())
         child.pidns = None
         if self.plan.mode == "namespaces":
             self._note_pidns(child)
@@ -211,6 +216,12 @@ class Supervisor:
                 child.restarts += 1
                 child.proc = None
                 self._close_listener(child)
+                if code == EXIT_CALL_TIMEOUT and child.principal.kind == "provider":
+                    # It ended itself for a call past its call_timeout: a
+                    # healthy provider, so no backoff (rpc/server.py).
+                    child.next_start = now
+                    self.say(f"pspy: {child.principal.name} ended a call past its call_timeout; restarting now")
+                    continue
                 child.next_start = now + child.backoff
                 self.say(f"pspy: {child.principal.name} exited with status {code}; "
                          f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
@@ -259,6 +270,7 @@ class Supervisor:
             os.close(self.userns_fd)
             self.userns_fd = None
         sweep_jail(self.plan)
+        remove_cgroups(self.plan, self.cgroups)
         try:
             os.unlink(state_path(self.plan))
         except FileNotFoundError:
@@ -268,6 +280,7 @@ class Supervisor:
         pidns = sorted({c.pidns for c in self.children.values() if c.pidns})
         pidns += [ns for ns in (read_state(self.plan) or {}).get("pidns", []) if ns not in pidns]
         state = {"supervisor": os.getpid(), "jail": self.plan.jail, "pidns": pidns[-64:],
+                 "cgroups": sorted(self.cgroups),
                  "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
                  "principals": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts}
                                 for name, c in self.children.items()}}
@@ -470,8 +483,19 @@ def supervisor_alive(plan: Plan) -> int | None:
     return pid
 
 
+def remove_cgroups(plan: Plan, folders) -> None:
+    """Remove the principals' cgroup folders, once empty. Only folders named
+    for this jail are touched (they come from the root-only run state)."""
+    name = cgroup.app_folder_name(plan)
+    for folder in folders:
+        if isinstance(folder, str) and os.path.basename(os.path.dirname(folder)) == name \
+                and folder.startswith("/sys/fs/cgroup/"):
+            cgroup.remove_folder(folder)
+
+
 def stop(plan: Plan, timeout: float = 15.0) -> bool:
     """Stop a running app; True if something was running."""
+    recorded = (read_state(plan) or {}).get("cgroups") or []
     pid = supervisor_alive(plan)
     was_running = pid is not None or bool(app_processes(plan))
     if pid is not None:
@@ -484,6 +508,7 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
         else:
             os.kill(pid, signal.SIGKILL)
     sweep_jail(plan)
+    remove_cgroups(plan, recorded if isinstance(recorded, list) else [])
     try:
         os.unlink(state_path(plan))
     except FileNotFoundError:

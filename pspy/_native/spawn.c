@@ -52,6 +52,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -361,6 +362,13 @@ static int principal_main(void *arg) {
         PFAIL(s, "set up the principal's descriptors", "", "", "");
         _exit(125);
     }
+    for (int i = 0; i < s->n_rlimits; i++) {
+        struct rlimit limit = {(rlim_t) s->rlimits[i].soft, (rlim_t) s->rlimits[i].hard};
+        if (setrlimit(s->rlimits[i].resource, &limit) != 0) {
+            PFAIL(s, "set the principal's resource limits (setrlimit)", "", "", "");
+            _exit(125);
+        }
+    }
     reset_signals();
     exec_command(s);
     s->exec_err = errno;
@@ -427,6 +435,15 @@ static int launcher_main(void *arg) {
     if (setns(s->template_fd, CLONE_NEWNS) != 0) {
         FAIL(s, "enter the principal's template mount namespace", "", "", "");
         _exit(1);
+    }
+    /* Into the principal's cgroups ("0": the writer itself) before the cgroup
+       namespace is made, so that its root is the principal's own cgroup;
+       PID 1 and the principal inherit it. */
+    for (int i = 0; i < s->n_cgroup_fds; i++) {
+        if (write(s->cgroup_fds[i], "0", 1) != 1) {
+            FAIL(s, "move the principal into its cgroup", "", "", "");
+            _exit(1);
+        }
     }
     if (unshare(s->ns_flags) != 0) {
         FAIL(s, "make the principal's namespaces (unshare)", "", "", "");

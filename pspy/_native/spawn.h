@@ -26,6 +26,11 @@ struct pspy_op {
     unsigned int mode;
 };
 
+struct pspy_rlimit {
+    int resource;
+    unsigned long long soft, hard;
+};
+
 struct pspy_spawn {
     /* namespaces */
     int rootless;               /* join the app's user namespace first (it owns the new ones) */
@@ -39,6 +44,8 @@ struct pspy_spawn {
     int supervisor_pidfd;       /* readable once the supervisor is gone */
     const struct pspy_op *ops;
     int n_ops;
+    const int *cgroup_fds;      /* cgroup.procs of the principal's cgroups (opened for writing), or none */
+    int n_cgroup_fds;
     /* the principal */
     unsigned int uid, gid;
     const unsigned int *groups;
@@ -53,6 +60,8 @@ struct pspy_spawn {
     const int *keep;            /* descriptors the principal keeps, by number (sorted) */
     int n_keep;
     int init_exe_fd;            /* pspy-init, opened by the supervisor */
+    const struct pspy_rlimit *rlimits;   /* set by the principal just before exec (only lowered) */
+    int n_rlimits;
     /* results */
     int init_pid;               /* PID 1, as the supervisor's pid namespace numbers it */
     unsigned long long pidns;   /* inode of the principal's PID namespace */

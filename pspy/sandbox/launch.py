@@ -97,8 +97,11 @@ def _std_fd(spec, index: int, pipes: list):
 
 
 def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int, *, stdin=None,
-           stdout=None, stderr=None, pass_fds: tuple[int, ...] = ()) -> Launched:
-    """Start ``command`` as ``principal`` in its namespaces; ``pass_fds`` keep their numbers."""
+           stdout=None, stderr=None, pass_fds: tuple[int, ...] = (), cgroup_procs: list[str] = (),
+           rlimits: list[tuple[int, int, int]] = ()) -> Launched:
+    """Start ``command`` as ``principal`` in its namespaces; ``pass_fds`` keep
+    their numbers. The launcher moves itself into ``cgroup_procs`` (the
+    principal's cgroups) first; the principal sets ``rlimits`` just before exec."""
     if not command or not command[0]:
         raise SandboxError(f"cannot start {principal.name}: no command given")
     if any(fd < 3 for fd in pass_fds):
@@ -155,6 +158,11 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     keepalive.append(keep)
     spec.keep, spec.n_keep = keep, len(pass_fds)
     spec.init_exe_fd = pid.init_program_fd()
+    limits = ffi.new("struct pspy_rlimit[]", max(1, len(rlimits)))
+    keepalive.append(limits)
+    for i, (resource, soft, hard) in enumerate(rlimits):
+        limits[i].resource, limits[i].soft, limits[i].hard = resource, soft, hard
+    spec.rlimits, spec.n_rlimits = limits, len(rlimits)
 
     pipes: list[int] = []
     own: list[int] = []
@@ -162,6 +170,10 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
         child_fds, streams = zip(*(_std_fd(spec_, i, pipes) for i, spec_ in enumerate((stdin, stdout, stderr))))
         for i, fd in enumerate(child_fds):
             spec.stdio[i] = fd if _is_open(fd) else -1
+        cgroup_fds = [_own(own, os.open(path, os.O_WRONLY | os.O_CLOEXEC)) for path in cgroup_procs]
+        fds = ffi.new("int[]", cgroup_fds or [0])
+        keepalive.append(fds)
+        spec.cgroup_fds, spec.n_cgroup_fds = fds, len(cgroup_fds)
         spec.proc_fd = _own(own, os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         spec.supervisor_pidfd = _own(own, os.pidfd_open(os.getpid()))
         rc = n.lib.pspy_spawn(spec)

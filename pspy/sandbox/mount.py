@@ -26,6 +26,7 @@ from .. import _native as n
 from ..errors import SandboxError
 from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, plan_path
 from ..sharing import view_of
+from . import cgroup
 
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
@@ -123,9 +124,18 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
     # It shows the PID namespace of this process, the principal's PID 1.
     proc = _mkdirs(root, "/proc")
     n.mount("proc", proc, "proc", n.MS_NOSUID | n.MS_NODEV | n.MS_NOEXEC, step=f"mount proc on {proc}")
+    _build_cgroups(plan, principal, root)
     _build_app(plan, principal, root)
     _build_state(plan, principal, root, pspy_dir, mounts)
     return root
+
+
+def _build_cgroups(plan: Plan, principal: PrincipalPlan, root: str) -> None:
+    """The principal's own cgroups, read-only, where a system mounts cgroups:
+    it can read its limits and usage (memory.max, pids.current, ...), and
+    nothing of the host's hierarchy (supervisor/cgroup.py made them root's)."""
+    for folder, target in cgroup.view_mounts(plan, principal):
+        n.bind_mount(folder, _mkdirs(root, target), readonly=True, recursive=False)
 
 
 def _build_dev(root: str) -> None:

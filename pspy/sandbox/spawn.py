@@ -8,6 +8,7 @@ the descriptors the caller names survive exec (close_fds).
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import threading
@@ -15,7 +16,8 @@ import threading
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, filter_path, plan_path, STATE_DIR
 from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
-from . import caps, chroot, ids
+from ..limits import rlimits as rlimits_of
+from . import caps, cgroup, chroot, ids
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -59,14 +61,18 @@ def provider_argv(plan: Plan) -> list[str]:
     return [plan.interpreter, "-s", "-m", "pspy.provider"]
 
 
-def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: int | None):
+def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: int | None,
+             cgroup_procs: list[str] = (), rlimits: list[tuple[int, int, int]] = ()):
     def child():
         # What a principal creates is its own unless it says otherwise; the
         # set-up script (principal None) lays out app files like a developer.
         os.umask(0o077 if principal is not None else 0o022)
+        cgroup.attach_self(cgroup_procs)   # before the chroot hides the host's /sys
         chroot.enter(plan.jail, cwd)
         if principal is not None:
             ids.become(principal)
+        for resource_, soft, hard in rlimits:
+            resource.setrlimit(resource_, (soft, hard))   # only ever lowered: no privilege needed
         caps.lock_down(parent_pid)
     return child
 
@@ -87,17 +93,20 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
     if caller_fds:
         env[ENV_CALLER_FDS] = ",".join(f"{fd}={caller}" for caller, fd in sorted(caller_fds.items()))
     argv = resolve_argv(plan, argv)
+    procs = cgroup.prepare(plan, principal)
+    limits = rlimits_of(principal.limits, plan.rootless)
     if plan.mode == "namespaces":
         if userns_fd is None:
             raise SandboxError("namespace mode needs the app's user namespace")
         from .launch import launch
         return launch(plan, principal, argv, env, userns_fd, stdin=stdin, stdout=stdout, stderr=stderr,
-                      pass_fds=tuple(pass_fds))
+                      pass_fds=tuple(pass_fds), cgroup_procs=procs, rlimits=limits)
     try:
         return subprocess.Popen(
             argv, env=env, stdin=stdin, stdout=stdout,
             stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
-            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None))
+            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None,
+                                procs, limits))
     except FileNotFoundError:
         raise SandboxError(f"cannot run {argv[0]!r} as {principal.name}: no such program in the jail "
                            f"{plan.jail} (it holds the app, the Python interpreter and its libraries, "
@@ -144,6 +153,7 @@ def run_as_principal(plan: Plan, principal: PrincipalPlan, argv: list[str]) -> i
             proc.send_signal(signal.SIGINT)
     for t in threads:
         t.join(5)
+    cgroup.remove(plan, principal, wait=0)   # one try: the running app's principal may still use it
     return code
 
 
