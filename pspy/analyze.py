@@ -229,6 +229,12 @@ def limits_report(plan: Plan, p) -> dict:
         enforced = "setrlimit only (rootless: cgroups need root)"
     else:
         enforced = "setrlimit" + ("".join(f", cgroup {v} {c}" for c, v in sorted(controllers.items())))
+    if "call_timeout" in p.limits:
+        killer = ("its call zygote, which kills the call's process" if p.isolation == "per_call"
+                  else "its watchdog, which ends and restarts the provider")
+        enforced += f"; call_timeout by {killer}"
+        if set(p.limits) == {"call_timeout"}:
+            enforced = enforced.split("; ", 1)[1]
     return {"limits": dict(p.limits),
             "rlimits": [{"resource": _RLIMIT_NAMES[r], "soft": soft, "hard": hard}
                         for r, soft, hard in rlimits(p.limits, plan.rootless)],

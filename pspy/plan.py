@@ -234,9 +234,10 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
     """
     policies = {} if policies is None else policies
 
-    def policy(name: str, decorated, location, network: bool):
+    def policy(name: str, decorated, location, network: bool, per_call: bool = False):
         if name not in policies:
-            policies[name] = _policy(options, manifest, name, decorated, location, network=network)
+            policies[name] = _policy(options, manifest, name, decorated, location, network=network,
+                                     per_call=per_call)
         return policies[name]
 
     for label, base in (("uid", options.uid_base), ("gid", options.gid_base)):
@@ -303,7 +304,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             network=bool(spec.network),
             limits=_limits(options, name, spec.limits, spec.limits_location),
             isolation=spec.isolation or "process",
-            seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network))))
+            seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network),
+                           per_call=spec.isolation == "per_call")))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
                 rootless=options.rootless,
@@ -366,7 +368,7 @@ def _front_end_perms(manifest: Manifest, options: Options) -> list[PermPlan]:
 
 
 def _policy(options: Options, manifest: Manifest, name: str, decorated, location: str | None, *,
-            network: bool) -> dict | None:
+            network: bool, per_call: bool = False) -> dict | None:
     """The principal's seccomp policy: pspy.toml's, else its decorator's, else the default."""
     from . import seccomp
     if options.learn:
@@ -382,6 +384,8 @@ def _policy(options: Options, manifest: Manifest, name: str, decorated, location
     if name in options.seccomp and decorated is not None:
         policy["derived"].insert(0, f"pspy.toml's seccomp.{name} is used instead of seccomp={decorated!r} "
                                     f"at {location}")
+    if per_call:
+        policy = seccomp.for_per_call(policy)
     return seccomp.compiled(policy)   # what the principal loads, compiled once, here
 
 

@@ -248,15 +248,30 @@ def serve_provider() -> int:
         uids = {p.uid: p.name for p in rt.plan.principals}
     if rt.me.seccomp and rt.me.seccomp.get("learn"):
         _attribute_learned_calls(rt.me.name, endpoints)
+    call_timeout = rt.me.limits.get("call_timeout")
+    per_call = rt.me.isolation == "per_call"
     server = Server(rt.me.name, endpoints, uids.get, max_frame=rt.plan.max_frame,
-                    debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1")
+                    debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1",
+                    call_timeout=None if per_call else call_timeout)
     listeners = listening_fds(os.environ)
+    if per_call:
+        # Forked now, with the app imported and before any serving thread.
+        from . import percall
+        writable = [os.path.join(rt.plan.app_dir, p.pattern.rstrip("/")) for p in rt.me.perms if p.mode & 0o200]
+        server.per_call = percall.Zygote(server, writable=writable, call_timeout=call_timeout,
+                                         call_bpf=percall.call_filter(rt.me.seccomp),
+                                         close_fds=[fd for fd, _ in listeners])
+        try:
+            server.per_call.start()
+        except percall.PerCallError as e:
+            print(f"pspy.runtime: {e}", file=sys.stderr)
+            return 2
     if listeners:
         for fd, caller in listeners:
             server.adopt(fd, caller if caller is not None else (SUPERVISOR if rt.plan.rootless else None))
     else:
         server.bind(rt.me.socket)
-    log.info("serving %s on %s as uid %d gid %d", ", ".join(sorted(endpoints)), rt.me.socket,
-             os.getuid(), os.getgid())
+    log.info("serving %s on %s as uid %d gid %d%s", ", ".join(sorted(endpoints)), rt.me.socket,
+             os.getuid(), os.getgid(), ", every call in a process of its own" if per_call else "")
     server.serve_forever()
     return 0

@@ -20,10 +20,9 @@ from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
 from .registry import process_uids
 from .rpc import protocol
 from .rpc.client import Client
+from .rpc.server import EXIT_CALL_TIMEOUT
 from .sandbox import cgroup
 from .sandbox.spawn import provider_argv, spawn_principal
-
-EXIT_CALL_TIMEOUT = 124      # a provider that ended itself for a call past its call_timeout
 
 READY_TIMEOUT = 20.0
 STOP_GRACE = 5.0
@@ -96,6 +95,7 @@ class Child:
     principal: PrincipalPlan
     proc: object = None
     listeners: list[socket.socket] = field(default_factory=list)
+    by_caller: dict[str, socket.socket] = field(default_factory=dict)   # rootless: the callers' own
     started: float = 0.0
     pidns: str | None = None     # namespace mode: the principal's PID namespace, "pid:[inode]"
     restarts: int = 0
@@ -120,11 +120,12 @@ class Supervisor:
         pass_fds: tuple[int, ...] = ()
         caller_fds: dict[str, int] = {}
         if child.principal.kind == "provider":
-            main = listen(self.plan, child.principal)
-            by_caller = caller_listeners(self.plan, child.principal)
-            child.listeners = [main, *by_caller.values()]
+            if not child.listeners:
+                main = listen(self.plan, child.principal)
+                child.by_caller = caller_listeners(self.plan, child.principal)
+                child.listeners = [main, *child.by_caller.values()]
             pass_fds = tuple(sock.fileno() for sock in child.listeners)
-            caller_fds = {caller: sock.fileno() for caller, sock in by_caller.items()}
+            caller_fds = {caller: sock.fileno() for caller, sock in child.by_caller.items()}
         log = open(log_path(self.plan, child.principal.name), "ab", buffering=0)
         try:
             log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
@@ -215,13 +216,15 @@ class Supervisor:
                     continue
                 child.restarts += 1
                 child.proc = None
-                self._close_listener(child)
                 if code == EXIT_CALL_TIMEOUT and child.principal.kind == "provider":
                     # It ended itself for a call past its call_timeout: a
-                    # healthy provider, so no backoff (rpc/server.py).
+                    # healthy provider, so no backoff (rpc/server.py), and its
+                    # listening sockets are kept: callers who connected
+                    # meanwhile wait in their queue for the new one.
                     child.next_start = now
                     self.say(f"pspy: {child.principal.name} ended a call past its call_timeout; restarting now")
                     continue
+                self._close_listener(child)
                 child.next_start = now + child.backoff
                 self.say(f"pspy: {child.principal.name} exited with status {code}; "
                          f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
@@ -242,6 +245,7 @@ class Supervisor:
         for sock in child.listeners:
             sock.close()
         child.listeners = []
+        child.by_caller = {}
 
     # --- stopping -----------------------------------------------------------------
     def stop_all(self) -> None:

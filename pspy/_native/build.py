@@ -88,6 +88,8 @@ ffibuilder.cdef("""
     int pspy_learn_start(int out_fd);
     int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
     int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags);
+    int pspy_landlock_abi(void);
+    int pspy_landlock_restrict(uint64_t handled, const int *fds, const uint64_t *rights, int n);
     #define SECCOMP_FILTER_FLAG_TSYNC ...
     int pspy_learn_load(scmp_filter_ctx ctx);
     void pspy_learn_set_service(int tid, int service);
@@ -278,6 +280,44 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
             return -1;
         return (int) syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, flags, &fprog);
+    }
+
+    /* Landlock (isolation="per_call": a call process's own folder). The
+       structs are spelled out here, so older kernel headers build it too. */
+    #ifndef SYS_landlock_create_ruleset
+    #define SYS_landlock_create_ruleset 444
+    #define SYS_landlock_add_rule 445
+    #define SYS_landlock_restrict_self 446
+    #endif
+    struct pspy_ll_ruleset { uint64_t handled_access_fs; };
+    struct pspy_ll_beneath { uint64_t allowed_access; int32_t parent_fd; } __attribute__((packed));
+
+    int pspy_landlock_abi(void) {
+        return (int) syscall(SYS_landlock_create_ruleset, NULL, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */);
+    }
+
+    int pspy_landlock_restrict(uint64_t handled, const int *fds, const uint64_t *rights, int n) {
+        struct pspy_ll_ruleset attr = { handled };
+        int ruleset = (int) syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+        if (ruleset < 0)
+            return -1;
+        for (int i = 0; i < n; i++) {
+            struct pspy_ll_beneath rule = { rights[i], fds[i] };
+            if (syscall(SYS_landlock_add_rule, ruleset, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &rule, 0) != 0) {
+                int saved = errno;
+                close(ruleset);
+                errno = saved;
+                return -1;
+            }
+        }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
+            int saved = errno;
+            close(ruleset);
+            errno = saved;
+            return -1;
+        }
+        close(ruleset);
+        return 0;
     }
 
     int pspy_learn_start(int out_fd) {

@@ -133,9 +133,13 @@ class Client:
         except BaseException:
             conn.close()
             raise
-        self._give_back(conn)
         if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
+            self._give_back(conn)
             return response[1]
+        if _ends_provider(response):
+            conn.close()   # the provider is ending itself (call_timeout): never reuse its connection
+        else:
+            self._give_back(conn)
         return _result(self.provider, service, response)
 
     def ping(self) -> str:
@@ -168,14 +172,27 @@ def _result(provider: str, service: str, response):
     raise ProtocolError(f"malformed response from {provider!r}")
 
 
+# The errors a provider answers with itself (not raised by a service): the
+# caller gets pspy's own class, so `except pspy.ServiceTimeout` works.
+_OWN_ERRORS = {"pspy.SerializationError": SerializationError, "pspy.ServiceTimeout": ServiceTimeout,
+               "pspy.CallInterrupted": CallInterrupted}
+
+
+def _ends_provider(response) -> bool:
+    return (type(response) is list and len(response) == 2 and response[0] == protocol.ERROR
+            and isinstance(response[1], dict)
+            and response[1].get("type") == "pspy.ServiceTimeout")
+
+
 def _rebuild_exception(payload: dict) -> BaseException:
     """The same exception type for builtins and registered classes, else RemoteError."""
     type_name = str(payload.get("type"))
     message = str(payload.get("message"))
     args = payload.get("args")
     tb = payload.get("traceback")
-    if type_name == "pspy.SerializationError":
-        return SerializationError(message)
+    own = _OWN_ERRORS.get(type_name)
+    if own is not None:
+        return own(message)
     cls = builtin_exception(type_name) or codec.registered_exception(type_name)
     if cls is not None:
         try:

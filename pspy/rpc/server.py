@@ -18,7 +18,9 @@ import os
 import selectors
 import socket
 import struct
+import sys
 import threading
+import time
 import traceback
 import types
 from dataclasses import dataclass
@@ -35,6 +37,10 @@ MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection 
 UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
 ACTIVE: dict[int, str] = {}      # native thread id -> "Provider.service" it ran last (kept: read later)
 ON_CALL: Callable[[int, str], None] | None = None   # pspy learn: told (thread id, service) before each call
+_STOP = object()                 # the selector key of the stop pipe (Server.stop_accepting)
+# The exit status of a provider that ended itself for a call past its
+# call_timeout (isolation="process"): the supervisor restarts it at once.
+EXIT_CALL_TIMEOUT = 124
 
 
 @dataclass
@@ -55,7 +61,8 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
 class Server:
     def __init__(self, provider: str, endpoints: dict[str, Endpoint],
                  principal_of_uid: Callable[[int], str | None], *,
-                 debug: bool = False, max_frame: int = protocol.DEFAULT_MAX_FRAME):
+                 debug: bool = False, max_frame: int = protocol.DEFAULT_MAX_FRAME,
+                 call_timeout: float | None = None):
         self.provider = provider
         self.endpoints = endpoints
         for endpoint in endpoints.values():
@@ -67,6 +74,12 @@ class Server:
         self._loop_local = threading.local()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._may_call_something = frozenset().union(*(e.callers for e in endpoints.values()))
+        self.call_timeout = call_timeout
+        self.per_call = None   # isolation="per_call": the pspy.percall.Zygote that runs every call
+        self._watchdog = _Watchdog(self, call_timeout) if call_timeout else None
+        self._accepting = threading.Lock()
+        self._stopped = False
+        self._stop_pipe = os.pipe2(os.O_CLOEXEC) if call_timeout else (-1, -1)
 
     def bind(self, path: str) -> None:
         try:
@@ -91,27 +104,55 @@ class Server:
     def serve_forever(self) -> None:
         assert self._listeners
         selector = None
-        if len(self._listeners) > 1:
+        if len(self._listeners) > 1 or self._watchdog is not None:
+            # With a watchdog the loop must be stoppable (stop_accepting): a
+            # connection that comes while this provider ends itself stays in
+            # the listening socket's queue, for the provider started next.
             selector = selectors.DefaultSelector()
             for sock, identity in self._listeners:
                 sock.setblocking(False)
                 selector.register(sock, selectors.EVENT_READ, identity)
+            if self._watchdog is not None:
+                selector.register(self._stop_pipe[0], selectors.EVENT_READ, _STOP)
         listener, identity = self._listeners[0]
         while True:
             self._slots.acquire()   # a bounded number of connection threads
             try:
                 if selector is not None:
                     listener, identity = self._ready(selector)
-                try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:   # another accept took it first
-                    self._slots.release()
-                    continue
-                sock.setblocking(True)
-                threading.Thread(target=self._serve_connection, args=(sock, identity), daemon=True).start()
+                with self._accepting:
+                    if not (identity is _STOP or self._stopped):
+                        self._accept(listener, identity)
+                        continue
+                threading.Event().wait()   # the process is ending: accept nothing more
             except BaseException:
                 self._slots.release()
                 raise
+
+    def _accept(self, listener: socket.socket, identity: str | None) -> None:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:   # another accept took it first
+            self._slots.release()
+            return
+        sock.setblocking(True)
+        try:
+            threading.Thread(target=self._serve_connection, args=(sock, identity), daemon=True).start()
+        except RuntimeError as e:
+            # No thread to be had (its processes or memory limit is reached,
+            # a call's fork bomb say): this caller is turned away, the
+            # provider keeps serving.
+            log.warning("turning a connection away: %s", e)
+            sock.close()
+            self._slots.release()
+            time.sleep(0.01)
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections (the process is about to end); returns
+        once no accept is under way."""
+        self._stopped = True
+        os.write(self._stop_pipe[1], b"x")
+        self._accepting.acquire()
 
     @staticmethod
     def _ready(selector) -> tuple[socket.socket, str | None]:
@@ -141,15 +182,12 @@ class Server:
                     if (type(request) is not list or len(request) != 3 or type(request[0]) is not str
                             or type(request[1]) is not list or type(request[2]) is not dict):
                         raise ProtocolError("request is not [service, args, kwargs]")
-                    response = self._handle(caller, uid, pid, request[0], request[1], request[2])
-                    attachments: list[bytes] = []
-                    if type(response[1]) is bytes and response[0] == protocol.OK:
-                        response[1] = codec.attach(response[1], attachments)
-                    try:
-                        conn.send_message(response, attachments)
-                    except SerializationError as e:   # raised while encoding, before any byte is sent
-                        conn.send_message(self._error("pspy.SerializationError",
-                                                      f"return value of {self.provider}.{request[0]}: {e}"))
+                    response = self._handle(caller, uid, pid, request[0], request[1], request[2], conn)
+                    if response is None:
+                        # The watchdog answered this call (past its call_timeout)
+                        # and is ending the process: never touch the socket again.
+                        threading.Event().wait()
+                    self.send_response(conn, request[0], response)
                 except protocol.PeerClosed:
                     return
                 except ProtocolError as e:
@@ -161,8 +199,10 @@ class Server:
             conn.close()
             self._slots.release()
 
-    def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict) -> list:
-        """The response to one request, as a value still to be encoded."""
+    def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict,
+                conn: protocol.Connection | None = None) -> list | None:
+        """The response to one request, as a value still to be encoded; None
+        when the watchdog already answered it (past the call_timeout)."""
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             if name == protocol.PING:
@@ -174,6 +214,30 @@ class Server:
             log.warning("denied: %s (uid %d, pid %d) called %s.%s; allowed callers: %s",
                         who, uid, pid, self.provider, name, allowed)
             return [protocol.DENIED, f"{who} may not call {self.provider}.{name} (allowed callers: {allowed})"]
+        if self.per_call is not None:
+            return self.per_call.run(caller, uid, pid, name, args, kwargs)
+        if self._watchdog is None:
+            return self.invoke(endpoint, args, kwargs)
+        token = self._watchdog.start(conn, name)
+        try:
+            response = self.invoke(endpoint, args, kwargs)
+        finally:
+            answered = not self._watchdog.finish(token)
+        return None if answered else response
+
+    def send_response(self, conn: protocol.Connection, name: str, response: list) -> None:
+        attachments: list[bytes] = []
+        if type(response[1]) is bytes and response[0] == protocol.OK:
+            response[1] = codec.attach(response[1], attachments)
+        try:
+            conn.send_message(response, attachments)
+        except SerializationError as e:   # raised while encoding, before any byte is sent
+            conn.send_message(self._error("pspy.SerializationError",
+                                          f"return value of {self.provider}.{name}: {e}"))
+
+    def invoke(self, endpoint: Endpoint, args: list, kwargs: dict) -> list:
+        """Run one authorised call in this process: the response, still to be encoded."""
+        name = endpoint.name
         tid = threading.get_native_id()
         ACTIVE[tid] = f"{self.provider}.{name}"   # for seccomp's denial reports
         if ON_CALL is not None:
@@ -227,6 +291,65 @@ class Server:
 
     def _error(self, type_name: str, message: str, tb: str | None = None, args=None) -> list:
         return [protocol.ERROR, {"type": type_name, "message": message, "args": args, "traceback": tb}]
+
+
+class _Watchdog:
+    """call_timeout for isolation="process": a thread cannot be stopped, so
+    when a call passes its time the watchdog answers it with ServiceTimeout
+    and ends the whole provider (EXIT_CALL_TIMEOUT), whose supervisor starts
+    it again at once. Other calls in flight see CallInterrupted."""
+
+    def __init__(self, server: Server, seconds: float):
+        self.server = server
+        self.seconds = seconds
+        self._cond = threading.Condition()
+        self._calls: dict[int, tuple[float, protocol.Connection | None, str]] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self, conn: protocol.Connection | None, name: str) -> int:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pspy-call-timeout", daemon=True)
+                self._thread.start()
+            self._next += 1
+            self._calls[self._next] = (time.monotonic() + self.seconds, conn, name)
+            self._cond.notify()
+            return self._next
+
+    def finish(self, token: int) -> bool:
+        """True if the call was still the caller's to answer."""
+        with self._cond:
+            return self._calls.pop(token, None) is not None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                expired = [(t, c) for t, c in self._calls.items() if c[0] <= now]
+                if expired:
+                    token, (_, conn, name) = expired[0]
+                    del self._calls[token]
+                    break
+                nearest = min((c[0] for c in self._calls.values()), default=None)
+                self._cond.wait(None if nearest is None else nearest - now)
+        provider = self.server.provider
+        self.server.stop_accepting()
+        log.error("service %s.%s passed its call_timeout of %ss: answering ServiceTimeout and ending "
+                  "this provider (the supervisor starts it again)", provider, name, self.seconds)
+        try:
+            if conn is not None:
+                conn.send_message(self.server._error(
+                    "pspy.ServiceTimeout", f"{provider}.{name} passed its call_timeout of {self.seconds}s "
+                    "and was stopped; its provider is starting again"))
+        except (OSError, ProtocolError):
+            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_CALL_TIMEOUT)
 
 
 def builtin_exception(type_name: str) -> type[BaseException] | None:

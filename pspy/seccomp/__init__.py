@@ -271,12 +271,43 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     return {"source": source, "derived": derived, "profile": out}
 
 
+# What a provider with isolation="per_call" needs beyond the policy its calls
+# run under: it forks a process per call, which restricts its file system
+# (Landlock) and stacks the declared policy (seccomp) before the call runs.
+PER_CALL_NEEDS = ("wait4", "waitid", "pidfd_open", "pidfd_send_signal", "seccomp",
+                  "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self")
+
+
+def for_per_call(policy: dict) -> dict:
+    """``policy`` (from ``effective``) for a per_call provider: its own filter
+    also lets it create processes (clone without CLONE_NEW*, as every policy)
+    and set up call processes; each call process loads the declared policy,
+    unchanged, on top (``call_profile``)."""
+    declared = policy["profile"]
+    syscalls = []
+    for entry in declared["syscalls"]:
+        names = [n for n in entry["names"] if n not in ("clone",) + PER_CALL_NEEDS]
+        if names:
+            syscalls.append(dict(entry, names=names))
+    syscalls.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                     "args": [{"index": 0, "value": CLONE_NEW_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]})
+    syscalls.append({"names": list(PER_CALL_NEEDS), "action": "SCMP_ACT_ALLOW"})
+    widened = dict(declared, syscalls=syscalls)
+    note = ("isolation='per_call': the provider itself may also create processes and load filters "
+            f"({', '.join(PER_CALL_NEEDS[:5])}, landlock_*); every call runs in a process of its own "
+            "under the declared policy, stacked on top")
+    return dict(policy, profile=widened, call_profile=declared, derived=list(policy["derived"]) + [note])
+
+
 def compiled(policy: dict) -> dict:
     """``policy`` (from ``effective``) with what a principal loads at start-up
     (pspy._filter): the BPF program, whether it traps denials, and their errno."""
     profile = policy["profile"]
-    return dict(policy, bpf=base64.b64encode(compile_bpf(profile)).decode(), trapping=traps(profile),
-                errno=profile.get("defaultErrnoRet", errno.EPERM))
+    out = dict(policy, bpf=base64.b64encode(compile_bpf(profile)).decode(), trapping=traps(profile),
+               errno=profile.get("defaultErrnoRet", errno.EPERM))
+    if "call_profile" in policy:
+        out["call_bpf"] = base64.b64encode(compile_bpf(policy["call_profile"])).decode()
+    return out
 
 
 def _layer_inline(base: dict, policy: dict, where: str) -> dict:
