@@ -16,8 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from .jail import data_paths
-from .limits import (RLIMIT_CPU, RLIMIT_DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, cgroup_controllers,
-                     rlimits)
+from .limits import RLIMIT_NAMES, cgroup_controllers, rlimits
 from .plan import Plan
 from .sharing import view_of
 
@@ -215,9 +214,6 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
             "rootless": plan.rootless, "isolation": isolation, "findings": findings, "principals": principals}
 
 
-_RLIMIT_NAMES = {RLIMIT_CPU: "RLIMIT_CPU", RLIMIT_DATA: "RLIMIT_DATA", RLIMIT_NPROC: "RLIMIT_NPROC",
-                 RLIMIT_NOFILE: "RLIMIT_NOFILE", RLIMIT_FSIZE: "RLIMIT_FSIZE"}
-
 
 def limits_report(plan: Plan, p) -> dict:
     """The principal's limits and what enforces each: setrlimit, and which
@@ -236,7 +232,7 @@ def limits_report(plan: Plan, p) -> dict:
         if set(p.limits) == {"call_timeout"}:
             enforced = enforced.split("; ", 1)[1]
     return {"limits": dict(p.limits),
-            "rlimits": [{"resource": _RLIMIT_NAMES[r], "soft": soft, "hard": hard}
+            "rlimits": [{"resource": RLIMIT_NAMES[r], "soft": soft, "hard": hard}
                         for r, soft, hard in rlimits(p.limits, plan.rootless)],
             "cgroups": controllers, "limits_enforced_by": enforced}
 

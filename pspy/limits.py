@@ -3,7 +3,8 @@
 Pure: checking and normalising the decorator's (or pspy.toml's) value, and
 turning it into setrlimit calls and cgroup files. Applying them is the
 sandbox's (sandbox/spawn.py, sandbox/launch.py, sandbox/cgroup.py); the
-provider enforces ``call_timeout`` (pspy/runtime.py).
+provider enforces ``call_timeout`` (rpc/server.py's watchdog, or pspy/percall.py's
+zygote with ``isolation="per_call"``).
 
 Keys (all optional):
 - ``cpu_seconds``: CPU time of the process (RLIMIT_CPU: SIGXCPU at the
@@ -28,6 +29,7 @@ Keys (all optional):
 from __future__ import annotations
 
 import re
+from resource import RLIMIT_CPU, RLIMIT_DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC
 
 KEYS = ("cpu_seconds", "memory", "processes", "open_files", "file_size", "cpus", "call_timeout")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -36,8 +38,8 @@ MIN_MEMORY = 16 << 20      # below this the interpreter cannot start
 MIN_OPEN_FILES = 16        # stdio, the listening socket, the filter, a few modules
 ISOLATIONS = ("process", "per_call")
 
-# RLIMIT_* numbers of Linux (the same on every architecture pspy supports).
-RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_DATA, RLIMIT_NPROC, RLIMIT_NOFILE = 0, 1, 2, 6, 7
+RLIMIT_NAMES = {RLIMIT_CPU: "RLIMIT_CPU", RLIMIT_DATA: "RLIMIT_DATA", RLIMIT_NPROC: "RLIMIT_NPROC",
+                RLIMIT_NOFILE: "RLIMIT_NOFILE", RLIMIT_FSIZE: "RLIMIT_FSIZE"}
 
 
 def _size(value) -> int | None:

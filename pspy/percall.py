@@ -29,18 +29,20 @@ import base64
 import errno
 import logging
 import os
+import select
 import selectors
 import shutil
 import signal
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
 
 from . import errors
+from .errors import SandboxError
 from .rpc import codec, protocol
+from .rpc.server import flush_and_exit
 
 log = logging.getLogger("pspy.percall")
 
@@ -51,10 +53,6 @@ LL_REFER, LL_TRUNCATE = 1 << 13, 1 << 14
 LL_READ = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
 
 EXIT_SETUP_FAILED = 70   # a call process that could not shut itself in: it never ran the call
-
-
-class PerCallError(errors.PspyError):
-    """A per_call provider cannot set up its call processes."""
 
 
 def landlock_handled(abi: int) -> int:
@@ -104,7 +102,7 @@ class Zygote:
         from ._native import lib
         abi = lib.pspy_landlock_abi()
         if abi < 1:
-            raise PerCallError(f"isolation='per_call' for {self.server.provider} needs Landlock "
+            raise SandboxError(f"isolation='per_call' for {self.server.provider} needs Landlock "
                                "(Linux 5.13 or later, enabled in the kernel's lsm= list); this kernel "
                                "answers: " + os.strerror(errno.ENOSYS if abi < 0 else errno.EOPNOTSUPP))
         base = _fresh_base(self.server.provider)
@@ -124,7 +122,6 @@ class Zygote:
     def _watch(self) -> None:
         # A provider whose zygote is gone can run no call: it ends, and its
         # supervisor starts it (and a zygote) again.
-        import select
         try:
             pidfd = os.pidfd_open(self.pid)
             select.select([pidfd], [], [])
@@ -133,8 +130,7 @@ class Zygote:
             status = 0
         log.error("the call zygote of %s %s; ending this provider", self.server.provider,
                   describe_status(status))
-        _flush()
-        os._exit(1)
+        flush_and_exit(1)
 
     def run(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict) -> list:
         """One call in a fresh process: its response, or the error saying why there is none."""
@@ -156,7 +152,6 @@ class Zygote:
                 conn.send_message([name, args, kwargs])
             except OSError:
                 pass   # the call process ended before reading it: its status says how
-            import select
             poller = select.poll()
             poller.register(a, select.POLLIN)
             poller.register(s1, select.POLLIN)
@@ -319,10 +314,8 @@ class _Zygote:
             server.send_response(conn, name, server.invoke(endpoint, args, kwargs))
         except BaseException as e:  # noqa: BLE001 - SystemExit too: a call process never unwinds
             _say(f"pspy: {server.provider}: call process failed: {type(e).__name__}: {e}")
-            _flush()
-            os._exit(1)
-        _flush()
-        os._exit(0)
+            flush_and_exit(1)
+        flush_and_exit(0)
 
     def _shut_in(self, folder: str) -> None:
         from ._native import ffi, lib
@@ -369,14 +362,6 @@ def _say(text: str) -> None:
         os.write(2, (text.replace("\n", "\\n") + "\n").encode())
     except OSError:
         pass
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def call_filter(seccomp: dict | None) -> bytes | None:

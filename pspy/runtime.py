@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 
-from .errors import PermissionDenied, PspyError, SerializationError, ServiceUnavailable
+from .errors import PermissionDenied, PspyError, SandboxError, SerializationError, ServiceUnavailable
 from .plan import Plan, PrincipalPlan, ServicePlan
 from .rpc import codec
 from .rpc.client import Client
@@ -263,7 +263,7 @@ def serve_provider() -> int:
                                          close_fds=[fd for fd, _ in listeners])
         try:
             server.per_call.start()
-        except percall.PerCallError as e:
+        except SandboxError as e:
             print(f"pspy.runtime: {e}", file=sys.stderr)
             return 2
     if listeners:

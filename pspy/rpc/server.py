@@ -74,7 +74,6 @@ class Server:
         self._loop_local = threading.local()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._may_call_something = frozenset().union(*(e.callers for e in endpoints.values()))
-        self.call_timeout = call_timeout
         self.per_call = None   # isolation="per_call": the pspy.percall.Zygote that runs every call
         self._watchdog = _Watchdog(self, call_timeout) if call_timeout else None
         self._accepting = threading.Lock()
@@ -344,12 +343,17 @@ class _Watchdog:
                     "and was stopped; its provider is starting again"))
         except (OSError, ProtocolError):
             pass
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(EXIT_CALL_TIMEOUT)
+        flush_and_exit(EXIT_CALL_TIMEOUT)
+
+
+def flush_and_exit(status: int) -> None:
+    """End this process at once (no unwinding, no atexit), keeping what it printed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def builtin_exception(type_name: str) -> type[BaseException] | None:

@@ -59,10 +59,12 @@ def _own_paths() -> tuple[dict[str, str], str | None]:
     return v1, v2
 
 
-def locate(controller: str) -> tuple[str, str] | None:
-    """(version, folder of this process's cgroup) of the hierarchy holding ``controller``."""
-    v1_paths, v2_path = _own_paths()
-    mounts = _mounts()
+def locate(controller: str, mounts=None, own=None) -> tuple[str, str] | None:
+    """(version, folder of this process's cgroup) of the hierarchy holding
+    ``controller``; ``mounts`` and ``own`` (from _mounts and _own_paths) are
+    read here unless given."""
+    v1_paths, v2_path = own if own is not None else _own_paths()
+    mounts = mounts if mounts is not None else _mounts()
     for point, kind, options in mounts:
         if kind == "cgroup" and controller in options and controller in v1_paths:
             return "v1", os.path.join(point, v1_paths[controller].lstrip("/"))
@@ -87,8 +89,9 @@ def hierarchies(plan: Plan) -> dict[str, str]:
         return {}
     needed = sorted({c for p in plan.principals for c in cgroup_controllers(p.limits)})
     out = {}
+    mounts, own = (_mounts(), _own_paths()) if needed else (None, None)
     for controller in needed:
-        found = locate(controller)
+        found = locate(controller, mounts, own)
         if found is None:
             users = ", ".join(p.name for p in plan.principals if controller in cgroup_controllers(p.limits))
             raise SandboxError(f"limits of {users} need the cgroup controller {controller!r}, which this host "
@@ -104,11 +107,13 @@ def app_folder_name(plan: Plan) -> str:
 
 def folders(plan: Plan, principal: PrincipalPlan) -> dict[str, str]:
     """controller -> the principal's cgroup folder (host path)."""
+    wanted = [c for c in cgroup_controllers(principal.limits) if c in plan.cgroups]   # none rootless
+    if not wanted:
+        return {}
     out = {}
-    for controller in cgroup_controllers(principal.limits):
-        if controller not in plan.cgroups:
-            continue   # rootless, or a plan without cgroups
-        found = locate(controller)
+    mounts, own = _mounts(), _own_paths()
+    for controller in wanted:
+        found = locate(controller, mounts, own)
         if found is None:
             raise SandboxError(f"cgroup controller {controller!r} for {principal.name} is no longer mounted")
         out[controller] = os.path.join(found[1], app_folder_name(plan), principal.name)
