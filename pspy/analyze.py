@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from .jail import data_paths
-from .limits import RLIMIT_NAMES, cgroup_controllers, rlimits
+from .limits import RLIMIT_NAMES, call_rlimits, cgroup_controllers, rlimits
 from .plan import Plan
 from .sharing import view_of
 
@@ -219,6 +219,7 @@ def limits_report(plan: Plan, p) -> dict:
     """The principal's limits and what enforces each: setrlimit, and which
     cgroup hierarchy (v1 or v2) holds each controller used."""
     controllers = {c: plan.cgroups[c] for c in cgroup_controllers(p.limits) if c in plan.cgroups}
+    per_call = p.isolation == "per_call"
     if not p.limits:
         enforced = "no limits"
     elif plan.rootless:
@@ -233,7 +234,9 @@ def limits_report(plan: Plan, p) -> dict:
             enforced = enforced.split("; ", 1)[1]
     return {"limits": dict(p.limits),
             "rlimits": [{"resource": RLIMIT_NAMES[r], "soft": soft, "hard": hard}
-                        for r, soft, hard in rlimits(p.limits, plan.rootless)],
+                        for r, soft, hard in rlimits(p.limits, plan.rootless, per_call)]
+                       + [{"resource": RLIMIT_NAMES[r], "soft": soft, "hard": hard, "per_call": True}
+                          for r, soft, hard in (call_rlimits(p.limits) if per_call else [])],
             "cgroups": controllers, "limits_enforced_by": enforced}
 
 

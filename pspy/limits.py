@@ -10,7 +10,8 @@ Keys (all optional):
 - ``cpu_seconds``: CPU time of the process (RLIMIT_CPU: SIGXCPU at the
   limit, SIGKILL a second later). For a provider that runs every call in
   one process this is the process's whole life; with
-  ``isolation="per_call"`` each call's process starts from zero.
+  ``isolation="per_call"`` it bounds each call's process, which starts
+  from zero (the provider that forwards the calls is not bound by it).
 - ``memory``: bytes (or "64M", "1G"); as root the principal's cgroup
   memory limit (what it really uses; swap included where the host counts
   it), and in every mode RLIMIT_DATA (writable private memory it maps,
@@ -96,12 +97,12 @@ def normalize(limits, where: str) -> tuple[dict, list[str]]:
     return out, problems
 
 
-def rlimits(limits: dict, rootless: bool) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) to set with setrlimit before exec."""
-    out = []
-    if "cpu_seconds" in limits:
-        seconds = int(-(-limits["cpu_seconds"] // 1))   # whole seconds, rounded up
-        out.append((RLIMIT_CPU, seconds, seconds + 1))   # SIGXCPU, then SIGKILL
+def rlimits(limits: dict, rootless: bool, per_call: bool = False) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) to set with setrlimit before exec. With
+    ``per_call`` the CPU limit is left to each call process (call_rlimits):
+    CPU time adds up over a process's life, and a provider that forwards
+    calls would otherwise die of its thousandth."""
+    out = [] if per_call else call_rlimits(limits)
     if "memory" in limits:
         out.append((RLIMIT_DATA, limits["memory"], limits["memory"]))
     if "processes" in limits and not rootless:
@@ -111,6 +112,15 @@ def rlimits(limits: dict, rootless: bool) -> list[tuple[int, int, int]]:
     if "file_size" in limits:
         out.append((RLIMIT_FSIZE, limits["file_size"], limits["file_size"]))
     return out
+
+
+def call_rlimits(limits: dict) -> list[tuple[int, int, int]]:
+    """What a per_call call process sets for itself after its fork (a fork
+    starts its CPU time at zero): the CPU limit."""
+    if "cpu_seconds" not in limits:
+        return []
+    seconds = int(-(-limits["cpu_seconds"] // 1))   # whole seconds, rounded up
+    return [(RLIMIT_CPU, seconds, seconds + 1)]     # SIGXCPU, then SIGKILL
 
 
 CPU_PERIOD_US = 100_000

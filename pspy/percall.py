@@ -29,6 +29,7 @@ import base64
 import errno
 import logging
 import os
+import resource
 import select
 import selectors
 import shutil
@@ -86,12 +87,13 @@ class Zygote:
     """The provider's side: starts the zygote, and runs calls through it."""
 
     def __init__(self, server, *, writable: list[str], call_timeout: float | None,
-                 call_bpf: bytes | None, close_fds: list[int]):
+                 call_bpf: bytes | None, close_fds: list[int], rlimits: list[tuple[int, int, int]] = ()):
         self.server = server
         self.writable = writable          # absolute paths a call may write (the provider's perms)
         self.call_timeout = call_timeout
         self.call_bpf = call_bpf
         self.close_fds = close_fds        # the listening sockets: never the zygote's
+        self.rlimits = list(rlimits)      # set by each call process for itself (its CPU time)
         self.control: socket.socket | None = None
         self.pid = 0
         self._lost = threading.Event()
@@ -294,6 +296,8 @@ class _Zygote:
         try:
             try:
                 _die_with_parent()
+                for resource_, soft, hard in self.owner.rlimits:
+                    resource.setrlimit(resource_, (soft, hard))
                 os.close(status_fd)
                 self.control.close()
                 for call in self.calls.values():

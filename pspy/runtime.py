@@ -257,9 +257,11 @@ def serve_provider() -> int:
     if per_call:
         # Forked now, with the app imported and before any serving thread.
         from . import percall
+        from .limits import call_rlimits
         writable = [os.path.join(rt.plan.app_dir, p.pattern.rstrip("/")) for p in rt.me.perms if p.mode & 0o200]
         server.per_call = percall.Zygote(server, writable=writable, call_timeout=call_timeout,
                                          call_bpf=percall.call_filter(rt.me.seccomp),
+                                         rlimits=call_rlimits(rt.me.limits),
                                          close_fds=[fd for fd, _ in listeners])
         try:
             server.per_call.start()

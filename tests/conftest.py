@@ -195,3 +195,11 @@ def bootstrap_rootless(user, app_source, name, *extra, env=None):
     RUN_AS[jail] = user
     pspy("bootstrap", app, "--jail", jail, "--namespaces", "--detach", *extra, env=env, check=True)
     return jail
+
+
+def provider_pid(jail, name):
+    """The pid of the provider's own process (in namespace mode, the child of its PID 1)."""
+    state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
+    pid = state["principals"][name]["pid"]
+    kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    return int(kids[0]) if kids and "pspy-init" in open(f"/proc/{pid}/cmdline").read() else pid

@@ -48,6 +48,13 @@ def test_limits_become_rlimits_with_a_hard_cpu_limit_a_second_later():
     assert limits.RLIMIT_NPROC not in [r for r, _, _ in limits.rlimits({"processes": 15}, rootless=True)]
 
 
+def test_per_call_cpu_seconds_bound_each_call_process_not_the_provider_forwarding_them():
+    given = {"cpu_seconds": 1, "memory": 64 * MiB}
+    assert limits.rlimits(given, rootless=False, per_call=True) == [(limits.RLIMIT_DATA, 64 * MiB, 64 * MiB)]
+    assert limits.call_rlimits(given) == [(limits.RLIMIT_CPU, 1, 2)]
+    assert limits.call_rlimits({"memory": 64 * MiB}) == []
+
+
 def test_cgroup_files_on_v1_and_v2():
     lim = {"memory": 64 * MiB, "processes": 15, "cpus": 0.5}
     assert limits.cgroup_controllers(lim) == ["memory", "pids", "cpu"]

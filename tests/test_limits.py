@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO, RUN_AS, probe, pspy, rootless_copy
+from conftest import REPO, RUN_AS, probe, provider_pid, pspy, rootless_copy
 
 pytestmark = pytest.mark.root
 
@@ -197,7 +197,7 @@ print(json.dumps({n: resource.getrlimit(getattr(resource, n))[1] for n in
     # The running provider sits in its cgroups, which hold the limits.
     report = json.loads(pspy("analyze", "--jail", jail["jail"], "--format", "json", check=True).stdout)
     hog = next(p for p in report["principals"] if p["name"] == "Hog")
-    pid = _provider_pid(jail["jail"], "Hog")
+    pid = provider_pid(jail["jail"], "Hog")
     groups = dict(line.split(":", 2)[1:] for line in open(f"/proc/{pid}/cgroup").read().splitlines())
     for controller, name, value in (("memory", "memory.limit_in_bytes", str(64 * MiB)),
                                     ("pids", "pids.max", "16"), ("cpu", "cpu.cfs_quota_us", "50000")):
@@ -205,7 +205,7 @@ print(json.dumps({n: resource.getrlimit(getattr(resource, n))[1] for n in
         assert groups[controller].endswith("/Hog")
         with open(f"/sys/fs/cgroup/{controller}{groups[controller]}/{name}") as f:
             assert f.read().strip() == value
-    free_pid = _provider_pid(jail["jail"], "Free")
+    free_pid = provider_pid(jail["jail"], "Free")
     assert open(f"/proc/{free_pid}/cgroup").read().count("/Free") == 0   # control: no limits, no cgroup
     if jail["mode"] == "namespaces":
         inside = probe(jail["jail"], "Hog", """
@@ -223,14 +223,6 @@ print(json.dumps([open("/proc/self/cgroup").read().count(":/\\n"),
 """)
         # its cgroup namespace shows its own cgroups as "/"; they are read-only (EROFS)
         assert inside == [10, ["16"], str(64 * MiB), "16", 30]
-
-
-def _provider_pid(jail, name):
-    """The pid of the provider's own process (in namespace mode, the child of its PID 1)."""
-    state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
-    pid = state["principals"][name]["pid"]
-    kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    return int(kids[0]) if kids and "pspy-init" in open(f"/proc/{pid}/cmdline").read() else pid
 
 
 def test_analyze_reports_the_limits_and_what_enforces_them(jail):

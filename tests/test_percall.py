@@ -9,10 +9,11 @@ beside a control that does the allowed thing.
 
 import json
 import os
+import re
 
 import pytest
 
-from conftest import OUTCOME, REPO, probe, pspy
+from conftest import OUTCOME, REPO, probe, provider_pid, pspy
 
 pytestmark = pytest.mark.root
 
@@ -100,6 +101,15 @@ def test_a_call_that_exits_or_is_killed_is_reported_and_the_provider_keeps_servi
     assert results[1][0][0] == "CallInterrupted" and "SIGKILL" in results[1][0][1]
     assert results[2][0] == ["ok", ["", "MemoryError: "]]   # RLIMIT_DATA, inherited from the provider
     assert results[3][0] == ["ok", ["still here\n", None]]
+
+
+def test_cpu_seconds_bound_each_call_process_and_not_the_provider_that_forwards_them(jail):
+    ((kind, value), _), = run(jail, "import resource; print(resource.getrlimit(resource.RLIMIT_CPU))")
+    assert kind == "ok" and value == ["(5, 6)\n", None], value   # SIGKILL a second after SIGXCPU
+    # The provider has none, so thousands of forwarded calls do not add up to a kill.
+    limits = open(f"/proc/{provider_pid(jail, 'Runner')}/limits").read()
+    assert re.search(r"Max cpu time +unlimited +unlimited", limits), limits
+    assert re.search(r"Max data size +268435456 +268435456", limits), limits   # control: its memory limit
 
 
 def test_a_call_process_cannot_loosen_its_filter_or_leave_its_folder(jail):

@@ -94,7 +94,7 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
         env[ENV_CALLER_FDS] = ",".join(f"{fd}={caller}" for caller, fd in sorted(caller_fds.items()))
     argv = resolve_argv(plan, argv)
     procs = cgroup.prepare(plan, principal)
-    limits = rlimits_of(principal.limits, plan.rootless)
+    limits = rlimits_of(principal.limits, plan.rootless, per_call=principal.isolation == "per_call")
     if plan.mode == "namespaces":
         if userns_fd is None:
             raise SandboxError("namespace mode needs the app's user namespace")
