@@ -53,6 +53,13 @@ LL_ABI1 = (1 << 13) - 1          # EXECUTE .. MAKE_SYM
 LL_REFER, LL_TRUNCATE = 1 << 13, 1 << 14
 LL_READ = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
 
+# Beyond files: TCP (ABI 4) and scopes (ABI 6). With no rule granting them,
+# a call binds and connects no TCP port, connects to no abstract Unix socket
+# and signals no process outside its own domain: not its zygote, not its
+# provider, though they run under its uid.
+LL_NET_BIND_TCP, LL_NET_CONNECT_TCP = 1 << 0, 1 << 1
+LL_SCOPE_ABSTRACT_UNIX_SOCKET, LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
+
 EXIT_SETUP_FAILED = 70   # a call process that could not shut itself in: it never ran the call
 
 
@@ -63,6 +70,14 @@ def landlock_handled(abi: int) -> int:
     if abi >= 3:
         handled |= LL_TRUNCATE
     return handled
+
+
+def landlock_net(abi: int) -> int:
+    return LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if abi >= 4 else 0
+
+
+def landlock_scoped(abi: int) -> int:
+    return LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL if abi >= 6 else 0
 
 
 def file_rights(handled: int) -> int:
@@ -107,6 +122,10 @@ class Zygote:
             raise SandboxError(f"isolation='per_call' for {self.server.provider} needs Landlock "
                                "(Linux 5.13 or later, enabled in the kernel's lsm= list); this kernel "
                                "answers: " + os.strerror(errno.ENOSYS if abi < 0 else errno.EOPNOTSUPP))
+        if abi < 6:
+            log.warning("Landlock ABI %d (Linux before 6.12): the calls of %s can signal its own processes "
+                        "(same uid), so a call can end its provider, which is then started again", abi,
+                        self.server.provider)
         base = _fresh_base(self.server.provider)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
@@ -205,6 +224,7 @@ class _Zygote:
         self.control = control
         self.base = base
         self.handled = landlock_handled(abi)
+        self.handled_net, self.scoped = landlock_net(abi), landlock_scoped(abi)
         self.calls: dict[int, list] = {}   # pid -> [pidfd, status socket, deadline, timed out]
         for fd in owner.close_fds:
             try:
@@ -327,7 +347,7 @@ class _Zygote:
         rules = self.rules + [(own, self.handled)]
         fds = ffi.new("int[]", [fd for fd, _ in rules])
         rights = ffi.new("uint64_t[]", [r for _, r in rules])
-        if lib.pspy_landlock_restrict(self.handled, fds, rights, len(rules)) != 0:
+        if lib.pspy_landlock_restrict(self.handled, self.handled_net, self.scoped, fds, rights, len(rules)) != 0:
             raise OSError(ffi.errno, f"Landlock: {os.strerror(ffi.errno)}")
         os.close(own)
         for fd, _ in self.rules:

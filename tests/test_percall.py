@@ -112,6 +112,19 @@ def test_cpu_seconds_bound_each_call_process_and_not_the_provider_that_forwards_
     assert re.search(r"Max data size +268435456 +268435456", limits), limits   # control: its memory limit
 
 
+def test_a_call_cannot_signal_its_zygote_or_provider_though_they_share_its_uid(jail):
+    # Landlock's signal scope (ABI 6): strict allows kill, the call's domain
+    # holds only itself. kill(-1) "succeeds" on no process at all.
+    results = run(jail, "print(os.getppid())", "import signal; os.kill(os.getppid(), signal.SIGKILL)",
+                  "import signal; os.kill(-1, signal.SIGKILL)", "print(os.getppid())",
+                  "os.kill(os.getpid(), 0); print('self')")
+    zygote = results[0][0]
+    assert zygote[0] == "ok"
+    assert results[1][0][0] == "ok" and results[1][0][1][1].startswith("PermissionError"), results[1]
+    assert results[3][0] == zygote   # the same zygote still forks the calls
+    assert results[4][0] == ["ok", ["self\n", None]]   # control: a call may signal itself
+
+
 def test_a_call_process_cannot_loosen_its_filter_or_leave_its_folder(jail):
     # Landlock and seccomp are the call's own: a second call of each is
     # refused (landlock_* and seccomp are not in 'strict').

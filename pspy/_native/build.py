@@ -89,7 +89,8 @@ ffibuilder.cdef("""
     int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
     int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags);
     int pspy_landlock_abi(void);
-    int pspy_landlock_restrict(uint64_t handled, const int *fds, const uint64_t *rights, int n);
+    int pspy_landlock_restrict(uint64_t handled, uint64_t handled_net, uint64_t scoped,
+                               const int *fds, const uint64_t *rights, int n);
     #define SECCOMP_FILTER_FLAG_TSYNC ...
     int pspy_learn_load(scmp_filter_ctx ctx);
     void pspy_learn_set_service(int tid, int service);
@@ -289,16 +290,20 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
     #define SYS_landlock_add_rule 445
     #define SYS_landlock_restrict_self 446
     #endif
-    struct pspy_ll_ruleset { uint64_t handled_access_fs; };
+    struct pspy_ll_ruleset { uint64_t handled_access_fs, handled_access_net, scoped; };
     struct pspy_ll_beneath { uint64_t allowed_access; int32_t parent_fd; } __attribute__((packed));
 
     int pspy_landlock_abi(void) {
         return (int) syscall(SYS_landlock_create_ruleset, NULL, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */);
     }
 
-    int pspy_landlock_restrict(uint64_t handled, const int *fds, const uint64_t *rights, int n) {
-        struct pspy_ll_ruleset attr = { handled };
-        int ruleset = (int) syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    /* handled_net needs ABI 4 and scoped ABI 6: the attribute is passed as
+       long as the fields in use, so an older kernel takes the rest. */
+    int pspy_landlock_restrict(uint64_t handled, uint64_t handled_net, uint64_t scoped,
+                               const int *fds, const uint64_t *rights, int n) {
+        struct pspy_ll_ruleset attr = { handled, handled_net, scoped };
+        size_t size = scoped ? sizeof attr : handled_net ? 2 * sizeof(uint64_t) : sizeof(uint64_t);
+        int ruleset = (int) syscall(SYS_landlock_create_ruleset, &attr, size, 0);
         if (ruleset < 0)
             return -1;
         for (int i = 0; i < n; i++) {
