@@ -92,8 +92,8 @@ def describe_status(status: int) -> str:
             name = signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
-        why = " (a limit: memory, CPU time or file size)" if sig in (signal.SIGKILL, signal.SIGXCPU,
-                                                                       signal.SIGXFSZ) else ""
+        why = {signal.SIGXCPU: " (its CPU time limit)", signal.SIGXFSZ: " (its file size limit)",
+               signal.SIGKILL: " (a limit: memory or CPU time, or a kill)"}.get(sig, "")
         return f"was killed by {name}{why}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PastesConfig(AppConfig):
+    name = "pastes"
+    default_auto_field = "django.db.models.BigAutoField"
