@@ -21,6 +21,13 @@
    provider and mode.
 The padding is a folder pspy_bench_padding/ put into this interpreter's
 site-packages for the run and removed afterwards.
+
+A start-up row counts only if its command really ran: it wrote the expected
+output and exited 0. A row that did not run shows "did not run: <reason>"
+instead of a time (in --json: {"not_run": reason}), and so does every row
+derived from it; if one of pspy's own rows did not run, the bench exits 1
+after printing the table. The bubblewrap row is only a comparison: without
+bwrap, or with a bwrap that fails, it says so and the exit status is kept.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ import argparse
 import json
 import os
 import random
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +49,139 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZOOBANK = os.path.join(REPO, "examples", "zoobank")
 sys.path.insert(0, REPO)
+
+from pspy.errors import PspyError  # noqa: E402 - from this checkout, on the path just above
+
+# What every interpreter start runs, and what it must write to count as started.
+READY_CODE = "import os; os.write(1, b'!')"
+READY_OUTPUT = b"!"
+HOST_ROW = "python start, host"
+BWRAP_ROW = "python start, bubblewrap (for comparison)"
+COMPARISON_ROWS = (BWRAP_ROW,)   # not pspy's: their failure is reported, not fatal
+START_TIMEOUT_S = 60.0
+
+
+class NotRun(Exception):
+    """Why a row has no number: its command failed, or what it needs is missing.
+    Kept in place of the row's time, so that it cannot be read as one."""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def first_line(text: str) -> str:
+    return next(iter(_lines(text)), "")
+
+
+def stderr_reason(stderr: bytes) -> str:
+    """The line of a failed command's stderr that says what went wrong: its
+    first (bwrap, the launcher), or the last of a Python traceback, whose
+    first line only says that a traceback follows."""
+    lines = _lines(stderr.decode(errors="replace"))
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def _read_until_eof(fd: int, deadline: float) -> bytes:
+    data = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return data
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def time_until_first_byte(start, expected: bytes = READY_OUTPUT, timeout: float = START_TIMEOUT_S) -> float:
+    """Seconds from ``start(stdout_fd, stderr_file)`` (which returns a Popen-like
+    process) until the command's first byte of output.
+
+    Raises NotRun unless the command wrote exactly ``expected`` and exited 0:
+    a sandbox that fails to exec also closes its output fast, and timing
+    that would rank it faster than no sandbox at all.
+    """
+    r, w = os.pipe()
+    # stderr goes to a file, not a pipe: a long error message cannot block
+    # the command while this waits on its stdout.
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            deadline = time.monotonic() + timeout
+            t0 = time.perf_counter()
+            try:
+                proc = start(w, stderr)
+            except (OSError, PspyError) as e:
+                raise NotRun(first_line(str(e)) or type(e).__name__) from None
+            finally:
+                os.close(w)
+            ready, _, _ = select.select([r], [], [], timeout)
+            output = os.read(r, 1) if ready else b""
+            elapsed = time.perf_counter() - t0
+            if output:
+                output += _read_until_eof(r, deadline)
+        finally:
+            os.close(r)
+        try:
+            returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            raise NotRun(f"still running after {timeout:.0f} s (wrote {output!r})") from None
+        stderr.seek(0)
+        reason = stderr_reason(stderr.read())
+    if returncode != 0:
+        raise NotRun(f"{reason} (exit status {returncode})" if reason else f"exit status {returncode}, no stderr")
+    if output != expected:
+        raise NotRun(f"wrote {output!r} instead of {expected!r}" + (f": {reason}" if reason else ""))
+    return elapsed
+
+
+def interleaved_medians(conditions: dict, runs: int, pause: float = 0.02) -> dict[str, float | NotRun]:
+    """Median time to first byte per condition (name -> start function, as
+    for time_until_first_byte); a condition that fails once is NotRun, with
+    its reason, and is not started again."""
+    samples_of: dict[str, list[float]] = {key: [] for key in conditions}
+    failed: dict[str, NotRun] = {}
+    order = list(conditions)
+    shuffle = random.Random(0).shuffle
+    for round_ in range(runs + 1):
+        # In a new order each round: the kernel tears network namespaces
+        # down in the background, and whatever ran after one would pay.
+        shuffle(order)
+        for key in order:
+            if key in failed:
+                continue
+            try:
+                elapsed = time_until_first_byte(conditions[key])
+            except NotRun as e:
+                failed[key] = e
+                continue
+            if round_:   # the first round builds templates and warms caches
+                samples_of[key].append(elapsed)
+            time.sleep(pause)
+    return {key: failed[key] if key in failed else statistics.median(samples_of[key]) for key in conditions}
+
+
+def difference(minuend: float | NotRun, subtrahend: float | NotRun, names: tuple[str, str]) -> float | NotRun:
+    """minuend - subtrahend, or NotRun naming the row that is missing."""
+    for value, name in zip((minuend, subtrahend), names):
+        if isinstance(value, NotRun):
+            return NotRun(f"'{name}' did not run")
+    return minuend - subtrahend
+
+
+def time_cell(value: float | NotRun) -> str:
+    """A row's time for the table, or why it has none."""
+    if isinstance(value, NotRun):
+        return f"   did not run: {value}"
+    return f"{value * 1000:>7.1f} ms"
+
+
+def json_value(value: float | NotRun) -> float | dict:
+    return {"not_run": str(value)} if isinstance(value, NotRun) else value
 
 
 def timed_bootstrap(jail: str, mode: str) -> float:
@@ -83,27 +225,15 @@ def bootstrap_times(runs: int, padding_mb: int, workdir: str) -> dict:
     return out
 
 
-def startup_times(runs: int, workdir: str) -> dict:
+def startup_times(runs: int, workdir: str) -> dict[str, float | NotRun]:
     from pspy.plan import Plan
     from pspy.sandbox import net, template
-    from pspy.sandbox.spawn import provider_argv, spawn_principal
+    from pspy.sandbox.spawn import spawn_principal
     from pspy.sandbox.user import create_user_namespace
-    from pspy.supervisor import listen, ping
 
     # Start-up is timed until the interpreter writes its first byte: the
     # tear-down of a PID and mount namespace after exit is not start-up.
-    ready = ["python", "-c", "import os; os.write(1, b'!')"]
-
-    def until_first_byte(start) -> float:
-        r, w = os.pipe()
-        t0 = time.perf_counter()
-        proc = start(w)
-        os.close(w)
-        os.read(r, 1)
-        elapsed = time.perf_counter() - t0
-        os.close(r)
-        proc.wait()
-        return elapsed
+    ready = ["python", "-c", READY_CODE]
 
     # The same app without filters: the sandbox's own cost, apart from seccomp's.
     unfiltered = os.path.join(workdir, "zoobank-unfiltered")
@@ -112,69 +242,45 @@ def startup_times(runs: int, workdir: str) -> dict:
         f.write('seccomp = { web = "none", Auth = "none", Bank = "none" }\n')
     net.warm_up()   # as the supervisor does
     setups = []     # (mode, tag, plan, userns fd)
-    out: dict[str, float] = {}
+    out: dict[str, float | NotRun] = {}
     try:
         for mode, app, tag in (("chroot", unfiltered, ""), ("namespaces", unfiltered, ""),
                                ("chroot", ZOOBANK, ", seccomp"), ("namespaces", ZOOBANK, ", seccomp")):
             jail = os.path.join(workdir, f"start-{mode}{tag.replace(', ', '-')}")
             flags = ["--namespaces"] if mode == "namespaces" else []
-            subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", jail, "--no-run", *flags],
-                           check=True, capture_output=True)
+            proc = subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", jail, "--no-run",
+                                   *flags], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"bootstrap of {app} ({mode}) failed: {proc.stderr}")
             plan = Plan.load(jail)
             userns = create_user_namespace(plan) if mode == "namespaces" else None
             setups.append((mode, tag, plan, userns))
             if mode == "namespaces" and not tag:
-                # Once per principal and supervisor: the root every start copies.
-                samples = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    os.close(template.build(plan, plan.principal("Bank"), userns))
-                    samples.append(time.perf_counter() - t0)
-                out["build a principal's root (once per run)"] = statistics.median(samples)
+                out["build a principal's root (once per run)"] = template_build_time(plan, userns, runs)
 
         # Interpreter starts: every condition once per round, so that this
         # machine's drift over the run falls on all of them alike.
-        conditions = {"python start, host": lambda w: subprocess.Popen([sys.executable, *ready[1:]], stdout=w)}
+        conditions = {HOST_ROW: lambda w, err: subprocess.Popen([sys.executable, *ready[1:]], stdout=w, stderr=err)}
+        bwrap_missing = None
         if shutil.which("bwrap"):
             bwrap = bwrap_argv(setups[0][2])
-            conditions["python start, bubblewrap (for comparison)"] = (
-                lambda w: subprocess.Popen([*bwrap, sys.executable, *ready[1:]], stdout=w))
+            conditions[BWRAP_ROW] = (
+                lambda w, err: subprocess.Popen([*bwrap, sys.executable, *ready[1:]], stdout=w, stderr=err))
+        else:
+            bwrap_missing = NotRun("bwrap is not installed")
         for mode, tag, plan, userns in setups:
             for who in ("web", "Bank"):
                 conditions[f"python start, as {who} ({mode}{tag})"] = (
-                    lambda w, plan=plan, who=who, userns=userns:
-                    spawn_principal(plan, plan.principal(who), ready, stdout=w, userns_fd=userns))
-        samples_of: dict[str, list[float]] = {key: [] for key in conditions}
-        order = list(conditions)
-        shuffle = random.Random(0).shuffle
-        for round_ in range(runs + 1):
-            # In a new order each round: the kernel tears network namespaces
-            # down in the background, and whatever ran after one would pay.
-            shuffle(order)
-            for key in order:
-                elapsed = until_first_byte(conditions[key])
-                if round_:   # the first round builds templates and warms caches
-                    samples_of[key].append(elapsed)
-                time.sleep(0.02)
-        out.update({key: statistics.median(samples) for key, samples in samples_of.items()})
+                    lambda w, err, plan=plan, who=who, userns=userns:
+                    spawn_principal(plan, plan.principal(who), ready, stdout=w, stderr=err, userns_fd=userns))
+        starts = interleaved_medians(conditions, runs)
+        out[HOST_ROW] = starts.pop(HOST_ROW)
+        out[BWRAP_ROW] = bwrap_missing or starts.pop(BWRAP_ROW)
+        out.update(starts)
 
         for mode, tag, plan, userns in setups:
             for provider in plan.providers:
-                samples = []
-                for _ in range(runs):
-                    listener = listen(plan, provider)
-                    t0 = time.perf_counter()
-                    proc = spawn_principal(plan, provider, provider_argv(plan), pass_fds=(listener.fileno(),),
-                                           userns_fd=userns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    while not ping(plan, provider, timeout=0.5):
-                        if proc.poll() is not None:
-                            raise SystemExit(f"{provider.name} exited with {proc.returncode}")
-                        time.sleep(0.001)
-                    samples.append(time.perf_counter() - t0)
-                    proc.send_signal(15)
-                    proc.wait()
-                    listener.close()
-                out[f"spawn -> {provider.name} answers ({mode}{tag})"] = statistics.median(samples)
+                out[f"spawn -> {provider.name} answers ({mode}{tag})"] = answer_time(plan, provider, userns, runs)
     finally:
         for mode, tag, plan, userns in setups:
             if userns is not None:
@@ -183,21 +289,74 @@ def startup_times(runs: int, workdir: str) -> dict:
     return out
 
 
+def template_build_time(plan, userns: int, runs: int) -> float | NotRun:
+    """Once per principal and supervisor: the root every start copies."""
+    from pspy.sandbox import template
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        try:
+            fd = template.build(plan, plan.principal("Bank"), userns)
+        except PspyError as e:
+            return NotRun(first_line(str(e)))
+        samples.append(time.perf_counter() - t0)
+        os.close(fd)
+    return statistics.median(samples)
+
+
+def answer_time(plan, provider, userns: int | None, runs: int) -> float | NotRun:
+    """Median time from spawn to the provider's first answer on its socket,
+    or NotRun with the provider's last words if it exits or never answers."""
+    from pspy.sandbox.spawn import provider_argv, spawn_principal
+    from pspy.sockets import listen, ping
+    samples = []
+    for _ in range(runs):
+        listener = listen(plan, provider)
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                t0 = time.perf_counter()
+                proc = spawn_principal(plan, provider, provider_argv(plan), pass_fds=(listener.fileno(),),
+                                       userns_fd=userns, stdout=subprocess.DEVNULL, stderr=stderr)
+            except PspyError as e:
+                listener.close()
+                return NotRun(first_line(str(e)))
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not ping(plan, provider, timeout=0.5):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    why = f"exit status {proc.returncode}" if proc.returncode is not None else \
+                        f"no answer within {START_TIMEOUT_S:.0f} s"
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    listener.close()
+                    stderr.seek(0)
+                    reason = stderr_reason(stderr.read())
+                    return NotRun(f"{reason} ({why})" if reason else why)
+                time.sleep(0.001)
+            samples.append(time.perf_counter() - t0)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            listener.close()
+    return statistics.median(samples)
+
+
 def bwrap_argv(plan) -> list[str]:
     """bubblewrap with what a namespace-mode principal gets: new user, mount,
     PID, IPC, UTS, cgroup and network namespaces, the system and Python
     installation read-only, fresh /proc, /dev and /tmp, no capability."""
     from pspy.sandbox import mount
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--ro-bind", "/usr", "/usr"]
-    for path in ("/bin", "/sbin", "/lib", "/lib64"):
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for path in mount.SYSTEM_PATHS:
         if os.path.islink(path):
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
+    # bwrap mounts in the order given: the private /tmp before the Python
+    # prefixes, so that one under /tmp on the host (a venv there, say) is
+    # bound on top of it, not hidden by it, as in pspy's namespace mode.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in mount.python_paths(plan.jail):
         argv += ["--ro-bind", path, path]
-    return [*argv, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/"]
+    return [*argv, "--chdir", "/"]
 
 
 def main(argv=None) -> int:
@@ -227,30 +386,37 @@ def main(argv=None) -> int:
         print(f"{label:<34}{c * 1000:>11.0f} ms{n * 1000:>14.0f} ms{c / n:>8.1f}x")
     print()
     print(f"start-up, median of {max(args.runs, 10)}; overhead = as a principal - on the host")
-    base = start["python start, host"]
+    base = start[HOST_ROW]
     print(f"{'what':<44}{'time':>10}{'vs host python':>18}")
     for key, value in start.items():
-        extra = f"{(value - base) * 1000:>+14.1f} ms" if key.startswith("python start") else ""
-        print(f"{key:<44}{value * 1000:>7.1f} ms{extra}")
+        extra = ""
+        if key.startswith("python start") and not isinstance(value, NotRun) and not isinstance(base, NotRun):
+            extra = f"{(value - base) * 1000:>+14.1f} ms"
+        print(f"{key:<44}{time_cell(value)}{extra}")
     for mode in ("chroot", "namespaces"):
         for who, what in (("web", "host network"), ("Bank", "own network namespace")):
             if mode == "chroot" and who == "Bank":
                 continue
-            overhead = start[f"python start, as {who} ({mode})"] - base
+            row = f"python start, as {who} ({mode})"
             label = f"sandbox overhead, {mode}" + (f", {what}" if mode == "namespaces" else "")
-            print(f"{label:<44}{overhead * 1000:>7.1f} ms")
-    if "python start, bubblewrap (for comparison)" in start:
-        overhead = start["python start, bubblewrap (for comparison)"] - base
-        print(f"{'sandbox overhead, bubblewrap':<44}{overhead * 1000:>7.1f} ms")
+            print(f"{label:<44}{time_cell(difference(start[row], base, (row, HOST_ROW)))}")
+    bwrap_overhead = difference(start[BWRAP_ROW], base, (BWRAP_ROW, HOST_ROW))
+    print(f"{'sandbox overhead, bubblewrap':<44}{time_cell(bwrap_overhead)}")
     for mode in ("chroot", "namespaces"):
         for who, profile in (("web", "web"), ("Bank", "default")):
-            cost = start[f"python start, as {who} ({mode}, seccomp)"] - start[f"python start, as {who} ({mode})"]
+            filtered, unfiltered = f"python start, as {who} ({mode}, seccomp)", f"python start, as {who} ({mode})"
+            cost = difference(start[filtered], start[unfiltered], (filtered, unfiltered))
             label = f"seccomp filter load, {mode}, {profile}"
-            print(f"{label:<44}{cost * 1000:>7.1f} ms")
+            print(f"{label:<44}{time_cell(cost)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"bootstrap_s": {f"{label} / {mode}": v for (label, mode), v in boot.items()},
-                       "startup_s": start}, f, indent=2)
+                       "startup_s": {key: json_value(value) for key, value in start.items()}}, f, indent=2)
+    missing = [key for key, value in start.items() if isinstance(value, NotRun) and key not in COMPARISON_ROWS]
+    if missing:
+        print(f"bench/bootstrap.py: {len(missing)} of pspy's rows did not run (see the table): "
+              + "; ".join(f"{key}: {start[key]}" for key in missing), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,13 +1,81 @@
-"""bench/rpc.py keeps working and writes the figures it promises (no timing checks)."""
+"""The benches keep working and write the figures they promise (no timing checks);
+a row whose command did not run is reported as such, never as a time."""
 
+import functools
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
 from conftest import REPO
+
+
+@functools.cache
+def bootstrap_bench():
+    spec = importlib.util.spec_from_file_location("bootstrap_bench", os.path.join(REPO, "bench", "bootstrap.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def python_start(code):
+    """A start function for the bench's rows: this interpreter running ``code``."""
+    return lambda stdout, stderr: subprocess.Popen([sys.executable, "-c", code], stdout=stdout, stderr=stderr)
+
+
+def test_a_sandbox_that_fails_to_exec_is_not_run_with_its_stderr_and_has_no_time():
+    bench = bootstrap_bench()
+    failed_exec = python_start("import sys; sys.stderr.write('bwrap: execvp /tmp/v/bin/python: No such file or "
+                               "directory\\nmore\\n'); sys.exit(1)")
+    rows = bench.interleaved_medians({"host": python_start(bench.READY_CODE), "bwrap": failed_exec}, runs=1, pause=0)
+    assert isinstance(rows["host"], float)
+    not_run = rows["bwrap"]
+    assert isinstance(not_run, bench.NotRun)
+    assert str(not_run) == "bwrap: execvp /tmp/v/bin/python: No such file or directory (exit status 1)"
+    assert bench.time_cell(not_run).strip() == f"did not run: {not_run}"
+    assert " ms" not in bench.time_cell(not_run)
+    assert bench.json_value(not_run) == {"not_run": str(not_run)}
+    overhead = bench.difference(not_run, rows["host"], ("bwrap", "host"))
+    assert isinstance(overhead, bench.NotRun) and "'bwrap' did not run" in str(overhead)
+
+
+@pytest.mark.parametrize("code, reason", [
+    ("import os; os.write(1, b'!'); raise SystemExit(3)", "exit status 3, no stderr"),   # the byte came, then failure
+    ("pass", "wrote b'' instead of b'!'"),
+    ("import os; os.write(1, b'!?')", "wrote b'!?' instead of b'!'"),
+    ("raise RuntimeError('cannot mount proc on /newroot/proc')",
+     "RuntimeError: cannot mount proc on /newroot/proc (exit status 1)"),
+])
+def test_a_start_counts_only_if_it_wrote_the_expected_output_and_exited_0(code, reason):
+    bench = bootstrap_bench()
+    with pytest.raises(bench.NotRun) as failure:
+        bench.time_until_first_byte(python_start(code))
+    assert str(failure.value) == reason
+
+
+def test_a_sandbox_whose_program_is_missing_is_not_run():
+    bench = bootstrap_bench()
+
+    def missing(stdout, stderr):
+        return subprocess.Popen(["/nonexistent/bwrap"], stdout=stdout, stderr=stderr)
+
+    with pytest.raises(bench.NotRun, match="/nonexistent/bwrap"):
+        bench.time_until_first_byte(missing)
+
+
+def test_bubblewrap_row_binds_the_python_prefixes_after_its_private_tmp(tmp_path):
+    # A venv under /tmp must be bound on top of the row's private /tmp, not hidden under it.
+    from pspy.sandbox import mount
+    argv = bootstrap_bench().bwrap_argv(types.SimpleNamespace(jail=str(tmp_path)))
+    private_tmp = argv.index("--tmpfs")
+    assert argv[private_tmp + 1] == "/tmp"
+    for prefix in mount.python_paths(str(tmp_path)):
+        bind = next(i for i in range(len(argv) - 2) if argv[i:i + 3] == ["--ro-bind", prefix, prefix])
+        assert bind > private_tmp
 
 
 def test_rpc_bench_writes_medians_p99_ratios_and_throughput(tmp_path):
@@ -34,7 +102,9 @@ def test_bootstrap_bench_prints_the_overhead_rows_it_promises(tmp_path):
     startup = json.loads(out.read_text())["startup_s"]
     for mode in ("chroot", "namespaces"):
         for tag in ("", ", seccomp"):
-            assert f"python start, as Bank ({mode}{tag})" in startup
+            assert isinstance(startup[f"python start, as Bank ({mode}{tag})"], float)   # it ran
+    bwrap = startup["python start, bubblewrap (for comparison)"]
+    assert isinstance(bwrap, float) or set(bwrap) == {"not_run"}
     for row in ("sandbox overhead, namespaces, own network namespace", "seccomp filter load, namespaces, default"):
         assert row in proc.stdout
 
