@@ -359,18 +359,29 @@ class _Zygote:
 
 
 def _fresh_base(provider: str) -> str:
-    """The folder holding the call processes' own folders; stale ones of an
-    earlier run of this provider (same uid) are removed first."""
+    """The folder holding the call processes' own folders, named for the
+    process that made it. Stale ones of this provider (same uid) whose maker
+    is gone are removed first; in chroot mode /tmp is shared by the copy that
+    serves and its ready copy, and each one's folder must outlive the other's start."""
     prefix = f"pspy-calls-{provider}-"
     for entry in os.listdir(tempfile.gettempdir()):
         path = os.path.join(tempfile.gettempdir(), entry)
         if entry.startswith(prefix):
+            maker = entry[len(prefix):].split("-", 1)[0]
+            try:
+                if maker.isdigit():
+                    os.kill(int(maker), 0)
+                    continue   # its maker lives
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
             try:
                 if os.lstat(path).st_uid == os.getuid():
                     shutil.rmtree(path, ignore_errors=True)
             except OSError:
                 pass
-    return tempfile.mkdtemp(prefix=prefix)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
 
 
 def _die_with_parent() -> None:
