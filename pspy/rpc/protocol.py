@@ -13,8 +13,10 @@ object with one sendmsg(), never copied into the body.
     response: [status, payload]
 
 Reads go through a per-connection buffer, so a small frame costs one
-recv(); large frames are read straight into their own buffer and written
-with one sendmsg() of header and body, without joining them first.
+recv(); a large frame is read straight into the buffer kept from the last
+one, or gathered in pieces that grow only with what arrives (a length
+announced is not yet a reason to allocate). Large frames are written with
+one sendmsg() of header and body, without joining them first.
 """
 
 from __future__ import annotations
@@ -170,22 +172,44 @@ class Connection:
         self._end += n
 
     def _recv_large(self, begin: int, length: int) -> memoryview:
-        out = self._large
-        if out is None or len(out) < length:
-            out = bytearray(length)
-            # Keep buffers up to a few MiB for the next frame; larger ones are one-offs.
-            self._large = out if length <= 4 * 1024 * 1024 else None
         have = min(self._end - begin, length)
-        out[:have] = self._view[begin:begin + have]
+        out = self._large
+        if out is not None and len(out) >= length:
+            # The buffer kept from an earlier frame, which the peer did send: filled in place.
+            out[:have] = self._view[begin:begin + have]
+            self._start = self._end = 0
+            view = memoryview(out)[:length]
+            self._recv_exactly(view, have)
+            return view
+        # Otherwise the frame is gathered in pieces that grow with the bytes
+        # received, never ahead of them: a bare 4-byte header announcing a
+        # 16 MiB frame must not make this side allocate (and zero, touching
+        # every page) 16 MiB, or a caller holding 256 such connections makes a
+        # provider commit 4 GiB for 1 KiB sent. Each piece is no larger than
+        # what came before it (or the 64 KiB of the connection's own buffer),
+        # so memory stays under twice what arrived; the pieces are joined
+        # once, at the end.
+        self._large = None
+        pieces = [bytes(self._view[begin:begin + have])]
         self._start = self._end = 0
-        view = memoryview(out)[:length]
         got = have
         while got < length:
+            piece = bytearray(min(max(got, _BUFFER), length - got))
+            self._recv_exactly(memoryview(piece), 0)
+            pieces.append(piece)
+            got += len(piece)
+        out = bytearray().join(pieces)
+        # Keep buffers up to a few MiB for the next frame; larger ones are one-offs.
+        self._large = out if length <= 4 * 1024 * 1024 else None
+        return memoryview(out)
+
+    def _recv_exactly(self, view: memoryview, got: int) -> None:
+        """Fill ``view`` from ``got`` on, straight from the socket."""
+        while got < len(view):
             n = self.sock.recv_into(view[got:])
             if n == 0:
                 raise ProtocolError("connection closed in the middle of a frame")
             got += n
-        return view
 
 
 def _split_attachments(frame: memoryview) -> tuple[memoryview, list[memoryview]]:
