@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from . import config, jail, registry
 from .discover import FRONT_END_NAME, discover
 from .errors import ConfigError, PlanError, PspyError
-from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_MAX_FRAME, DEFAULT_RPC_TIMEOUT,
-                   DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
+from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FRAME,
+                   DEFAULT_RPC_TIMEOUT, DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
 from .sandbox.spawn import run_script
-from .supervisor import Supervisor, app_processes, jail_processes, log_path, supervisor_alive
+from .running import app_processes, jail_processes, supervisor_alive
+from .logs import format_lines, prefix_width
+from .supervisor import Supervisor, log_path
 
 
 @dataclass
@@ -106,6 +108,8 @@ def options_for(req: Request) -> Options:
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
         rpc_timeout=float(cfg.get("rpc_timeout", DEFAULT_RPC_TIMEOUT)),
         max_frame=cfg.get("max_frame", DEFAULT_MAX_FRAME),
+        log_max_bytes=cfg.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES),
+        log_keep=cfg.get("log_keep", DEFAULT_LOG_KEEP),
         debug=cfg.get("debug", False) or os.environ.get("PSPY_DEBUG") == "1",
         mode="namespaces" if req.namespaces else "chroot",
         auto_ids=(not rootless and req.uid_base is None and req.gid_base is None
@@ -214,7 +218,10 @@ def _build_jail(plan: Plan, say) -> None:
 
 
 def run_foreground(plan: Plan, say=print) -> int:
-    sup = Supervisor(plan, say=say)
+    # Each line a principal logs is shown too, prefixed by its name (pspy
+    # logs shows the same later, from the log files).
+    width = prefix_width(p.name for p in plan.principals)
+    sup = Supervisor(plan, say=say, echo=lambda name, line: say(format_lines(name, [line], width)[0]))
     sup.install_signal_handlers()
     try:
         sup.start_all()
@@ -227,7 +234,7 @@ def run_foreground(plan: Plan, say=print) -> int:
     return 0
 
 
-def run_detached(plan: Plan, say=print, announce: bool = True) -> int:
+def run_detached(plan: Plan, say=print, announce: bool = True, ready_copies: bool = True) -> int:
     """Fork a supervisor that outlives this command; return once every provider answers."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -242,7 +249,7 @@ def run_detached(plan: Plan, say=print, announce: bool = True) -> int:
         os.close(devnull)
         os.close(log)
         code = 0
-        sup = Supervisor(plan, say=lambda m: print(m, flush=True))
+        sup = Supervisor(plan, say=lambda m: print(m, flush=True), ready_copies=ready_copies)
         sup.install_signal_handlers()
         try:
             sup.start_all()

@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import analyze as analyze_mod
-from . import supervisor
+from . import running
 from .errors import PspyError
 from .plan import DEFAULT_JAIL, Plan
 
@@ -38,10 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--namespaces", action="store_true",
                    help="each principal in its own user, mount, PID, IPC, UTS, cgroup (and network) namespaces")
 
-    for name, help_text in (("status", "show which principals run and answer"),
-                            ("stop", "stop every process of the app")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--jail", default=DEFAULT_JAIL)
+    st = sub.add_parser("status", help="per principal: pid, ids, uptime, restarts, last exit, whether it answers")
+    st.add_argument("--jail", default=DEFAULT_JAIL)
+    st.add_argument("--format", choices=("text", "json"), default="text")
+    sp = sub.add_parser("stop", help="stop every process of the app")
+    sp.add_argument("--jail", default=DEFAULT_JAIL)
+
+    lg = sub.add_parser("logs", help="show (and follow) the principals' logs",
+                        usage="pspy logs [PRINCIPAL] [--jail DIR] [--follow] [--lines N]",
+                        description="The last lines of a principal's log (across its rotated files), or with no "
+                                    "PRINCIPAL of every principal's and the supervisor's, one log after the other. "
+                                    "When several logs are shown each line is prefixed by its principal "
+                                    "('Bank | ...'); one principal's log is shown bare. Control characters "
+                                    "are shown escaped. --follow then prints new lines as they come, across "
+                                    "rotations, until Ctrl-C (exit 0) or until the supervisor that was running "
+                                    "exits; if the app is not running it waits for it.")
+    lg.add_argument("principal", nargs="?", metavar="PRINCIPAL", help="one principal (default: all)")
+    lg.add_argument("--jail", default=DEFAULT_JAIL)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+                    help="lines of each log to show first (default 50)")
 
     e = sub.add_parser("exec", help="run a command as a principal, in its jail",
                        usage="pspy exec [--jail DIR] PRINCIPAL -- CMD ...")
@@ -90,6 +106,34 @@ def _app_files(path: str) -> str:
     if ".." in path.split("/"):
         raise PspyError(f"--app-files {path!r} must not contain '..': it is a folder inside the jail")
     return norm
+
+
+def _status_line(r: dict) -> str:
+    """One principal of ``pspy status``; ", answers" or ", not answering" ends a provider's."""
+    ids = f"uid {r['uid']} gid {r['gid']}" + (f" groups {','.join(map(str, r['groups']))}" if r["groups"] else "")
+    parts = [f"pid {r['pid']}" + (f" up {_duration(r['uptime_s'])}" if r.get("uptime_s") is not None else "")
+             if r["running"] else "stopped"]
+    if r["restarts"]:
+        parts.append(f"{r['restarts']} restart{'s' if r['restarts'] != 1 else ''}")
+    if r.get("last_exit"):
+        parts.append(f"last {r['last_exit']['reason']}")
+    if r.get("failures_in_a_row"):
+        parts.append(f"{r['failures_in_a_row']} failed starts in a row")
+    if r["kind"] == "provider":
+        copy = r.get("ready_copy")
+        if copy:
+            parts.append(f"ready copy pid {copy['pid']}" if copy["ready"] else f"next copy pid {copy['pid']} starting")
+        parts.append("answers" if r.get("answers") else "not answering")
+    return f"{r['name']:<12} {r['kind']:<9} {ids:<22} " + ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,21 +219,33 @@ def _dispatch(args, tail: list[str]) -> int:
             raise e
     plan = Plan.load(os.path.abspath(args.jail))
     if args.command == "status":
-        rows = supervisor.status(plan)
-        running = supervisor.supervisor_alive(plan)
+        rows = running.status(plan)
+        alive = running.supervisor_alive(plan)
+        if args.format == "json":
+            print(json.dumps({"app": plan.app_name, "jail": plan.jail, "mode": plan.mode,
+                              "supervisor": alive, "principals": rows}, indent=2))
+            return 0 if alive else 3
         print(f"{plan.app_name} in {plan.jail}: "
-              f"{'running, supervisor pid ' + str(running) if running else 'supervisor not running'}")
+              f"{'running, supervisor pid ' + str(alive) if alive else 'supervisor not running'}")
         for r in rows:
-            state = f"pid {r['pid']}" if r["running"] else "stopped"
-            if r["kind"] == "provider":
-                state += ", answers" if r.get("answers") else ", not answering"
-            print(f"  {r['name']:<12} {r['kind']:<9} uid {r['uid']:<6} {state}")
-        return 0 if running else 3
+            print("  " + _status_line(r))
+        return 0 if alive else 3
 
     if args.command == "stop":
-        was = supervisor.stop(plan)
+        was = running.stop(plan)
         print(f"pspy: {'stopped' if was else 'was not running'}: {plan.app_name} in {plan.jail}")
         return 0
+
+    if args.command == "logs":
+        from . import logs
+        if args.lines < 0:
+            raise PspyError(f"--lines {args.lines}: expected a number of lines, 0 or more")
+        # Root's logs are root only; a rootless jail's are its user's (root was refused above).
+        if plan.rootless and os.geteuid() != plan.uid_base:
+            raise PspyError(f"{plan.jail} holds a rootless app of uid {plan.uid_base}; run pspy logs as that user")
+        if not plan.rootless and os.geteuid() != 0:
+            raise PspyError(f"pspy logs needs root: {plan.jail} was bootstrapped by root")
+        return logs.show(plan, args.principal, lines=args.lines, follow=args.follow)
 
     if args.command == "exec":
         if not tail:

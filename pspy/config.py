@@ -21,6 +21,8 @@ KEYS = {
     "env": dict,
     "rpc_timeout": (int, float),
     "max_frame": int,
+    "log_max_bytes": int,   # a principal's log file is rotated at this size ...
+    "log_keep": int,        # ... and this many rotated files are kept
     "debug": bool,
     "seccomp": dict,
     "perms": dict,
@@ -88,6 +90,10 @@ def load(app_dir: str) -> dict:
         raise ConfigError(f"{path}: extra_groups.{FRONT_END} must be a list of group names, got {extra!r}")
     if "rpc_timeout" in data and not 0 < data["rpc_timeout"] <= 86400:
         raise ConfigError(f"{path}: rpc_timeout must be in (0, 86400] seconds")
+    if "log_max_bytes" in data and not 4096 <= data["log_max_bytes"] <= 1 << 40:
+        raise ConfigError(f"{path}: log_max_bytes must be between 4096 and 1099511627776 bytes")
+    if "log_keep" in data and not 0 <= data["log_keep"] <= 100:
+        raise ConfigError(f"{path}: log_keep must be between 0 and 100 rotated files")
     if "max_frame" in data and not 1024 <= data["max_frame"] <= 1 << 30:
         raise ConfigError(f"{path}: max_frame must be between 1024 and 1073741824 bytes")
     return data

@@ -18,7 +18,8 @@ import subprocess
 from . import bootstrap, seccomp
 from .errors import PspyError
 from .plan import Plan
-from .supervisor import log_path, stop
+from .running import stop
+from .supervisor import log_path
 
 PROFILE_DIR = "seccomp"
 

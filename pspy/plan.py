@@ -25,6 +25,8 @@ DEFAULT_GID_BASE = 40000
 DEFAULT_JAIL = "/jail"
 DEFAULT_RPC_TIMEOUT = 30.0       # seconds a caller waits for a reply
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024   # one log file's size before it is rotated (pspy/logs.py)
+DEFAULT_LOG_KEEP = 3                       # rotated log files kept per principal
 # Inside the jail (chroot mode these are absolute paths in the principal's view).
 APP_DIR = "/app"
 STATE_DIR = "/.pspy"
@@ -102,6 +104,8 @@ class Plan:
     app_dir: str = APP_DIR
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     max_frame: int = DEFAULT_MAX_FRAME
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
     debug: bool = False              # remote tracebacks reach callers
     rootless: bool = False           # namespace mode without root: one host uid for every principal
     # cgroup controller -> "v1" or "v2": the hierarchy that holds it on this
@@ -204,6 +208,8 @@ class Options:
     auto_ids: bool = False     # bases not given: bootstrap may move them to a free block
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     max_frame: int = DEFAULT_MAX_FRAME
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
     debug: bool = False
     mode: str = "chroot"
     rootless: bool = False
@@ -312,7 +318,8 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 uid_base=options.uid_base, gid_base=options.gid_base,
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
-                max_frame=options.max_frame, debug=options.debug)
+                max_frame=options.max_frame, debug=options.debug, log_max_bytes=options.log_max_bytes,
+                log_keep=options.log_keep)
 
 
 FRONT_END_SETTINGS = "pspy.toml"

@@ -28,6 +28,8 @@ ENV_DEBUG = "PSPY_DEBUG"
 ENV_LISTEN_FD = "PSPY_LISTEN_FD"   # the listening socket the supervisor made for this provider
 ENV_CALLER_FDS = "PSPY_CALLER_FDS"  # rootless: "fd=caller,..." one listening socket per caller
 ENV_SECCOMP = "PSPY_SECCOMP"      # "none": the plan gives the principal no filter (sitecustomize skips the plan)
+ENV_CONTROL_FD = "PSPY_CONTROL_FD"  # a copy started ahead: says "ready", serves once told "go" (supervisor.py)
+CONTROL_READY, CONTROL_GO = b"ready", b"go"
 
 _current: "Runtime | None" = None
 _current_lock = threading.Lock()
@@ -254,6 +256,7 @@ def serve_provider() -> int:
                     debug=rt.plan.debug or os.environ.get(ENV_DEBUG) == "1",
                     call_timeout=None if per_call else call_timeout)
     listeners = listening_fds(os.environ)
+    control = os.environ.pop(ENV_CONTROL_FD, None)   # not for the app's own children
     if per_call:
         # Forked now, with the app imported and before any serving thread.
         from . import percall
@@ -262,7 +265,8 @@ def serve_provider() -> int:
         server.per_call = percall.Zygote(server, writable=writable, call_timeout=call_timeout,
                                          call_bpf=percall.call_filter(rt.me.seccomp),
                                          rlimits=call_rlimits(rt.me.limits),
-                                         close_fds=[fd for fd, _ in listeners])
+                                         close_fds=[fd for fd, _ in listeners]
+                                         + ([int(control)] if control is not None else []))
         try:
             server.per_call.start()
         except SandboxError as e:
@@ -273,7 +277,25 @@ def serve_provider() -> int:
             server.adopt(fd, caller if caller is not None else (SUPERVISOR if rt.plan.rootless else None))
     else:
         server.bind(rt.me.socket)
+    if control is not None and not wait_for_go(int(control)):
+        return 0   # the supervisor let this copy go unused (it is stopping)
     log.info("serving %s on %s as uid %d gid %d%s", ", ".join(sorted(endpoints)), rt.me.socket,
              os.getuid(), os.getgid(), ", every call in a process of its own" if per_call else "")
     server.serve_forever()
     return 0
+
+
+def wait_for_go(fd: int) -> bool:
+    """A ready copy: the app is imported and the listening sockets are in
+    hand, but nothing is accepted until the supervisor says so (the copy
+    before this one has died). True: serve now; False: the supervisor
+    closed the channel, so end without serving."""
+    import socket
+    channel = socket.socket(fileno=fd)
+    try:
+        channel.sendall(CONTROL_READY)
+        return channel.recv(16) == CONTROL_GO
+    except OSError:
+        return False
+    finally:
+        channel.close()

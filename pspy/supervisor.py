@@ -1,196 +1,371 @@
-"""Start the providers, wait until each answers, start the front end, keep
-them running, stop them all.
+"""Start the providers, start the front end, keep them running, stop them all.
 
-Single-threaded on purpose: principals are forked with a preexec step, which
-is only safe in a process without other threads. State for ``status`` and
-``stop`` is written to ``<jail>/.pspy/run/state.json`` (root only).
+Each provider has a ready copy beside the one that serves: a process
+started like it (same ids, view, filter and limits), with the app imported
+and the listening sockets in hand, that says "ready" on a control channel
+and then waits. When the serving copy dies, the supervisor says "go" to the
+ready one, which starts accepting on the same listening sockets: callers
+that connected meanwhile wait in the socket's queue for a few milliseconds
+instead of failing, and no fixed delay comes before a restart. A new ready
+copy is then started in the background. Only repeated failures (copies that
+die before they are ready, or soon after they start serving) bring in a
+growing delay, capped; while no copy is serving or starting, the listening
+sockets are closed so callers get ServiceUnavailable at once.
+
+One thread, one event loop: children are started with a preexec step (chroot
+mode) or through the native launcher, which is only safe in a process
+without other threads. The loop waits on a pidfd per process, the copies'
+control channels and a wake-up descriptor for signals, so a death is seen
+when it happens, not at the next poll.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import selectors
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
 
-from .errors import PspyError, SandboxError
-from .plan import LOG_DIR, RUN_DIR, Plan, PrincipalPlan
-from .registry import process_uids
+from .errors import ProtocolError, SandboxError
+from .logs import LineBuffer, LogWriter, log_file_name, tail_lines
+from .plan import LOG_DIR, Plan, PrincipalPlan
 from .rpc import protocol
-from .rpc.client import Client
 from .rpc.server import EXIT_CALL_TIMEOUT
+from .running import (children_of, read_state, remove_cgroups, status_field, sweep_jail,
+                      write_state)
+from .runtime import CONTROL_GO, CONTROL_READY
 from .sandbox import cgroup
 from .sandbox.spawn import provider_argv, spawn_principal
+from .sockets import caller_listeners, listen, remove
 
-READY_TIMEOUT = 20.0
-STOP_GRACE = 5.0
-FRONT_END_SETTLE = 1.0
+READY_TIMEOUT = 20.0     # a provider's first copy must be ready by then, or bootstrap fails
+STOP_GRACE = 5.0         # SIGTERM, then this long, then SIGKILL
+FRONT_END_SETTLE = 1.0   # a front end that dies this soon after its first start fails the bootstrap
+STABLE_AFTER = 1.0       # a copy serving this long ended a run of failures
+FREE_FAILURES = 3        # failures in a row restarted without delay
+BACKOFF_FIRST = 0.25     # the delay after FREE_FAILURES failures in a row, doubled per failure ...
+BACKOFF_CAP = 10.0       # ... up to this
 
 
 def log_path(plan: Plan, name: str) -> str:
-    return os.path.join(plan.host_path(LOG_DIR), f"{name}.log")
+    return os.path.join(plan.host_path(LOG_DIR), log_file_name(name))
 
 
-def state_path(plan: Plan) -> str:
-    return os.path.join(plan.host_path(RUN_DIR), "state.json")
-
-
-def _socket_dir_fd(plan: Plan, jail_socket: str) -> int:
-    # Through a directory fd, so a long jail path does not hit the 108-byte
-    # limit of socket paths. The folder is root's (see jail.prepare_root).
-    return os.open(plan.host_path(os.path.dirname(jail_socket)),
-                   os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def listen(plan: Plan, principal: PrincipalPlan) -> socket.socket:
-    """Create the provider's listening socket; the provider gets it by fd."""
-    return _listen_at(plan, principal.socket)
-
-
-def caller_listeners(plan: Plan, principal: PrincipalPlan) -> dict[str, socket.socket]:
-    """Rootless: one listening socket per caller, each mounted into that caller's view alone."""
-    if not plan.rootless:
-        return {}
-    return {caller: _listen_at(plan, plan.caller_socket(principal, caller)) for caller in plan.callers_of(principal)}
-
-
-def _listen_at(plan: Plan, jail_socket: str) -> socket.socket:
-    dir_fd = _socket_dir_fd(plan, jail_socket)
-    try:
-        name = os.path.basename(jail_socket)
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(f"/proc/self/fd/{dir_fd}/{name}")
-        # Anyone who can reach it may connect; the provider authorises each call by uid.
-        os.chmod(name, 0o666, dir_fd=dir_fd)
-        sock.listen(128)
-        return sock
-    finally:
-        os.close(dir_fd)
-
-
-def ping(plan: Plan, principal: PrincipalPlan, timeout: float = 1.0) -> bool:
-    """Does the provider answer on its socket?"""
-    dir_fd = _socket_dir_fd(plan, principal.socket)
-    try:
-        client = Client(principal.name, f"/proc/self/fd/{dir_fd}/{os.path.basename(principal.socket)}",
-                        timeout=timeout)
-        try:
-            return client.call(protocol.PING) == principal.name
-        except Exception:  # noqa: BLE001 - any failure means "not answering"
-            return False
-        finally:
-            client.close()
-    finally:
-        os.close(dir_fd)
+@dataclass
+class Copy:
+    """One process of a principal: the one serving, or a provider's ready copy."""
+    proc: object                          # subprocess.Popen (chroot) or launch.Launched (PID 1)
+    pidfd: int
+    control: socket.socket | None         # providers: the supervisor's end of the control channel
+    started: float                        # monotonic
+    ready: bool = False
+    ready_at: float | None = None         # monotonic
+    serving_since: float | None = None    # monotonic; None until told "go"
+    serving_since_wall: float | None = None
+    oom_kills: int | None = None          # its memory cgroup's OOM kill count when it started
+    log_fd: int = -1                      # the read end of its stdout and stderr
+    name: str = ""                        # the principal's
+    echo_lines: LineBuffer | None = None  # foreground: its output cut into lines
 
 
 @dataclass
 class Child:
     principal: PrincipalPlan
-    proc: object = None
+    active: Copy | None = None            # the copy that serves (providers) or runs (front end)
+    spare: Copy | None = None             # providers: the copy started ahead
     listeners: list[socket.socket] = field(default_factory=list)
     by_caller: dict[str, socket.socket] = field(default_factory=dict)   # rootless: the callers' own
-    started: float = 0.0
-    pidns: str | None = None     # namespace mode: the principal's PID namespace, "pid:[inode]"
     restarts: int = 0
-    next_start: float = 0.0
-    backoff: float = 0.5
+    failures: int = 0                     # in a row: copies that died before they were ready, or soon after
+    last_failure: float = 0.0             # monotonic
+    next_start: float = 0.0               # monotonic: when the next copy may start
+    refusing: bool = False                # no copy serves or starts: the supervisor answers callers
+    last_exit: dict | None = None         # {"reason", "code", "at"}
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, say=print):
+    def __init__(self, plan: Plan, say=print, ready_copies: bool = True, echo=None):
         self.plan = plan
         self.say = say
+        # Foreground: echo(principal, line) shows each line a principal logs.
+        self.echo = echo
+        self.logs: dict[str, LogWriter] = {}
+        self._keeper, self._keeper_w = 0, -1   # the keeper's pid, and the pipe it waits on
+        # False only in bench/restart.py: a fresh fork+exec at each death, the
+        # systemd-style restart that ready copies are measured against.
+        self.ready_copies = ready_copies
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.userns_fd: int | None = None   # namespace mode: the app's user namespace
         self.cgroups: set[str] = set()       # the principals' cgroup folders, removed at the end
+        self.pidns: list[str] = []           # namespace mode: every copy's PID namespace, for sweeping
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None, None))
 
-    # --- starting ---------------------------------------------------------------
+    # --- starting a copy --------------------------------------------------------
     def _argv(self, principal: PrincipalPlan) -> list[str]:
         return provider_argv(self.plan) if principal.kind == "provider" else principal.argv
 
-    def _start(self, child: Child) -> None:
+    def _spawn(self, child: Child) -> Copy:
+        """Start one copy of the principal; a provider's waits for "go"."""
+        principal = child.principal
         pass_fds: tuple[int, ...] = ()
         caller_fds: dict[str, int] = {}
-        if child.principal.kind == "provider":
+        ours = theirs = None
+        if principal.kind == "provider":
+            self._stop_refusing(child)
             if not child.listeners:
-                main = listen(self.plan, child.principal)
-                child.by_caller = caller_listeners(self.plan, child.principal)
+                main = listen(self.plan, principal)
+                child.by_caller = caller_listeners(self.plan, principal)
                 child.listeners = [main, *child.by_caller.values()]
             pass_fds = tuple(sock.fileno() for sock in child.listeners)
             caller_fds = {caller: sock.fileno() for caller, sock in child.by_caller.items()}
-        log = open(log_path(self.plan, child.principal.name), "ab", buffering=0)
+            # SEQPACKET: "ready" and "go" arrive whole; EOF tells either side the other is gone.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The principal writes into a pipe and the supervisor appends to the
+        # log file: a principal never holds its log, so it can neither
+        # truncate nor rewrite what it logged, and rotation bounds its size.
+        log_r, log_w = os.pipe2(os.O_CLOEXEC)
+        self._log(principal.name).note(f"--- pspy: starting {principal.name} at {time.ctime()} ---")
         try:
-            log.write(f"--- pspy: starting {child.principal.name} at {time.ctime()} ---\n".encode())
-            child.proc = spawn_principal(self.plan, child.principal, self._argv(child.principal),
-                                         stdout=log, stderr=log, pass_fds=pass_fds, caller_fds=caller_fds,
-                                         userns_fd=self.userns_fd)
+            proc = spawn_principal(self.plan, principal, self._argv(principal), stdout=log_w, stderr=log_w,
+                                   pass_fds=pass_fds, caller_fds=caller_fds, userns_fd=self.userns_fd,
+                                   control_fd=theirs.fileno() if theirs is not None else None)
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            os.close(log_r)
+            raise
         finally:
-            log.close()
-        child.started = time.monotonic()
-        self.cgroups.update(cgroup.folders(self.plan, child.principal).values())
-        child.pidns = None
-        if self.plan.mode == "namespaces":
-            self._note_pidns(child)
-        self._write_state()
+            os.close(log_w)
+            if theirs is not None:
+                theirs.close()
+        os.set_blocking(log_r, False)
+        copy = Copy(proc, os.pidfd_open(proc.pid), ours, time.monotonic(), log_fd=log_r, name=principal.name,
+                    oom_kills=cgroup.oom_kills(self.plan, principal))
+        self.selector.register(copy.pidfd, selectors.EVENT_READ, ("exit", child, copy))
+        self.selector.register(log_r, selectors.EVENT_READ, ("log", child, copy))
+        if ours is not None:
+            self.selector.register(ours, selectors.EVENT_READ, ("control", child, copy))
+        self.cgroups.update(cgroup.folders(self.plan, principal).values())
+        if self.plan.mode == "namespaces" and hasattr(proc, "pidns"):
+            # Killing what runs in it stops the copy even if it broke out of
+            # its process group and the parent-death chain.
+            ns = proc.pidns()
+            if ns is not None and ns != os.readlink("/proc/self/ns/pid") and ns not in self.pidns:
+                self.pidns = [*self.pidns[-63:], ns]
+        return copy
+
+    def _log(self, name: str) -> LogWriter:
+        writer = self.logs.get(name)
+        if writer is None:
+            writer = self.logs[name] = LogWriter(log_path(self.plan, name), self.plan.log_max_bytes,
+                                                 self.plan.log_keep)
+        return writer
+
+    def _drain_log(self, copy: Copy) -> None:
+        """Move what the copy wrote into its log; at EOF (the copy and
+        whatever inherited its output are gone) forget the pipe."""
+        while copy.log_fd >= 0:
+            try:
+                data = os.read(copy.log_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.selector.unregister(copy.log_fd)
+                os.close(copy.log_fd)
+                copy.log_fd = -1
+                return
+            self._log(copy.name).write(data)
+            if self.echo is not None:
+                if copy.echo_lines is None:
+                    copy.echo_lines = LineBuffer()
+                for line in copy.echo_lines.feed(data):
+                    self.echo(copy.name, line)
+
+    def _go(self, child: Child, copy: Copy) -> None:
+        """Make ``copy`` the one that serves."""
+        if copy.control is not None:
+            try:
+                copy.control.send(CONTROL_GO)
+            except OSError:
+                pass   # it died meanwhile: its pidfd reports that next
+            self._forget_control(copy)
+        child.active = copy
+        if not copy.ready:   # a front end: no "ready" of its own
+            copy.ready, copy.ready_at = True, time.monotonic()
+        copy.serving_since = time.monotonic()
+        copy.serving_since_wall = time.time()
+
+    def _forget_control(self, copy: Copy) -> None:
+        if copy.control is not None:
+            try:
+                self.selector.unregister(copy.control)
+            except (KeyError, ValueError):
+                pass
+            copy.control.close()
+            copy.control = None
+
+    # --- the first start ------------------------------------------------------
+    def _start_keeper(self) -> None:
+        """Fork the keeper: a process that outlives this one only to clean up
+        after it. If the supervisor dies without saying "done" (SIGKILL, a
+        crash), the keeper stops whatever of the app is left, as 'pspy stop'
+        would: in chroot mode a principal's descendants that left its
+        session (a daemon) have no parent-death signal, and no PID namespace
+        ends them. Forked before anything else, so it holds no socket or
+        namespace of the app."""
+        read_end, self._keeper_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid:
+            os.close(read_end)
+            self._keeper = pid
+            return
+        code = 0
+        try:
+            os.close(self._keeper_w)
+            # Nothing of the supervisor's but stdio (its log): a pipe its
+            # parent waits on must not stay open because of the keeper.
+            os.closerange(3, read_end)
+            os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX"))
+            signal.set_wakeup_fd(-1)
+            os.setsid()   # Ctrl-C at the foreground's terminal is the supervisor's to handle
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                with open("/proc/self/comm", "w") as comm:
+                    comm.write("pspy-keeper")
+            except OSError:
+                pass
+            said = b""
+            while chunk := os.read(read_end, 16):   # EOF: every write end is closed, the supervisor is gone
+                said += chunk
+            if said != b"done":
+                from .running import stop
+                stop(self.plan)
+        except BaseException:  # noqa: BLE001 - a keeper never returns into the supervisor's code
+            code = 1
+        finally:
+            os._exit(code)
+
+    def _dismiss_keeper(self) -> None:
+        if self._keeper_w < 0:
+            return
+        try:
+            os.write(self._keeper_w, b"done")
+        finally:
+            os.close(self._keeper_w)
+            self._keeper_w = -1
+        try:
+            os.waitpid(self._keeper, 0)
+        except ChildProcessError:
+            pass
 
     def start_all(self) -> None:
         if self.plan.mode == "namespaces":
             from .sandbox import net
             from .sandbox.user import create_user_namespace
             net.warm_up()
-            self.userns_fd = create_user_namespace(self.plan)
-            # The spawn path's children share this process's memory until they
-            # exec, and their id changes make that memory non-dumpable: said
-            # here, once, rather than left to the first start. No other process
-            # of the user (rootless) can ptrace the supervisor or read its
-            # memory, which holds the app's listening sockets and environment.
-            import prctl
-            prctl.set_dumpable(False)
+            self.userns_fd = create_user_namespace(self.plan)   # while still dumpable: rootless needs it
+        # In namespace mode the spawn path's children share this process's
+        # memory until they exec, and their id changes make that memory
+        # non-dumpable: said here, once, rather than left to the first start.
+        # No other process of the user (rootless) can ptrace the supervisor
+        # (or the keeper, forked next) or read its memory, which holds the
+        # app's listening sockets and environment.
+        import prctl
+        prctl.set_dumpable(False)
+        self._start_keeper()
         for principal in self.plan.providers:
             child = self.children[principal.name] = Child(principal)
-            self._start(child)
-            self._wait_ready(child)
+            copy = self._spawn(child)
+            self._wait_ready(child, copy)
+            self._go(child, copy)
+            self._write_state()
         front = self.plan.front_end
         if front.argv:
             child = self.children[front.name] = Child(front)
-            self._start(child)
+            self._go(child, self._spawn(child))
+            self._write_state()
             # A front end that dies at once (a missing module, a port in use)
             # is reported now rather than restarted quietly in the background.
+            proc = child.active.proc
             deadline = time.monotonic() + FRONT_END_SETTLE
-            while time.monotonic() < deadline and child.proc.poll() is None:
-                time.sleep(0.05)
-            if child.proc.poll() is None and front.seccomp and principal_seccomp_mode(self.plan, child) == 0:
+            while time.monotonic() < deadline and proc.poll() is None:
+                self._pump(0.05, logs_only=True)
+            self._drain_log(child.active)
+            if proc.poll() is None and front.seccomp and principal_seccomp_mode(self.plan, proc) == 0:
                 raise SandboxError(f"the front end ({' '.join(front.argv)}) runs without its seccomp filter "
                                    "(a command that skips pspy's sitecustomize, such as python -I or -S?); "
                                    "refusing to run it unfiltered")
-            if child.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise SandboxError(f"the front end ({' '.join(front.argv)}) exited with status "
-                                   f"{child.proc.returncode} at start; its log "
+                                   f"{proc.returncode} at start; its log "
                                    f"{log_path(self.plan, front.name)} ends with:\n"
                                    + tail(log_path(self.plan, front.name)))
         self._write_state()
 
-    def _wait_ready(self, child: Child) -> None:
+    def _wait_ready(self, child: Child, copy: Copy) -> None:
+        """Wait for a provider's first copy to say "ready"; its failure to fails the bootstrap."""
+        name = child.principal.name
         deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if child.proc.poll() is not None:
-                raise SandboxError(f"provider {child.principal.name} exited with status "
-                                   f"{child.proc.returncode} before answering{_filter_hint(child.principal)}; "
-                                   f"its log {log_path(self.plan, child.principal.name)} ends with:\n"
-                                   + tail(log_path(self.plan, child.principal.name)))
-            if ping(self.plan, child.principal):
-                return
-            time.sleep(0.05)
-        raise SandboxError(f"provider {child.principal.name} did not answer on {child.principal.socket} "
-                           f"within {READY_TIMEOUT:.0f}s; see {log_path(self.plan, child.principal.name)}")
+        while (left := deadline - time.monotonic()) > 0 and not copy.ready and copy.pidfd >= 0:
+            self._pump(left)
+        if copy.ready:
+            return
+        code = copy.proc.poll()
+        self._drop(copy)
+        if code is not None:
+            raise SandboxError(f"provider {name} {describe_exit(code, self.plan)} before it was ready"
+                               f"{_filter_hint(child.principal)}; its log {log_path(self.plan, name)} "
+                               "ends with:\n" + tail(log_path(self.plan, name)))
+        raise SandboxError(f"provider {name} was not ready within {READY_TIMEOUT:.0f}s (importing the app "
+                           f"takes that long?); see {log_path(self.plan, name)}")
+
+    def _take_ready(self, copy: Copy) -> bool:
+        """Read the copy's control channel: True once it said "ready"."""
+        try:
+            message = copy.control.recv(16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            message = b""
+        if message == CONTROL_READY:
+            copy.ready, copy.ready_at = True, time.monotonic()
+            self.selector.unregister(copy.control)   # the channel stays open, to say "go"
+            return True
+        return False
+
+    def _drop(self, copy: Copy) -> None:
+        """Kill a copy and forget it (it failed, or the app is stopping)."""
+        self._forget_control(copy)
+        _signal_group(copy.proc.pid, signal.SIGKILL, reaped=copy.proc.returncode is not None)
+        try:
+            copy.proc.wait(timeout=2)
+        except Exception:  # noqa: BLE001 - reaped by the sweep at stop otherwise
+            pass
+        self._close_pidfd(copy)
+        self._drain_log(copy)
+        if copy.log_fd >= 0:   # a descendant still holds the pipe: what it writes now is lost
+            self.selector.unregister(copy.log_fd)
+            os.close(copy.log_fd)
+            copy.log_fd = -1
+
+    def _close_pidfd(self, copy: Copy) -> None:
+        if copy.pidfd >= 0:
+            try:
+                self.selector.unregister(copy.pidfd)
+            except (KeyError, ValueError):
+                pass
+            os.close(copy.pidfd)
+            copy.pidfd = -1
 
     # --- running ------------------------------------------------------------------
     def _on_signal(self, signum, _frame):
@@ -199,49 +374,177 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        # The handler runs between two steps of the loop; this makes the
+        # loop's wait return at once instead of at its next timeout.
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
     def run(self) -> None:
-        """Restart what dies (with backoff) until told to stop."""
+        """Keep every principal running until told to stop."""
         while not self.stopping:
-            now = time.monotonic()
-            for child in self.children.values():
-                if child.proc is None:
-                    if now >= child.next_start:
-                        self._start(child)
-                    continue
-                code = child.proc.poll()
-                if code is None:
-                    if now - child.started > 30:
-                        child.backoff = 0.5
-                    continue
-                child.restarts += 1
-                child.proc = None
-                if code == EXIT_CALL_TIMEOUT and child.principal.kind == "provider":
-                    # It ended itself for a call past its call_timeout: a
-                    # healthy provider, so no backoff (rpc/server.py), and its
-                    # listening sockets are kept: callers who connected
-                    # meanwhile wait in their queue for the new one.
-                    child.next_start = now
-                    self.say(f"pspy: {child.principal.name} ended a call past its call_timeout; restarting now")
-                    continue
-                self._close_listener(child)
-                child.next_start = now + child.backoff
-                self.say(f"pspy: {child.principal.name} exited with status {code}; "
-                         f"restarting in {child.backoff:.1f}s (see {log_path(self.plan, child.principal.name)})")
-                child.backoff = min(child.backoff * 2, 10.0)
-            time.sleep(0.1)
+            self._start_due()
+            self._pump(self._next_timeout())
+            self._note_stable()
 
-    def _note_pidns(self, child: Child) -> None:
-        """Record the principal's PID namespace (known once it has started):
-        killing what runs in it stops the principal even if it broke out of
-        its process group and the parent-death chain."""
-        ns = child.proc.pidns() if hasattr(child.proc, "pidns") else None
-        if ns is not None and ns != os.readlink("/proc/self/ns/pid"):
-            child.pidns = ns
+    def _pump(self, timeout: float, logs_only: bool = False) -> None:
+        """Wait up to ``timeout`` and handle what happened: output to log,
+        copies that are ready or died, callers to refuse, signals."""
+        for key, _ in self.selector.select(timeout):
+            kind, child, copy = key.data
+            if kind == "log":
+                self._drain_log(copy)
+            elif logs_only:
+                continue
+            elif kind == "wake":
+                try:
+                    while self._wake_r.recv(64):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif kind == "control" and copy.control is not None:
+                if self._take_ready(copy):
+                    if child.active is None and child.spare is copy:
+                        child.spare = None
+                        self._go(child, copy)
+                    self._write_state()
+                else:
+                    self._forget_control(copy)   # EOF: it is dying; its pidfd says so
+            elif kind == "exit" and copy.pidfd >= 0 and copy.proc.poll() is not None:
+                self._on_exit(child, copy)
+            elif kind == "refuse" and child.refusing:
+                self._refuse(child, key.fileobj)
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        waits = [1.0]
+        for child in self.children.values():
+            if self._wants_copy(child):
+                waits.append(child.next_start - now)
+        return max(0.0, min(waits))
+
+    def _wants_copy(self, child: Child) -> bool:
+        if child.principal.kind == "provider":
+            return child.spare is None and (self.ready_copies or child.active is None)
+        return child.active is None
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if self.stopping or not self._wants_copy(child) or now < child.next_start:
+                continue
+            try:
+                copy = self._spawn(child)
+            except SandboxError as e:
+                self._failed(child)
+                child.next_start = time.monotonic() + self._delay(child)
+                self.say(f"pspy: cannot start {child.principal.name}: {e}; trying again in "
+                         f"{self._delay(child):.2f}s")
+                continue
+            if child.principal.kind == "provider":
+                child.spare = copy
+            else:
+                self._go(child, copy)
+                self._write_state()
+
+    def _on_exit(self, child: Child, copy: Copy) -> None:
+        code = copy.proc.returncode
+        now = time.monotonic()
+        self._drain_log(copy)   # its last words, before any message quotes them
+        self._forget_control(copy)
+        self._close_pidfd(copy)
+        # What the copy left in its process group goes with it (chroot mode;
+        # in namespace mode its PID namespace ended with its PID 1).
+        _signal_group(copy.proc.pid, signal.SIGKILL, reaped=True)
+        name = child.principal.name
+        oom = copy.oom_kills is not None and (cgroup.oom_kills(self.plan, child.principal) or 0) > copy.oom_kills
+        reason = describe_exit(code, self.plan, oom)
+        if copy is child.active:
+            child.active = None
+            child.restarts += 1
+            child.last_exit = {"reason": reason, "code": code, "at": time.time()}
+            served = now - (copy.serving_since or now)
+            if code != EXIT_CALL_TIMEOUT and served < STABLE_AFTER:
+                self._failed(child)   # a call past its call_timeout is a healthy provider's doing
+            if child.principal.kind != "provider":
+                child.next_start = now + self._delay(child)
+                self.say(f"pspy: {name} {reason}; starting it again"
+                         + (f" in {self._delay(child):.2f}s" if self._delay(child) else ""))
+            elif child.spare is not None and child.spare.ready:
+                spare, child.spare = child.spare, None
+                self._go(child, spare)
+                child.next_start = now + self._delay(child)
+                self.say(f"pspy: {name} {reason}; its ready copy took over")
+            elif child.spare is not None:
+                self.say(f"pspy: {name} {reason}; its next copy serves as soon as it is ready")
+            else:
+                self._no_copy_left(child)
+                self.say(f"pspy: {name} {reason}; starting it again"
+                         + (f" in {self._delay(child):.2f}s" if self._delay(child) else ""))
+        elif copy is child.spare:
+            child.spare = None
+            self._failed(child)
+            child.next_start = now + self._delay(child)
+            self.say(f"pspy: {name}'s ready copy {reason}{' before it was ready' if not copy.ready else ''}; "
+                     f"starting another in {self._delay(child):.2f}s; its log "
+                     f"{log_path(self.plan, name)} ends with:\n" + tail(log_path(self.plan, name)))
+            if child.active is None:
+                self._no_copy_left(child)
+        self._write_state()
+
+    def _no_copy_left(self, child: Child) -> None:
+        """No copy serves or is starting: until one starts, the supervisor
+        answers every connection on the provider's sockets itself with
+        ServiceUnavailable, queued ones included, so callers neither hang nor
+        mistake a request nobody read for one that may have run."""
+        child.next_start = time.monotonic() + self._delay(child)
+        if not child.refusing and self._delay(child) > 0:   # with no delay the next copy starts at once
+            # Non-blocking: the flag is on the socket shared with the copies,
+            # but no copy lives while this lasts, and _stop_refusing undoes it
+            # before the next one starts.
+            for sock in child.listeners:
+                sock.setblocking(False)
+                self.selector.register(sock, selectors.EVENT_READ, ("refuse", child, None))
+            child.refusing = True
+
+    def _stop_refusing(self, child: Child) -> None:
+        """A copy is starting: connections wait in the queue for it again."""
+        if child.refusing:
+            for sock in child.listeners:
+                self.selector.unregister(sock)
+                sock.setblocking(True)
+            child.refusing = False
+
+    def _refuse(self, child: Child, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return   # out of descriptors, say: the callers wait and try again
+            refuse_connection(conn, child.principal.name)
+
+    def _delay(self, child: Child) -> float:
+        if child.failures < FREE_FAILURES:
+            return 0.0
+        return min(BACKOFF_FIRST * 2 ** (child.failures - FREE_FAILURES), BACKOFF_CAP)
+
+    def _failed(self, child: Child) -> None:
+        child.failures += 1
+        child.last_failure = time.monotonic()
+
+    def _note_stable(self) -> None:
+        """A run of failures ends once a copy started after the last one has
+        been ready for STABLE_AFTER: a copy that cannot start keeps the delay
+        growing however long the serving one lives."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.failures and any(
+                    copy is not None and copy.ready and copy.started > child.last_failure
+                    and now - copy.ready_at >= STABLE_AFTER for copy in (child.active, child.spare)):
+                child.failures = 0
 
     def _close_listener(self, child: Child) -> None:
-        # Closed while the provider is down, so callers get ServiceUnavailable
-        # at once instead of waiting in the backlog of a socket nobody serves.
+        self._stop_refusing(child)
         for sock in child.listeners:
             sock.close()
         child.listeners = []
@@ -249,25 +552,34 @@ class Supervisor:
 
     # --- stopping -----------------------------------------------------------------
     def stop_all(self) -> None:
+        """Front end first (it stops taking requests while its providers still
+        answer), then the providers; SIGKILL whatever is left after the grace."""
         self.stopping = True
-        procs = [c.proc for c in self.children.values() if c.proc is not None]
-        # Front end first, so it stops taking requests before its providers go.
-        for proc in reversed(procs):
-            _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - timeout: killed below
-                pass
-        for proc in procs:
-            _signal_group(proc.pid, signal.SIGKILL)
-            try:
-                proc.wait(timeout=2)
-            except Exception:  # noqa: BLE001
-                pass
-        for child in self.children.values():
+        front = [c for c in self.children.values() if c.principal.kind != "provider"]
+        providers = [c for c in self.children.values() if c.principal.kind == "provider"]
+        for child in providers:
+            if child.spare is not None:   # idle: nothing to finish
+                self._drop(child.spare)
+                child.spare = None
+        for group in (front, providers):
+            copies = [c.active for c in group if c.active is not None]
+            for copy in copies:
+                _signal_group(copy.proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE
+            for copy in copies:
+                try:
+                    copy.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - timeout: killed below
+                    pass
+            for copy in copies:
+                self._drop(copy)
+            for c in group:
+                c.active = None
+        for child in providers:
             self._close_listener(child)
+            remove(self.plan, child.principal.socket)
+            for caller in self.plan.callers_of(child.principal) if self.plan.rootless else ():
+                remove(self.plan, self.plan.caller_socket(child.principal, caller))
         if self.userns_fd is not None:
             from .sandbox import template
             template.release(self.plan)
@@ -275,38 +587,77 @@ class Supervisor:
             self.userns_fd = None
         sweep_jail(self.plan)
         remove_cgroups(self.plan, self.cgroups)
+        from .running import state_path
         try:
             os.unlink(state_path(self.plan))
         except FileNotFoundError:
             pass
+        for writer in self.logs.values():
+            writer.close()
+        self.logs.clear()
+        signal.set_wakeup_fd(-1)
+        self._dismiss_keeper()
 
     def _write_state(self) -> None:
-        pidns = sorted({c.pidns for c in self.children.values() if c.pidns})
+        pidns = list(self.pidns)
         pidns += [ns for ns in (read_state(self.plan) or {}).get("pidns", []) if ns not in pidns]
-        state = {"supervisor": os.getpid(), "jail": self.plan.jail, "pidns": pidns[-64:],
-                 "cgroups": sorted(self.cgroups),
-                 "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
-                 "principals": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts}
-                                for name, c in self.children.items()}}
-        tmp = state_path(self.plan) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.rename(tmp, state_path(self.plan))
+        principals = {}
+        for name, c in self.children.items():
+            active = c.active
+            principals[name] = {
+                "pid": active.proc.pid if active else None,
+                "spare_pid": c.spare.proc.pid if c.spare else None,
+                "spare_ready": bool(c.spare and c.spare.ready),
+                "serving_since": active.serving_since_wall if active else None,
+                "restarts": c.restarts, "failures": c.failures, "last_exit": c.last_exit}
+        write_state(self.plan, {
+            "supervisor": os.getpid(), "keeper": self._keeper or None, "jail": self.plan.jail, "pidns": pidns[-64:],
+            "cgroups": sorted(self.cgroups),
+            "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
+            "principals": principals})
 
 
-def _still_running(pid: int) -> bool:
-    """Alive and not a zombie; a supervisor that is our own child (pspy learn
-    forks it and stays) is reaped here, or it would stay a zombie."""
+def refuse_connection(conn: socket.socket, provider: str) -> None:
+    """Answer one caller that no copy of ``provider`` can serve now. The
+    request, if it came, is read and dropped, so the caller gets this answer
+    rather than a reset; nothing here waits on the caller."""
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
+        conn.setblocking(False)
+        try:
+            while conn.recv(65536):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        protocol.Connection(conn, protocol.DEFAULT_MAX_FRAME).send_message(
+            [protocol.NOT_SERVED, f"no copy of provider {provider!r} is running (it failed to start and is "
+                                  "being started again); the request was not delivered"])
+    except (OSError, ProtocolError):
         pass
+    finally:
+        conn.close()
+
+
+def describe_exit(code: int | None, plan: Plan, oom: bool = False) -> str:
+    """Why a copy ended, in words: its status, its signal, and which limit or
+    filter a signal usually means (``oom``: the OOM killer ran in its memory
+    cgroup meanwhile). Namespace mode reports a principal killed by signal N
+    as status 128+N (pspy-init's exit status)."""
+    if code is None:
+        return "is running"
+    if code == EXIT_CALL_TIMEOUT:
+        return "ended itself for a call past its call_timeout"
+    signum = -code if code < 0 else (code - 128 if plan.mode == "namespaces" and 128 < code < 128 + 65 else None)
+    if signum is None:
+        return f"exited with status {code}"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    meaning = {signal.SIGSYS: " (its seccomp filter)", signal.SIGXCPU: " (its cpu_seconds limit)",
+               signal.SIGXFSZ: " (its file_size limit)"}.get(signum, "")
+    if signum == signal.SIGKILL and oom:
+        meaning = " (its memory limit: the kernel's OOM killer ran in its cgroup)"
+    return f"was killed by {name}{meaning}"
 
 
 def _filter_hint(principal: PrincipalPlan) -> str:
@@ -318,222 +669,40 @@ def _filter_hint(principal: PrincipalPlan) -> str:
             "with 'pspy learn')")
 
 
-def principal_seccomp_mode(plan: Plan, child: Child) -> int | None:
+def principal_seccomp_mode(plan: Plan, proc) -> int | None:
     """The kernel's Seccomp mode of the principal's own process (0: no filter),
     or None if it cannot be told. Namespace mode: the child of its PID 1."""
-    pid = child.proc.pid
+    pid = proc.pid
     if plan.mode == "namespaces":
-        kids = _children(pid)
+        kids = children_of(pid)
         if not kids:
             return None
         pid = kids[0]
-    return _status_field(pid, "Seccomp")
+    return status_field(pid, "Seccomp")
 
 
-def _children(pid: int) -> list[int]:
+def _signal_group(pid: int, sig: int, reaped: bool = False) -> None:
+    """Signal the process group a copy leads, else the copy itself. Once
+    the copy is reaped its number may be reused, so only the group is
+    signalled then: the number stays taken while any member of the group lives."""
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    for target in (lambda: os.killpg(pid, sig), lambda: os.kill(pid, sig)):
-        try:
-            target()
-        except (ProcessLookupError, PermissionError):
-            pass
+        os.killpg(pid, sig)
+        return
+    except (ProcessLookupError, PermissionError):
+        if reaped:
+            return
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def tail(path: str, lines: int = 15) -> str:
-    """The end of a principal's log, from its latest start only."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()[-8192:].decode(errors="replace")
-    except OSError:
+    """The end of a principal's log (rotated files too), from its latest start only."""
+    got = tail_lines(path, 200)
+    if not got:
         return "  (no log)"
-    start = data.rfind("--- pspy: starting ")
-    if start > 0:
-        data = data[start:]
-    return "\n".join("  " + line for line in data.splitlines()[-lines:])
-
-
-def jail_processes(jail: str) -> list[int]:
-    """Every process whose root directory is the jail: all principals and their children."""
-    jail = os.path.realpath(jail)
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{entry}/root") == jail:
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def app_processes(plan: Plan) -> list[int]:
-    """Every process of the app: rooted in the jail (chroot mode), running as
-    one of its uids (both modes; the id registry gives each jail its own), or
-    in the app's user namespace (namespace mode).
-
-    Rootless, the uid is the caller's, shared with their shell and everything
-    else they run, so only the user namespace the supervisor recorded counts;
-    once the supervisor is gone, the parent-death signals have taken the
-    principals down with it.
-    """
-    found = set(jail_processes(plan.jail))
-    if not plan.rootless:
-        uids = {p.uid for p in plan.principals}
-        found |= {pid for pid, uid in process_uids() if uid in uids}
-    # Trusted only while the supervisor that recorded it lives and holds the
-    # namespace open: a dead namespace's inode number can be reused by another.
-    state = (read_state(plan) or {}) if plan.mode == "namespaces" else {}
-    userns = state.get("userns")
-    if isinstance(userns, str) and userns.startswith("user:[") and supervisor_alive(plan):
-        found |= set(userns_processes(userns))
-    # Each principal's PID namespace: whatever runs in one is the app's, even
-    # once the supervisor is gone (a principal that slipped its parent-death
-    # signal). Matched with the app's uids too, against a reused inode number.
-    own = os.readlink("/proc/self/ns/pid")
-    pidns = {ns for ns in state.get("pidns", []) if isinstance(ns, str) and ns.startswith("pid:[") and ns != own}
-    if pidns:
-        uids = {p.uid for p in plan.principals}
-        found |= {pid for pid in _processes_in(pidns, "pid") if _uid_of(pid) in uids}
-    found.discard(os.getpid())
-    return sorted(found)
-
-
-def userns_processes(userns: str) -> list[int]:
-    """Processes whose user namespace is ``userns`` ("user:[inode]")."""
-    return _processes_in({userns}, "user")
-
-
-def _processes_in(namespaces: set[str], kind: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{entry}/ns/{kind}") in namespaces:
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def _uid_of(pid: int) -> int | None:
-    return _status_field(pid, "Uid")
-
-
-def _status_field(pid: int, name: str) -> int | None:
-    """The first number of a field of /proc/PID/status (Uid: the real uid)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(f"{name}:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def sweep_jail(plan: Plan) -> None:
-    """Kill whatever of the app still runs: nothing of it is left behind."""
-    if os.path.realpath(plan.jail) == "/":
-        raise PspyError("refusing to sweep processes of /: that is every process")
-    for _ in range(50):
-        pids = app_processes(plan)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    raise PspyError(f"processes of the app in {plan.jail} still running after SIGKILL: {app_processes(plan)}")
-
-
-def read_state(plan: Plan) -> dict | None:
-    try:
-        with open(state_path(plan)) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
-    except PermissionError:
-        raise PspyError(f"{state_path(plan)}: permission denied; the app's run state is root only") from None
-
-
-def supervisor_alive(plan: Plan) -> int | None:
-    state = read_state(plan)
-    if not state:
-        return None
-    pid = state.get("supervisor")
-    if not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"pspy" not in f.read():
-                return None   # the pid was reused by something else
-    except OSError:
-        return None
-    return pid
-
-
-def remove_cgroups(plan: Plan, folders) -> None:
-    """Remove the principals' cgroup folders, once empty. Only folders named
-    for this jail are touched (they come from the root-only run state)."""
-    name = cgroup.app_folder_name(plan)
-    for folder in folders:
-        if isinstance(folder, str) and os.path.basename(os.path.dirname(folder)) == name \
-                and folder.startswith("/sys/fs/cgroup/"):
-            cgroup.remove_folder(folder)
-
-
-def stop(plan: Plan, timeout: float = 15.0) -> bool:
-    """Stop a running app; True if something was running."""
-    recorded = (read_state(plan) or {}).get("cgroups") or []
-    pid = supervisor_alive(plan)
-    was_running = pid is not None or bool(app_processes(plan))
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _still_running(pid):
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    sweep_jail(plan)
-    remove_cgroups(plan, recorded if isinstance(recorded, list) else [])
-    try:
-        os.unlink(state_path(plan))
-    except FileNotFoundError:
-        pass
-    return was_running
-
-
-def status(plan: Plan) -> list[dict]:
-    state = read_state(plan) or {}
-    alive = set(app_processes(plan))
-    supervisor = supervisor_alive(plan)
-    rows = []
-    for p in plan.principals:
-        pid = (state.get("principals", {}).get(p.name) or {}).get("pid")
-        # Or the live supervisor's child: rootless, the app's processes are not
-        # dumpable, so their namespaces are closed to the user, but not their ppid.
-        running = pid in alive or (supervisor is not None and isinstance(pid, int)
-                                   and _status_field(pid, "PPid") == supervisor)
-        row = {"name": p.name, "kind": p.kind, "uid": p.uid, "pid": pid if running else None,
-               "running": running}
-        if p.kind == "provider":
-            row["answers"] = running and ping(plan, p)
-        rows.append(row)
-    return rows
+    starts = [i for i, line in enumerate(got) if line.startswith("--- pspy: starting ")]
+    if starts:
+        got = got[starts[-1]:]
+    return "\n".join("  " + line for line in got[-lines:])

@@ -99,7 +99,11 @@ def test_a_call_that_exits_or_is_killed_is_reported_and_the_provider_keeps_servi
     assert results[0][0] == ["CallInterrupted", "Runner.run: the call process exited with status 3 "
                                                 "before replying"]
     assert results[1][0][0] == "CallInterrupted" and "SIGKILL" in results[1][0][1]
-    assert results[2][0] == ["ok", ["", "MemoryError: "]]   # RLIMIT_DATA, inherited from the provider
+    # Stopped by RLIMIT_DATA (inherited from the provider) or, when the cgroup
+    # that the provider, its ready copy and their zygotes share fills
+    # first, by the kernel's OOM killer.
+    assert results[2][0] == ["ok", ["", "MemoryError: "]] or (
+        results[2][0][0] == "CallInterrupted" and "SIGKILL" in results[2][0][1]), results[2][0]
     assert results[3][0] == ["ok", ["still here\n", None]]
 
 

@@ -141,7 +141,7 @@ def test_stop_finds_a_process_that_left_the_launchers_tree(rootless_user):
     chain would be) is still the app's: the supervisor records each
     principal's PID namespace."""
     from pspy.plan import Plan
-    from pspy.supervisor import app_processes
+    from pspy.running import app_processes
     jail = bootstrap_rootless(rootless_user, ESCAPE, "pidns")
     sleeper = None
     try:

@@ -245,11 +245,12 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
-                            "PSPY_CALLER_FDS", "PYTHONNOUSERSITE", "PSPY_SECCOMP"}, env
+                            "PSPY_CALLER_FDS", "PSPY_CONTROL_FD", "PYTHONNOUSERSITE", "PSPY_SECCOMP"}, env
     # Nor does any other process of the app (PID 1 of namespace mode included);
-    # rootless, the supervisor has the user's uid, but it is the user's own process, outside.
-    supervisor = json.load(open(os.path.join(zoobank["jail"], ".pspy", "run", "state.json")))["supervisor"]
-    for pid in set(_app_pids(zoobank["jail"])) - {supervisor}:
+    # rootless, the supervisor and its keeper have the user's uid, but they
+    # are the user's own processes, outside.
+    state = json.load(open(os.path.join(zoobank["jail"], ".pspy", "run", "state.json")))
+    for pid in set(_app_pids(zoobank["jail"])) - {state["supervisor"], state["keeper"]}:
         try:
             raw = open(f"/proc/{pid}/environ", "rb").read()
         except OSError:
@@ -268,9 +269,16 @@ def test_principals_inherit_no_descriptor_but_stdio(zoobank):
         assert _uid_of(pid) not in (None, 0)
         fd_dir = f"/proc/{pid}/fd"
         targets = {fd: os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)}
+        # stdin is /dev/null; stdout and stderr the write end of one pipe
+        # the supervisor reads (never the log file itself, which the
+        # principal could truncate).
+        assert targets["0"] == "/dev/null", targets["0"]
+        assert targets["1"] == targets["2"] and targets["1"].startswith("pipe:"), (name, targets)
+        for fd in ("1", "2"):
+            flags = int(open(f"/proc/{pid}/fdinfo/{fd}").read().split("flags:")[1].split()[0], 8)
+            assert flags & os.O_ACCMODE == os.O_WRONLY, (name, fd, oct(flags))
         for fd, target in targets.items():
             if int(fd) <= 2:
-                assert target in ("/dev/null", os.path.join(jail, ".pspy", "logs", f"{name}.log")), target
                 continue
             # A pipe only if the principal holds both ends: its own (the seccomp denial reports).
             own_pipe = target.startswith("pipe:") and list(targets.values()).count(target) == 2

@@ -136,8 +136,8 @@ class Client:
         if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
             self._give_back(conn)
             return response[1]
-        if _ends_provider(response):
-            conn.close()   # the provider is ending itself (call_timeout): never reuse its connection
+        if _ends_provider(response) or _not_served(response):
+            conn.close()   # the provider is ending itself (call_timeout), or none runs: never reuse
         else:
             self._give_back(conn)
         return _result(self.provider, service, response)
@@ -167,6 +167,10 @@ def _result(provider: str, service: str, response):
         return payload
     if status == protocol.DENIED:
         raise PermissionDenied(str(payload))
+    if status == protocol.NOT_SERVED:
+        # The supervisor's own answer, distinct from a service that raised
+        # ServiceUnavailable itself (that one may have done work first).
+        raise ServiceUnavailable(f"{provider}.{service}: {payload}")
     if status == protocol.ERROR and isinstance(payload, dict):
         raise _rebuild_exception(payload)
     raise ProtocolError(f"malformed response from {provider!r}")
@@ -176,6 +180,10 @@ def _result(provider: str, service: str, response):
 # caller gets pspy's own class, so `except pspy.ServiceTimeout` works.
 _OWN_ERRORS = {"pspy.SerializationError": SerializationError, "pspy.ServiceTimeout": ServiceTimeout,
                "pspy.CallInterrupted": CallInterrupted}
+
+
+def _not_served(response) -> bool:
+    return type(response) is list and len(response) == 2 and response[0] == protocol.NOT_SERVED
 
 
 def _ends_provider(response) -> bool:

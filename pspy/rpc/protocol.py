@@ -36,6 +36,7 @@ _JOIN_BELOW = 64 * 1024   # below this, header + body are joined and sent with o
 OK = 0          # payload: the return value
 ERROR = 1       # payload: {"type", "message", "args", "traceback"}
 DENIED = 2      # payload: message
+NOT_SERVED = 3  # payload: message; from the supervisor: no copy of the provider runs, the request was not read
 
 PING = "__pspy_ping__"   # answered by every provider, for the supervisor and status
 

@@ -192,6 +192,26 @@ def prepare(plan: Plan, principal: PrincipalPlan) -> list[str]:
     return procs
 
 
+def oom_kills(plan: Plan, principal: PrincipalPlan) -> int | None:
+    """How many processes the kernel's OOM killer has killed in the
+    principal's memory cgroup (v1 memory.oom_control, v2 memory.events);
+    None without one. The supervisor compares it across a copy's life to
+    tell a memory limit from any other SIGKILL."""
+    folder = folders(plan, principal).get("memory")
+    if folder is None:
+        return None
+    name = "memory.events" if plan.cgroups.get("memory") == "v2" else "memory.oom_control"
+    try:
+        with open(os.path.join(folder, name)) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def remove(plan: Plan, principal: PrincipalPlan, wait: float = 2.0) -> None:
     """Remove the principal's cgroups (as this process places them) once empty."""
     for folder in folders(plan, principal).values():

@@ -14,7 +14,7 @@ import subprocess
 import threading
 
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, filter_path, plan_path, STATE_DIR
-from ..runtime import ENV_CALLER_FDS, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
+from ..runtime import ENV_CALLER_FDS, ENV_CONTROL_FD, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
 from ..limits import rlimits as rlimits_of
 from . import caps, cgroup, chroot, ids
@@ -80,10 +80,11 @@ def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: 
 def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, stdout=None, stderr=None,
                     stdin=subprocess.DEVNULL, supervised: bool = True, new_session: bool = True,
                     pass_fds: tuple[int, ...] = (), caller_fds: dict[str, int] | None = None,
-                    userns_fd: int | None = None) -> subprocess.Popen:
+                    userns_fd: int | None = None, control_fd: int | None = None) -> subprocess.Popen:
     """Start argv as the principal. ``pass_fds`` (the provider's listening
     sockets) keep their numbers; the first is announced in PSPY_LISTEN_FD,
     and ``caller_fds`` (rootless: a socket per caller) in PSPY_CALLER_FDS.
+    ``control_fd`` makes a provider a ready copy that serves when told (PSPY_CONTROL_FD).
     Namespace mode goes through the launcher (sandbox/launch.py), which
     needs the app's user namespace as ``userns_fd``."""
     _check_plan_present(plan)
@@ -92,6 +93,9 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
         env[ENV_LISTEN_FD] = str(pass_fds[0])
     if caller_fds:
         env[ENV_CALLER_FDS] = ",".join(f"{fd}={caller}" for caller, fd in sorted(caller_fds.items()))
+    if control_fd is not None:
+        env[ENV_CONTROL_FD] = str(control_fd)
+        pass_fds = (*pass_fds, control_fd)
     argv = resolve_argv(plan, argv)
     procs = cgroup.prepare(plan, principal)
     limits = rlimits_of(principal.limits, plan.rootless, per_call=principal.isolation == "per_call")
