@@ -10,19 +10,44 @@ import secrets
 from flask import Flask, jsonify, redirect, render_template_string, request
 
 import bank
+import pspy
 from auth import Auth
 
 app = Flask(__name__)
 app.secret_key = os.environ.get("ZOOBANK_SECRET_KEY") or secrets.token_hex(16)
 auth = Auth()
 
-ERRORS = {ValueError: 400, LookupError: 404, PermissionError: 403}
+# Every error response of the API says what became of the request, so that a
+# client knows whether it may send it again: "not_applied" when nothing was
+# changed (a service refused it, or it never reached the provider),
+# "unknown" when the provider received it and gave no reply (it died, or ran
+# past its timeout): it may have been applied. A transfer sent with a "ref"
+# can then be sent again safely (see bank.transfer).
+REFUSED = {ValueError: 400, LookupError: 404, PermissionError: 403}
+UNDELIVERED = {pspy.ServiceUnavailable: (503, "not_applied"),
+               pspy.CallInterrupted: (503, "unknown"),
+               pspy.ServiceTimeout: (504, "unknown")}
+
+
+def _error(message, status, outcome):
+    return jsonify({"error": message, "outcome": outcome}), status
 
 
 def _fail(exc):
-    for cls, status in ERRORS.items():
+    for cls, status in REFUSED.items():
         if isinstance(exc, cls):
-            return jsonify({"error": str(exc)}), status
+            return _error(str(exc), status, "not_applied")
+    raise exc
+
+
+@app.errorhandler(pspy.ServiceUnavailable)
+@app.errorhandler(pspy.CallInterrupted)
+@app.errorhandler(pspy.ServiceTimeout)
+def provider_down(exc):
+    """A provider that is down or died mid-call, for any route: 503 (504 for a timeout), not a hang."""
+    for cls, (status, outcome) in UNDELIVERED.items():
+        if isinstance(exc, cls):
+            return _error(str(exc), status, outcome)
     raise exc
 
 
@@ -63,13 +88,14 @@ def api_transfer():
     token = _bearer()
     sender = auth.user_for_token(token) if token else None
     if sender is None:
-        return jsonify({"error": "missing or invalid bearer token"}), 401
+        return _error("missing or invalid bearer token", 401, "not_applied")
     try:
         recipient, zoobars = _json_fields("recipient", "zoobars")
-        left = bank.transfer(sender, recipient, zoobars, token)
+        ref = request.get_json().get("ref")   # optional: see bank.transfer
+        left = bank.transfer(sender, recipient, zoobars, token, ref)
     except (ValueError, LookupError, PermissionError) as e:
         return _fail(e)
-    return jsonify({"sender": sender, "recipient": recipient, "zoobars": left})
+    return jsonify({"sender": sender, "recipient": recipient, "zoobars": left, "ref": ref})
 
 
 @app.get("/api/balance/<username>")
