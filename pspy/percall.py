@@ -369,12 +369,15 @@ def _fresh_base(provider: str) -> str:
         if entry.startswith(prefix):
             maker = entry[len(prefix):].split("-", 1)[0]
             try:
-                if maker.isdigit():
+                # isascii: "²".isdigit() is true too. A name another
+                # principal planted (chroot mode's /tmp is shared) must
+                # never stop this provider from starting.
+                if maker.isascii() and maker.isdigit() and len(maker) <= 10:
                     os.kill(int(maker), 0)
                     continue   # its maker lives
             except ProcessLookupError:
                 pass
-            except OSError:
+            except (OSError, ValueError, OverflowError):
                 continue
             try:
                 if os.lstat(path).st_uid == os.getuid():

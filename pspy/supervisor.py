@@ -22,19 +22,20 @@ when it happens, not at the next poll.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 
 from .errors import ProtocolError, SandboxError
-from .logs import LineBuffer, LogWriter, log_file_name, tail_lines
+from .logs import LineBuffer, LogWriter, log_file_name, printable, tail_lines
 from .plan import LOG_DIR, Plan, PrincipalPlan
 from .rpc import protocol
 from .rpc.server import EXIT_CALL_TIMEOUT
-from .running import (children_of, read_state, remove_cgroups, status_field, sweep_jail,
-                      write_state)
+from .running import children_of, remove_cgroups, status_field, sweep_jail, write_state
 from .runtime import CONTROL_GO, CONTROL_READY
 from .sandbox import cgroup
 from .sandbox.spawn import provider_argv, spawn_principal
@@ -47,6 +48,7 @@ STABLE_AFTER = 1.0       # a copy serving this long ended a run of failures
 FREE_FAILURES = 3        # failures in a row restarted without delay
 BACKOFF_FIRST = 0.25     # the delay after FREE_FAILURES failures in a row, doubled per failure ...
 BACKOFF_CAP = 10.0       # ... up to this
+REFUSE_PER_TURN = 64     # callers the supervisor answers itself per turn of its loop
 
 
 def log_path(plan: Plan, name: str) -> str:
@@ -68,6 +70,7 @@ class Copy:
     log_fd: int = -1                      # the read end of its stdout and stderr
     name: str = ""                        # the principal's
     echo_lines: LineBuffer | None = None  # foreground: its output cut into lines
+    pidns: str | None = None              # namespace mode: its PID namespace, "pid:[inode]"
 
 
 @dataclass
@@ -100,7 +103,6 @@ class Supervisor:
         self.stopping = False
         self.userns_fd: int | None = None   # namespace mode: the app's user namespace
         self.cgroups: set[str] = set()       # the principals' cgroup folders, removed at the end
-        self.pidns: list[str] = []           # namespace mode: every copy's PID namespace, for sweeping
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         for end in (self._wake_r, self._wake_w):
@@ -145,20 +147,27 @@ class Supervisor:
             os.close(log_w)
             if theirs is not None:
                 theirs.close()
-        os.set_blocking(log_r, False)
-        copy = Copy(proc, os.pidfd_open(proc.pid), ours, time.monotonic(), log_fd=log_r, name=principal.name,
-                    oom_kills=cgroup.oom_kills(self.plan, principal))
-        self.selector.register(copy.pidfd, selectors.EVENT_READ, ("exit", child, copy))
-        self.selector.register(log_r, selectors.EVENT_READ, ("log", child, copy))
-        if ours is not None:
-            self.selector.register(ours, selectors.EVENT_READ, ("control", child, copy))
-        self.cgroups.update(cgroup.folders(self.plan, principal).values())
+        copy = Copy(proc, -1, ours, time.monotonic(), log_fd=log_r, name=principal.name)
+        try:
+            os.set_blocking(log_r, False)
+            copy.pidfd = os.pidfd_open(proc.pid)
+            copy.oom_kills = cgroup.oom_kills(self.plan, principal)
+            self.selector.register(copy.pidfd, selectors.EVENT_READ, ("exit", child, copy))
+            self.selector.register(log_r, selectors.EVENT_READ, ("log", child, copy))
+            if ours is not None:
+                self.selector.register(ours, selectors.EVENT_READ, ("control", child, copy))
+            self.cgroups.update(cgroup.folders(self.plan, principal).values())
+        except BaseException:
+            # Started but not tracked: it must not run on unwatched.
+            self._drop(copy)
+            raise
         if self.plan.mode == "namespaces" and hasattr(proc, "pidns"):
             # Killing what runs in it stops the copy even if it broke out of
-            # its process group and the parent-death chain.
+            # its process group and the parent-death chain. Only live copies'
+            # are recorded: a dead namespace's number may be reused by another.
             ns = proc.pidns()
-            if ns is not None and ns != os.readlink("/proc/self/ns/pid") and ns not in self.pidns:
-                self.pidns = [*self.pidns[-63:], ns]
+            if ns is not None and ns != os.readlink("/proc/self/ns/pid"):
+                copy.pidns = ns
         return copy
 
     def _log(self, name: str) -> LogWriter:
@@ -168,10 +177,15 @@ class Supervisor:
                                                  self.plan.log_keep)
         return writer
 
-    def _drain_log(self, copy: Copy) -> None:
-        """Move what the copy wrote into its log; at EOF (the copy and
-        whatever inherited its output are gone) forget the pipe."""
-        while copy.log_fd >= 0:
+    def _drain_log(self, copy: Copy, reads: int = 1) -> None:
+        """Move what the copy wrote into its log: at most ``reads`` reads of
+        64 KiB, so a principal that floods its output gets its share of the
+        loop and no more (the pipe is readable again next turn, and the
+        flooder blocks on its own full pipe). At EOF (the copy and whatever
+        inherited its output are gone) forget the pipe."""
+        for _ in range(reads):
+            if copy.log_fd < 0:
+                return
             try:
                 data = os.read(copy.log_fd, 65536)
             except (BlockingIOError, InterruptedError):
@@ -179,16 +193,44 @@ class Supervisor:
             except OSError:
                 data = b""
             if not data:
-                self.selector.unregister(copy.log_fd)
-                os.close(copy.log_fd)
-                copy.log_fd = -1
+                self._close_log(copy)
                 return
             self._log(copy.name).write(data)
             if self.echo is not None:
                 if copy.echo_lines is None:
                     copy.echo_lines = LineBuffer()
                 for line in copy.echo_lines.feed(data):
-                    self.echo(copy.name, line)
+                    self._echo(copy.name, line)
+
+    def _close_log(self, copy: Copy) -> None:
+        if copy.log_fd >= 0:
+            try:
+                self.selector.unregister(copy.log_fd)
+            except (KeyError, ValueError):
+                pass   # a start that failed before it was registered
+            os.close(copy.log_fd)
+            copy.log_fd = -1
+        if self.echo is not None and copy.echo_lines is not None:
+            for line in copy.echo_lines.flush():
+                self._echo(copy.name, line)
+
+    def _echo(self, name: str, line: str) -> None:
+        """Foreground: show a principal's line, unless the terminal would make
+        the supervisor wait (paused, or a slow pipe): then it is dropped,
+        it is in the log anyway. Nothing here may raise into the loop."""
+        try:
+            if not select.select([], [sys.stdout], [], 0)[1]:
+                return
+            self.echo(name, line[:4096])
+        except (OSError, ValueError, UnicodeError):
+            pass
+
+    def _say(self, text: str) -> None:
+        """The supervisor's own message; a full disk or a closed terminal is no reason to stop the app."""
+        try:
+            self.say(text)
+        except (OSError, ValueError, UnicodeError):
+            pass
 
     def _go(self, child: Child, copy: Copy) -> None:
         """Make ``copy`` the one that serves."""
@@ -316,7 +358,8 @@ class Supervisor:
         """Wait for a provider's first copy to say "ready"; its failure to fails the bootstrap."""
         name = child.principal.name
         deadline = time.monotonic() + READY_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0 and not copy.ready and copy.pidfd >= 0:
+        while (left := deadline - time.monotonic()) > 0 and not copy.ready and copy.pidfd >= 0 \
+                and not self.stopping:
             self._pump(left)
         if copy.ready:
             return
@@ -352,11 +395,8 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - reaped by the sweep at stop otherwise
             pass
         self._close_pidfd(copy)
-        self._drain_log(copy)
-        if copy.log_fd >= 0:   # a descendant still holds the pipe: what it writes now is lost
-            self.selector.unregister(copy.log_fd)
-            os.close(copy.log_fd)
-            copy.log_fd = -1
+        self._drain_log(copy, reads=16)
+        self._close_log(copy)   # a descendant that still holds the pipe writes into nothing now
 
     def _close_pidfd(self, copy: Copy) -> None:
         if copy.pidfd >= 0:
@@ -433,10 +473,12 @@ class Supervisor:
                 continue
             try:
                 copy = self._spawn(child)
-            except SandboxError as e:
+            except Exception as e:  # noqa: BLE001 - out of descriptors, say: a failed start, not the app's end
                 self._failed(child)
                 child.next_start = time.monotonic() + self._delay(child)
-                self.say(f"pspy: cannot start {child.principal.name}: {e}; trying again in "
+                if child.principal.kind == "provider" and child.active is None:
+                    self._no_copy_left(child)   # callers are answered, not left in the queue
+                self._say(f"pspy: cannot start {child.principal.name}: {e}; trying again in "
                          f"{self._delay(child):.2f}s")
                 continue
             if child.principal.kind == "provider":
@@ -448,7 +490,11 @@ class Supervisor:
     def _on_exit(self, child: Child, copy: Copy) -> None:
         code = copy.proc.returncode
         now = time.monotonic()
-        self._drain_log(copy)   # its last words, before any message quotes them
+        # Its last words (bounded), before any message quotes them; then the
+        # pipe is closed even if a descendant that left its session holds
+        # it: one leaked descriptor per restart would add up.
+        self._drain_log(copy, reads=16)
+        self._close_log(copy)
         self._forget_control(copy)
         self._close_pidfd(copy)
         # What the copy left in its process group goes with it (chroot mode;
@@ -466,24 +512,24 @@ class Supervisor:
                 self._failed(child)   # a call past its call_timeout is a healthy provider's doing
             if child.principal.kind != "provider":
                 child.next_start = now + self._delay(child)
-                self.say(f"pspy: {name} {reason}; starting it again"
+                self._say(f"pspy: {name} {reason}; starting it again"
                          + (f" in {self._delay(child):.2f}s" if self._delay(child) else ""))
             elif child.spare is not None and child.spare.ready:
                 spare, child.spare = child.spare, None
                 self._go(child, spare)
                 child.next_start = now + self._delay(child)
-                self.say(f"pspy: {name} {reason}; its ready copy took over")
+                self._say(f"pspy: {name} {reason}; its ready copy took over")
             elif child.spare is not None:
-                self.say(f"pspy: {name} {reason}; its next copy serves as soon as it is ready")
+                self._say(f"pspy: {name} {reason}; its next copy serves as soon as it is ready")
             else:
                 self._no_copy_left(child)
-                self.say(f"pspy: {name} {reason}; starting it again"
+                self._say(f"pspy: {name} {reason}; starting it again"
                          + (f" in {self._delay(child):.2f}s" if self._delay(child) else ""))
         elif copy is child.spare:
             child.spare = None
             self._failed(child)
             child.next_start = now + self._delay(child)
-            self.say(f"pspy: {name}'s ready copy {reason}{' before it was ready' if not copy.ready else ''}; "
+            self._say(f"pspy: {name}'s ready copy {reason}{' before it was ready' if not copy.ready else ''}; "
                      f"starting another in {self._delay(child):.2f}s; its log "
                      f"{log_path(self.plan, name)} ends with:\n" + tail(log_path(self.plan, name)))
             if child.active is None:
@@ -514,19 +560,22 @@ class Supervisor:
             child.refusing = False
 
     def _refuse(self, child: Child, listener: socket.socket) -> None:
-        while True:
+        # A bounded number per turn: callers connecting in a loop cannot keep
+        # the supervisor from everything else.
+        for _ in range(REFUSE_PER_TURN):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return   # out of descriptors, say: the callers wait and try again
+                time.sleep(0.01)   # out of descriptors, say: the callers wait; no busy loop
+                return
             refuse_connection(conn, child.principal.name)
 
     def _delay(self, child: Child) -> float:
         if child.failures < FREE_FAILURES:
             return 0.0
-        return min(BACKOFF_FIRST * 2 ** (child.failures - FREE_FAILURES), BACKOFF_CAP)
+        return min(BACKOFF_FIRST * 2 ** min(child.failures - FREE_FAILURES, 16), BACKOFF_CAP)
 
     def _failed(self, child: Child) -> None:
         child.failures += 1
@@ -535,9 +584,22 @@ class Supervisor:
     def _note_stable(self) -> None:
         """A run of failures ends once a copy started after the last one has
         been ready for STABLE_AFTER: a copy that cannot start keeps the delay
-        growing however long the serving one lives."""
+        growing however long the serving one lives. A ready copy that is not
+        ready within READY_TIMEOUT (an import that hangs, a channel that said
+        something else) is a failed start: killed, and another started."""
         now = time.monotonic()
         for child in self.children.values():
+            spare = child.spare
+            if spare is not None and not spare.ready and now - spare.started > READY_TIMEOUT:
+                self._say(f"pspy: {child.principal.name}'s next copy was not ready within "
+                          f"{READY_TIMEOUT:.0f}s; killing it and starting another")
+                child.spare = None
+                self._drop(spare)
+                self._failed(child)
+                child.next_start = now + self._delay(child)
+                if child.active is None:
+                    self._no_copy_left(child)
+                self._write_state()
             if child.failures and any(
                     copy is not None and copy.ready and copy.started > child.last_failure
                     and now - copy.ready_at >= STABLE_AFTER for copy in (child.active, child.spare)):
@@ -564,13 +626,12 @@ class Supervisor:
         for group in (front, providers):
             copies = [c.active for c in group if c.active is not None]
             for copy in copies:
-                _signal_group(copy.proc.pid, signal.SIGTERM)
+                _signal_group(copy.proc.pid, signal.SIGTERM, reaped=copy.proc.returncode is not None)
             deadline = time.monotonic() + STOP_GRACE
-            for copy in copies:
-                try:
-                    copy.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - timeout: killed below
-                    pass
+            # What they write while ending still reaches their logs (a full
+            # pipe would hold them up until SIGKILL).
+            while time.monotonic() < deadline and any(c.proc.poll() is None for c in copies):
+                self._pump(0.02, logs_only=True)
             for copy in copies:
                 self._drop(copy)
             for c in group:
@@ -599,8 +660,8 @@ class Supervisor:
         self._dismiss_keeper()
 
     def _write_state(self) -> None:
-        pidns = list(self.pidns)
-        pidns += [ns for ns in (read_state(self.plan) or {}).get("pidns", []) if ns not in pidns]
+        pidns = sorted({c.pidns for child in self.children.values() for c in (child.active, child.spare)
+                        if c is not None and c.pidns})
         principals = {}
         for name, c in self.children.items():
             active = c.active
@@ -610,6 +671,12 @@ class Supervisor:
                 "spare_ready": bool(c.spare and c.spare.ready),
                 "serving_since": active.serving_since_wall if active else None,
                 "restarts": c.restarts, "failures": c.failures, "last_exit": c.last_exit}
+        try:
+            self._put_state(pidns, principals)
+        except OSError as e:   # a full disk: status is stale for a while, the app runs on
+            self._say(f"pspy: cannot write the run state: {e.strerror or e}")
+
+    def _put_state(self, pidns: list[str], principals: dict) -> None:
         write_state(self.plan, {
             "supervisor": os.getpid(), "keeper": self._keeper or None, "jail": self.plan.jail, "pidns": pidns[-64:],
             "cgroups": sorted(self.cgroups),
@@ -624,8 +691,7 @@ def refuse_connection(conn: socket.socket, provider: str) -> None:
     try:
         conn.setblocking(False)
         try:
-            while conn.recv(65536):
-                pass
+            conn.recv(65536)   # one read: what came is dropped, nothing is waited for
         except (BlockingIOError, InterruptedError):
             pass
         protocol.Connection(conn, protocol.DEFAULT_MAX_FRAME).send_message(
@@ -705,4 +771,5 @@ def tail(path: str, lines: int = 15) -> str:
     starts = [i for i, line in enumerate(got) if line.startswith("--- pspy: starting ")]
     if starts:
         got = got[starts[-1]:]
-    return "\n".join("  " + line for line in got[-lines:])
+    # Escaped and cut: the lines are the principal's, and they reach a terminal.
+    return "\n".join("  " + printable(line[:500]) for line in got[-lines:])
