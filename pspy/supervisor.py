@@ -67,6 +67,7 @@ class Copy:
     serving_since: float | None = None    # monotonic; None until told "go"
     serving_since_wall: float | None = None
     oom_kills: int | None = None          # its memory cgroup's OOM kill count when it started
+    memory_cgroup: str | None = None      # that cgroup's folder
     log_fd: int = -1                      # the read end of its stdout and stderr
     name: str = ""                        # the principal's
     echo_lines: LineBuffer | None = None  # foreground: its output cut into lines
@@ -151,12 +152,14 @@ class Supervisor:
         try:
             os.set_blocking(log_r, False)
             copy.pidfd = os.pidfd_open(proc.pid)
-            copy.oom_kills = cgroup.oom_kills(self.plan, principal)
+            folders = cgroup.folders(self.plan, principal)   # read once per start, kept on the copy
+            copy.memory_cgroup = folders.get("memory")
+            copy.oom_kills = cgroup.oom_kills(self.plan, copy.memory_cgroup)
+            self.cgroups.update(folders.values())
             self.selector.register(copy.pidfd, selectors.EVENT_READ, ("exit", child, copy))
             self.selector.register(log_r, selectors.EVENT_READ, ("log", child, copy))
             if ours is not None:
                 self.selector.register(ours, selectors.EVENT_READ, ("control", child, copy))
-            self.cgroups.update(cgroup.folders(self.plan, principal).values())
         except BaseException:
             # Started but not tracked: it must not run on unwatched.
             self._drop(copy)
@@ -490,6 +493,12 @@ class Supervisor:
     def _on_exit(self, child: Child, copy: Copy) -> None:
         code = copy.proc.returncode
         now = time.monotonic()
+        took_over = None
+        if copy is child.active and child.spare is not None and child.spare.ready:
+            # First of all: the ready copy serves. Logs, messages and state
+            # come after, off the callers' time.
+            took_over, child.spare = child.spare, None
+            self._go(child, took_over)
         # Its last words (bounded), before any message quotes them; then the
         # pipe is closed even if a descendant that left its session holds
         # it: one leaked descriptor per restart would add up.
@@ -501,10 +510,11 @@ class Supervisor:
         # in namespace mode its PID namespace ended with its PID 1).
         _signal_group(copy.proc.pid, signal.SIGKILL, reaped=True)
         name = child.principal.name
-        oom = copy.oom_kills is not None and (cgroup.oom_kills(self.plan, child.principal) or 0) > copy.oom_kills
+        oom = copy.oom_kills is not None and (cgroup.oom_kills(self.plan, copy.memory_cgroup) or 0) > copy.oom_kills
         reason = describe_exit(code, self.plan, oom)
-        if copy is child.active:
-            child.active = None
+        if copy is child.active or took_over is not None:
+            if took_over is None:
+                child.active = None
             child.restarts += 1
             child.last_exit = {"reason": reason, "code": code, "at": time.time()}
             served = now - (copy.serving_since or now)
@@ -514,9 +524,7 @@ class Supervisor:
                 child.next_start = now + self._delay(child)
                 self._say(f"pspy: {name} {reason}; starting it again"
                          + (f" in {self._delay(child):.2f}s" if self._delay(child) else ""))
-            elif child.spare is not None and child.spare.ready:
-                spare, child.spare = child.spare, None
-                self._go(child, spare)
+            elif took_over is not None:
                 child.next_start = now + self._delay(child)
                 self._say(f"pspy: {name} {reason}; its ready copy took over")
             elif child.spare is not None:

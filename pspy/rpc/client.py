@@ -136,8 +136,8 @@ class Client:
         if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
             self._give_back(conn)
             return response[1]
-        if _ends_provider(response) or _not_served(response):
-            conn.close()   # the provider is ending itself (call_timeout), or none runs: never reuse
+        if _never_reuse(response):
+            conn.close()
         else:
             self._give_back(conn)
         return _result(self.provider, service, response)
@@ -182,14 +182,14 @@ _OWN_ERRORS = {"pspy.SerializationError": SerializationError, "pspy.ServiceTimeo
                "pspy.CallInterrupted": CallInterrupted}
 
 
-def _not_served(response) -> bool:
-    return type(response) is list and len(response) == 2 and response[0] == protocol.NOT_SERVED
-
-
-def _ends_provider(response) -> bool:
-    return (type(response) is list and len(response) == 2 and response[0] == protocol.ERROR
-            and isinstance(response[1], dict)
-            and response[1].get("type") == "pspy.ServiceTimeout")
+def _never_reuse(response) -> bool:
+    """After these answers the connection is closed: the provider is ending
+    itself (past a call_timeout), or none runs and the supervisor answered."""
+    if type(response) is not list or len(response) != 2:
+        return False
+    return response[0] == protocol.NOT_SERVED or (
+        response[0] == protocol.ERROR and isinstance(response[1], dict)
+        and response[1].get("type") == "pspy.ServiceTimeout")
 
 
 def _rebuild_exception(payload: dict) -> BaseException:

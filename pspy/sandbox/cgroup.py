@@ -192,12 +192,11 @@ def prepare(plan: Plan, principal: PrincipalPlan) -> list[str]:
     return procs
 
 
-def oom_kills(plan: Plan, principal: PrincipalPlan) -> int | None:
-    """How many processes the kernel's OOM killer has killed in the
-    principal's memory cgroup (v1 memory.oom_control, v2 memory.events);
-    None without one. The supervisor compares it across a copy's life to
-    tell a memory limit from any other SIGKILL."""
-    folder = folders(plan, principal).get("memory")
+def oom_kills(plan: Plan, folder: str | None) -> int | None:
+    """How many processes the kernel's OOM killer has killed in a
+    principal's memory cgroup ``folder`` (folders()["memory"]; v1
+    memory.oom_control, v2 memory.events); None without one. The supervisor
+    compares it across a copy's life to tell a memory limit from any other SIGKILL."""
     if folder is None:
         return None
     name = "memory.events" if plan.cgroups.get("memory") == "v2" else "memory.oom_control"
