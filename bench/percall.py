@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,8 @@ def measure(mode: str, calls: int) -> dict:
         return json.loads(out.strip().splitlines()[-1])
     finally:
         pspy("stop", "--jail", jail)
+        # The jail folder holds its ids in pspy's host registry until it is gone.
+        shutil.rmtree(os.path.dirname(jail), ignore_errors=True)
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -112,6 +113,8 @@ class Condition:
     def stop(self) -> None:
         if self.plan is not None:
             stop(self.plan)
+        # The jail folder holds its ids in pspy's host registry until it is gone.
+        shutil.rmtree(os.path.dirname(self.jail), ignore_errors=True)
 
 
 def free_port() -> int:

@@ -185,8 +185,16 @@ def _plan_with_free_ids(manifest, options: Options, previous: Plan | None, jails
         problems = registry.conflicts(plan, jails)
         if not problems:
             return plan
-    hint = "; choose another --uid-base/--gid-base" if not options.auto_ids else ""
-    raise PlanError("no safe ids for this app: " + "; ".join(problems) + hint)
+    if not options.auto_ids:
+        raise PlanError("no safe ids for this app: " + "; ".join(problems) +
+                        "; choose another --uid-base/--gid-base")
+    last = candidates[-1]
+    raise PlanError(f"no safe ids for this app: each block of {ID_BLOCK} ids from uid {DEFAULT_UID_BASE}/gid "
+                    f"{DEFAULT_GID_BASE} to uid {last[0] + ID_BLOCK - 1}/gid {last[1] + ID_BLOCK - 1} is taken "
+                    f"by a host account, a running process or one of the {len(jails)} jails in "
+                    f"{registry.REGISTRY} (the last block: {'; '.join(problems)}). A jail holds its ids "
+                    "for as long as its folder exists: remove the folders of jails you no longer use, "
+                    "or give --uid-base/--gid-base")
 
 
 def _build_jail(plan: Plan, say) -> None:

@@ -139,6 +139,32 @@ def seccomp_modes(jail, name):
     return modes
 
 
+@pytest.fixture(scope="session", autouse=True)
+def release_jails(tmp_path_factory):
+    """Stop and remove, at the end of the session, every jail it made.
+
+    A jail holds its ids in pspy's host registry for as long as its folder
+    exists, and pytest keeps the folders of the last three sessions: without
+    this, a few runs on one host use up every free block of ids and the
+    next bootstrap is refused. PSPY_TEST_KEEP_JAILS=1 keeps them to debug.
+    """
+    yield
+    if not IS_ROOT or os.environ.get("PSPY_TEST_KEEP_JAILS"):
+        return
+    from pspy.errors import PspyError
+    from pspy.plan import Plan
+    from pspy.running import stop
+    base = tmp_path_factory.getbasetemp()
+    for pattern in ("*/.pspy/plan.json", "*/*/.pspy/plan.json", "*/*/*/.pspy/plan.json"):
+        for plan_file in base.glob(pattern):
+            jail = plan_file.parent.parent
+            try:
+                stop(Plan.load(str(jail)))
+            except PspyError:
+                pass   # an unreadable plan starts nothing; the folder still goes
+            shutil.rmtree(jail, ignore_errors=True)
+
+
 ROOTLESS_USER = "pspy-rootless-test"
 ROOTLESS_BASE = "/opt/pspy-rootless-test"   # not under /tmp or /var/tmp: probes look for those
 

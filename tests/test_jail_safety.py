@@ -302,3 +302,24 @@ def test_rebootstrap_keeps_a_data_folder_pspy_created_reachable(tmp_path):
     for _ in range(2):
         pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
     assert os.stat(os.path.join(jail, "app", "data")).st_mode & 0o001
+
+
+def test_when_every_block_of_ids_is_held_the_error_says_why_and_what_frees_one(tmp_path):
+    # Jails hold their ids while their folders exist; a host where old jails
+    # pile up must hear that, not only the last block's conflict.
+    from pspy.bootstrap import ID_BLOCK, Request, _plan_with_free_ids, options_for
+    from pspy.discover import discover
+    from pspy.plan import DEFAULT_GID_BASE, DEFAULT_UID_BASE
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
+    options = options_for(Request(app_dir=app, jail=str(tmp_path / "jail")))
+    manifest = discover(app)
+    held = {f"/gone/{k}": {"uids": [DEFAULT_UID_BASE + k * ID_BLOCK] * 2, "gids": [DEFAULT_GID_BASE + k * ID_BLOCK] * 2}
+            for k in range(200)}
+    with pytest.raises(Exception) as refused:
+        _plan_with_free_ids(manifest, options, None, held)
+    message = str(refused.value)
+    assert "200 jails" in message and "remove the folders of jails you no longer use" in message, message
+    # Control: one block freed (its jail folder removed) is taken.
+    del held["/gone/7"]
+    plan = _plan_with_free_ids(manifest, options, None, held)
+    assert min(p.uid for p in plan.principals) == DEFAULT_UID_BASE + 7 * ID_BLOCK
