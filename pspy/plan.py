@@ -277,7 +277,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         group_names.extend(manifest.providers[name].extra_groups)
     group_names = list(dict.fromkeys(group_names))
     reuse_g = previous is not None and previous.gid_base == options.gid_base and not previous.rootless
-    gids = _allocate(sorted(group_names), options.gid_base, previous.groups if reuse_g else {})
+    gids = _allocate_groups(group_names, primary, uids, options, previous.groups if reuse_g else {})
     if options.rootless:
         gids = dict.fromkeys(group_names, options.gid_base)
 
@@ -396,10 +396,32 @@ def _policy(options: Options, manifest: Manifest, name: str, decorated, location
     return seccomp.compiled(policy)   # what the principal loads, compiled once, here
 
 
-def _allocate(names: list[str], base: int, previous: dict[str, int]) -> dict[str, int]:
+def _allocate_groups(group_names: list[str], primary: dict[str, str], uids: dict[str, int], options: Options,
+                     previous: dict[str, int]) -> dict[str, int]:
+    """Gids for the plan's groups. A principal's own group (its primary group,
+    when no other principal has it as primary) takes the number of its uid, as
+    Unix accounts do (with different bases, the same offset), so a gid never
+    reads as another principal's uid. Other groups take free ids above every
+    principal's. Earlier gids are kept, so data keeps its group across
+    bootstraps."""
+    out = {n: previous[n] for n in group_names if n in previous}
+    used = set(out.values())
+    primaries = list(primary.values())
+    for name, group in primary.items():
+        wanted = options.gid_base + (uids[name] - options.uid_base)
+        if primaries.count(group) == 1 and group not in out and wanted not in used:
+            out[group] = wanted
+            used.add(wanted)
+    rest = [n for n in sorted(group_names) if n not in out]
+    above = options.gid_base + (max(uids.values()) - options.uid_base) + 1
+    out.update(_allocate(rest, above, {}, used))
+    return out
+
+
+def _allocate(names: list[str], base: int, previous: dict[str, int], taken: set[int] = frozenset()) -> dict[str, int]:
     """Ids for names: previous ids kept, new names take the lowest free id from base."""
     out = {n: previous[n] for n in names if n in previous}
-    used = set(out.values())
+    used = set(out.values()) | set(taken)
     next_id = base
     for n in names:
         if n in out:

@@ -43,6 +43,21 @@ def test_each_group_name_gets_its_own_gid_from_gid_base():
     assert sorted(plan.groups.values()) == [60000, 60001, 60002, 60003]
 
 
+def test_a_principals_own_group_has_its_uid_number_and_shared_groups_come_after():
+    # The Unix convention: gid == uid for a principal's own group, so no gid
+    # reads as another principal's uid.
+    plan = build_plan(zoobank(), Options(uid_base=50000, gid_base=50000))
+    for p in plan.principals:
+        assert p.gid == p.uid, p.name
+    uids = {p.uid for p in plan.principals}
+    assert plan.groups["Logs"] not in uids and plan.groups["Logs"] > max(uids)
+    # Two providers with one primary group: it is nobody's own, so it comes after too.
+    shared = build_plan(manifest(provider("Auth", group="Shared"), provider("Bank", group="Shared")),
+                        Options(uid_base=50000, gid_base=50000))
+    assert shared.groups["Shared"] > max(p.uid for p in shared.principals)
+    assert shared.principal("web").gid == shared.principal("web").uid
+
+
 def test_provider_gid_is_its_group_and_default_group_is_its_name():
     plan = build_plan(zoobank(), Options())
     bank, auth, web = plan.principal("Bank"), plan.principal("Auth"), plan.principal("web")
@@ -130,6 +145,8 @@ def test_changing_uid_base_reallocates_from_the_new_base():
     second = build_plan(zoobank(), Options(uid_base=50000, gid_base=60000), previous=first)
     assert [p.uid for p in second.principals] == [50000, 50001, 50002]
     assert sorted(second.groups.values()) == [60000, 60001, 60002, 60003]
+    assert {p.gid - 60000 for p in second.principals if p.name != "Bank"} == \
+        {p.uid - 50000 for p in second.principals if p.name != "Bank"}
 
 
 @pytest.mark.parametrize("field", ["uid_base", "gid_base"])
