@@ -634,7 +634,12 @@ class Supervisor:
         for group in (front, providers):
             copies = [c.active for c in group if c.active is not None]
             for copy in copies:
-                _signal_group(copy.proc.pid, signal.SIGTERM, reaped=copy.proc.returncode is not None)
+                if self.plan.mode == "namespaces":
+                    # PID 1 passes it on to the principal, which shares its
+                    # process group: signalling the group would deliver it twice.
+                    _signal_pid(copy.proc.pid, signal.SIGTERM)
+                else:
+                    _signal_group(copy.proc.pid, signal.SIGTERM, reaped=copy.proc.returncode is not None)
             deadline = time.monotonic() + STOP_GRACE
             # What they write while ending still reaches their logs (a full
             # pipe would hold them up until SIGKILL).
@@ -753,6 +758,13 @@ def principal_seccomp_mode(plan: Plan, proc) -> int | None:
             return None
         pid = kids[0]
     return status_field(pid, "Seccomp")
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pid: int, sig: int, reaped: bool = False) -> None:

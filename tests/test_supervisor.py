@@ -281,6 +281,29 @@ FRONT_END_ON_SIGTERM = (
     "    time.sleep(1)\n")
 
 
+FRONT_END_SAYS_WHO_SIGNALS = (
+    "import signal\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+    "print('front end up', flush=True)\n"
+    "info = signal.sigwaitinfo({signal.SIGTERM})\n"
+    "print('SIGTERM from pid', info.si_pid, flush=True)\n")
+
+
+def test_in_namespace_mode_the_front_ends_sigterm_comes_from_its_pid_1_alone(tmp_path):
+    # PID 1 passes SIGTERM on to the principal, which is in its process
+    # group. Signalling the group as well delivered it twice (from outside
+    # the namespace: pid 0), and a handler that called a provider could run
+    # again inside itself, hang, and be killed before it finished.
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", FLAKY, "--jail", jail, "--detach", "--namespaces", "--", "python", "-c",
+         FRONT_END_SAYS_WHO_SIGNALS, check=True)
+    web_log = os.path.join(jail, ".pspy", "logs", "web.log")
+    _wait(lambda: "front end up" in open(web_log).read(), timeout=10)
+    assert pspy("stop", "--jail", jail, timeout=60).returncode == 0
+    log = open(web_log).read()
+    assert "SIGTERM from pid 1\n" in log, log[-2000:]
+
+
 @MODES
 def test_stop_ends_the_front_end_first_while_providers_answer_and_kills_what_ignores_sigterm(tmp_path, flags):
     jail = str(tmp_path / "jail")
