@@ -218,11 +218,18 @@ def _build_jail(plan: Plan, say) -> None:
     for w in warnings:
         say(f"pspy: warning: {w}")
     jail.write_plan(plan)
-    # What analyze finds in the jail as built: a provider that may write a
-    # file but not its folder bootstraps cleanly and then fails every write.
+    # What analyze finds in the jail as built. A provider that may write a
+    # file but not its folder bootstraps cleanly and then fails every write:
+    # said here; the rest are counted, for pspy analyze to show.
     from .analyze import report
-    for finding in report(plan)["findings"]:
-        say(f"pspy: warning: {finding['reason']}")
+    found = report(plan)["findings"]
+    for finding in found:
+        if finding["id"] == "write-file-not-folder":
+            say(f"pspy: warning: {finding['reason']}")
+    serious = [f for f in found if f["severity"] in ("critical", "high")]
+    if serious:
+        say(f"pspy: analyze finds {len(serious)} serious finding(s) (critical or high): "
+            f"pspy analyze --jail {plan.jail}")
 
 
 def run_foreground(plan: Plan, say=print) -> int:

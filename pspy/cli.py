@@ -67,7 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="what each principal can read, write and call")
     a.add_argument("jail_pos", nargs="?", metavar="JAIL", help="jail folder (same as --jail)")
     a.add_argument("--jail", default=None)
-    a.add_argument("--format", choices=("text", "json"), default="text")
+    a.add_argument("--format", choices=("text", "json", "dot"), default="text",
+                   help="text (findings first), json (complete; schema in docs/analyze.schema.json) or "
+                        "dot (a Graphviz graph of principals, their data and calls)")
+    a.add_argument("--expect", metavar="FILE",
+                   help="a TOML file of expectations: exit 0 if all hold, 1 naming each that does not")
+    a.add_argument("--live", action="store_true",
+                   help="verify the report from inside each running principal: try the reads, writes, calls "
+                        "and connections it claims, allowed and forbidden; exit 1 on any disagreement")
+    a.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output (auto: on a terminal, unless NO_COLOR is set)")
     a.add_argument("--app-files", default=None, metavar="DIR",
                    help="app folder inside the jail (default: the plan's, /app)")
     a.add_argument("--uid", type=int, help="analyse this uid instead of the plan's principals")
@@ -88,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("principal")
     x.add_argument("--jail", default=DEFAULT_JAIL)
     return parser
+
+
+def text_colour(choice: str) -> bool:
+    from .analyze.text import colour_wanted
+    return colour_wanted(choice, sys.stdout)
 
 
 def _rootless_owner(jail: str) -> int | None:
@@ -188,8 +202,31 @@ def _dispatch(args, tail: list[str]) -> int:
             plan = Plan.load(jail)
             if args.app_files:
                 plan.app_dir = _app_files(args.app_files)
-            data = analyze_mod.report(plan, include_seccomp=args.include_seccomp)
-        out = analyze_mod.format_json(data) if args.format == "json" else analyze_mod.format_text(data)
+            data = analyze_mod.report(plan)
+        if args.live:
+            from .analyze import live
+            if "app" not in data:
+                raise PspyError("--live needs the plan's principals; it does not go with --uid")
+            result = live.verify(plan, data)
+            sys.stdout.write(analyze_mod.format_json(result) if args.format == "json" else live.format_live(result))
+            return 1 if result["disagreements"] else 0
+        if args.expect:
+            from .analyze import expect
+            if "app" not in data:
+                raise PspyError("--expect needs the plan's principals; it does not go with --uid")
+            violations = expect.check(expect.load(args.expect), data, args.expect)
+            for line in violations:
+                print(f"pspy analyze: expectation not met: {line}")
+            if not violations:
+                print(f"pspy analyze: every expectation of {args.expect} holds")
+            return 1 if violations else 0
+        if args.format == "json":
+            out = analyze_mod.format_json(data)
+        elif args.format == "dot":
+            out = analyze_mod.format_dot(data)
+        else:
+            out = analyze_mod.format_text(data, colour=text_colour(args.color),
+                                          include_seccomp=args.include_seccomp)
         sys.stdout.write(out)
         return 0
 

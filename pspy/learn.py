@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 from . import bootstrap, seccomp
@@ -22,6 +23,8 @@ from .running import stop
 from .supervisor import log_path
 
 PROFILE_DIR = "seccomp"
+CALLS_FILE = "calls.json"    # who called what, beside the profiles
+LEARN_CALL = re.compile(r"^pspy-learn-call (\S+) (\S+)$")
 
 
 def run(app_dir: str, *, jail: str | None, namespaces: bool, workload: list[str], say=print) -> int:
@@ -54,6 +57,7 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
                                                               where="pspy learn")["profile"])
                 for name in ("default", "web")}
     written = {}
+    calls_seen: dict[str, set[str]] = {}
     for p in plan.principals:
         if p.kind == "front_end" and not p.argv:
             continue   # no front end ran
@@ -62,7 +66,11 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
             continue
         with open(log_path(plan, p.name), "rb") as f:
             f.seek(offsets.get(p.name, 0))
-            calls = seccomp.learned(f.read().decode(errors="replace"))
+            text = f.read().decode(errors="replace")
+        calls = seccomp.learned(text)
+        if p.kind == "provider":
+            for caller, service in recorded_calls(text, p.name):
+                calls_seen.setdefault(service, set()).add(caller)
         if not calls:
             say(f"pspy: warning: nothing recorded for {p.name} (did it run?); no profile written for it")
             continue
@@ -81,11 +89,27 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
         shipped = "web" if p.kind == "front_end" or p.network else "default"
         say(f"pspy: {p.name}: {len(calls)} syscalls ({shipped}, its profile unless told otherwise, allows "
             f"{len(baseline[shipped])}) -> {path}")
+    if calls_seen:
+        record = {"comment": f"calls pspy learn saw, by the caller the kernel named, from the workload: "
+                             f"{' '.join(workload)}",
+                  "calls": {service: sorted(callers) for service, callers in sorted(calls_seen.items())}}
+        path = _write_beside_app(plan.app_source, CALLS_FILE, (json.dumps(record, indent=2) + "\n").encode(), owner)
+        say(f"pspy: {len(calls_seen)} services called -> {path} (pspy analyze compares them with who may call)")
     if written:
         table = ", ".join(f'{name} = "{rel}"' for name, rel in written.items())
         say(f"pspy: to run under them, add to {os.path.join(plan.app_source, 'pspy.toml')}:\n"
             f"  seccomp = {{ {table} }}")
     return 0
+
+
+def recorded_calls(log_text: str, provider: str):
+    """(caller, "Provider.service") pairs a provider's log records. The log is
+    the provider's own, so it could claim calls that never were: they only
+    ever silence a finding about callers, never widen a right."""
+    for line in log_text.splitlines():
+        m = LEARN_CALL.match(line)
+        if m and m.group(2).split(".")[0] == provider:
+            yield m.group(1), m.group(2)
 
 
 def _write_beside_app(app: str, name: str, data: bytes, owner: os.stat_result) -> str:

@@ -221,6 +221,16 @@ def _attribute_learned_calls(provider: str, endpoints: dict) -> None:
     for name, i in index.items():
         print(f"pspy-learn-service {i} {provider}.{name}", file=sys.stderr, flush=True)
     server_module.ON_CALL = lambda tid, name: lib.pspy_learn_set_service(tid, index.get(name, 0))
+    seen: set[tuple[str, str]] = set()
+
+    def authorised(caller: str, name: str) -> None:
+        # Who calls what, once per pair: pspy learn writes it beside the
+        # profiles, and analyze finds services every principal may call
+        # though one does. The caller is the kernel's word (SO_PEERCRED).
+        if (caller, name) not in seen:
+            seen.add((caller, name))
+            print(f"pspy-learn-call {caller} {provider}.{name}", file=sys.stderr, flush=True)
+    server_module.ON_AUTHORISED = authorised
 
 
 def serve_provider() -> int:

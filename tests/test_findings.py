@@ -40,9 +40,9 @@ def test_a_database_file_owned_without_its_folder_is_a_warning_and_a_finding(tmp
                  check=True)
     assert "pspy: warning: Data may write db/app.sqlite but not its folder db/" in built.stdout, built.stdout
     report = json.loads(pspy("analyze", "--jail", jail, "--format", "json", check=True).stdout)
-    assert [(f["severity"], f["principal"], f["path"]) for f in report["findings"]] == [
-        ("warning", "Data", "db/app.sqlite")]
-    assert "WARNING: Data may write db/app.sqlite" in pspy("analyze", "--jail", jail, check=True).stdout
+    assert [(f["id"], f["severity"], f["principal"], f["path"]) for f in report["findings"]] == [
+        ("write-file-not-folder", "medium", "Data", "db/app.sqlite")]
+    assert "MEDIUM [Data]: Data may write db/app.sqlite" in pspy("analyze", "--jail", jail, check=True).stdout
     # What the warning is about: every write fails, though the file is Data's.
     assert probe(jail, "Data", SQLITE_WRITE) in ("attempt to write a readonly database",
                                                  "unable to open database file")

@@ -1,122 +1,35 @@
-"""What each principal can read, write and call, from the plan and the jail.
+"""The report: what each principal is, may call, and can touch, from the plan and the jail.
 
-Unix semantics: exactly one of owner, group or other bits applies (owner if
-the uid matches, else group if any of the principal's gids matches, else
-other), and a path is reachable only if every folder above it, from the
-jail's root down, grants search (x). Symlinks are reported, never followed.
-The walk is read-only and done with lstat, so analysing a jail cannot be
-turned against the host.
+Built once as plain data (what ``--format json`` prints, complete);
+text.py, dot.py, expect.py and live.py read it. Files are judged by
+access.py (Unix semantics, narrowed by the mounts in namespace mode),
+findings by findings.py, the score by exposure.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
-from dataclasses import dataclass
 
-from .jail import data_paths
-from .limits import RLIMIT_NAMES, call_rlimits, cgroup_controllers, rlimits
-from .plan import Plan
-from .sharing import view_of
+from ..jail import data_paths
+from ..learn import CALLS_FILE, PROFILE_DIR
+from ..limits import RLIMIT_NAMES, call_rlimits, cgroup_controllers, rlimits
+from ..plan import Plan
+from ..sharing import view_of
+from . import access, exposure, findings
 
-R, W, X = 4, 2, 1
-
-
-@dataclass(frozen=True)
-class Identity:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
-
-    def may(self, st: os.stat_result, bit: int) -> bool:
-        if self.uid == 0:
-            return True
-        mode = st.st_mode
-        if st.st_uid == self.uid:
-            return bool((mode >> 6) & bit)
-        if st.st_gid == self.gid or st.st_gid in self.groups:
-            return bool((mode >> 3) & bit)
-        return bool(mode & bit)
+SCHEMA = "pspy-analyze/1"
+LEARNED_DIR, CALLS_FILE = PROFILE_DIR, CALLS_FILE   # pspy learn's profiles and calls, in the app folder
 
 
-def identity_of(plan: Plan, name: str) -> Identity:
+def identity_of(plan: Plan, name: str) -> access.Identity:
     p = plan.principal(name)
-    return Identity(p.name, p.uid, p.gid, tuple(p.groups))
+    return access.Identity(p.name, p.uid, p.gid, tuple(p.groups))
 
 
-def access(jail: str, app_dir: str, who: Identity) -> dict:
-    """``{"readable": [...], "writable": [...], "symlinks": [...]}``, paths relative to the app root.
-
-    Folders end with '/': readable means listable, writable means entries can
-    be created or removed in it.
-    """
-    readable, writable, symlinks = [], [], []
-    # Search permission along the path from the jail root to the app root.
-    reachable = True
-    current = jail
-    for part in [""] + [p for p in app_dir.split("/") if p]:
-        current = os.path.join(current, part) if part else current
-        st = os.lstat(current)
-        if stat.S_ISLNK(st.st_mode):
-            return {"readable": [], "writable": [], "symlinks": [app_dir]}
-        reachable = reachable and who.may(st, X)
-    app_root = os.path.join(jail, app_dir.lstrip("/"))
-    if not reachable:
-        return {"readable": [], "writable": [], "symlinks": []}
-    root_st = os.lstat(app_root)
-    if who.may(root_st, R):
-        readable.append("./")
-    if who.may(root_st, W) and who.may(root_st, X):
-        writable.append("./")
-
-    def walk(folder: str, rel: str):
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            child = f"{rel}{name}"
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                symlinks.append(f"{child} -> {os.readlink(path)}")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if who.may(st, R):
-                    readable.append(child + "/")
-                if who.may(st, W) and who.may(st, X):
-                    writable.append(child + "/")
-                if who.may(st, X):
-                    walk(path, child + "/")
-                continue
-            if who.may(st, R):
-                readable.append(child)
-            if who.may(st, W):
-                writable.append(child)
-
-    if who.may(root_st, X):
-        walk(app_root, "")
-    return {"readable": readable, "writable": writable, "symlinks": symlinks}
-
-
-def _under(path: str, roots) -> bool:
-    path = path.rstrip("/")
-    return any(path == r or path.startswith(r + "/") for r in roots)
-
-
-def _namespace_view(plan: Plan, name: str, seen: dict, owned: dict[str, set[str]]) -> dict:
-    """In namespace mode what Unix permissions allow is narrowed by the view:
-    other principals' data that their bits do not admit is not mounted, and
-    only the principal's own data and the data others' bits let it write are
-    mounted read-write (pspy/sharing.py, which the mounts read too)."""
-    view = view_of(plan, plan.principal(name), plan.host_path(plan.app_dir), owned)
-    return {"readable": [p for p in seen["readable"] if not _under(p, view.hidden)],
-            "writable": [p for p in seen["writable"] if _under(p, view.writable)],
-            "symlinks": [p for p in seen["symlinks"] if not _under(p.split(" -> ")[0], view.hidden)]}
-
-
-def reached_data(name: str, seen: dict, owned: dict[str, set[str]]) -> list[dict]:
-    """Other principals' data paths this principal can read or write, from what
-    it was found to reach: ``{"path", "owner", "read", "write"}``."""
-    readable, writable = set(seen["readable"]), set(seen["writable"])
+def reached_data(name: str, readable: set[str], writable: set[str], owned: dict[str, set[str]]) -> list[dict]:
+    """Other principals' data paths this principal can read or write:
+    ``{"path", "owner", "read", "write"}``."""
     out = []
     for owner, paths in sorted(owned.items()):
         if owner == name:
@@ -130,32 +43,109 @@ def reached_data(name: str, seen: dict, owned: dict[str, set[str]]) -> list[dict
     return out
 
 
-def seccomp_report(principal) -> dict:
-    """The principal's filter: profile and source, default action, what it allows, warnings."""
-    from . import seccomp
+def seccomp_report(plan: Plan, principal) -> dict:
+    """The principal's filter: profile and source, default action, what it
+    allows, the dangerous syscalls among them, and how it compares with the
+    profile pspy learn wrote for it (if the app folder has one)."""
+    from .. import seccomp
     policy = principal.seccomp
     if not policy:
         return {"profile": "none", "source": "seccomp='none'", "derived": [], "default_action": None,
-                "allowed": [], "warnings": ["no seccomp filter: every syscall is allowed"]}
+                "allowed": [], "allows": 0, "dangerous": [], "warnings": ["no seccomp filter: every syscall is allowed"]}
     if policy.get("learn"):
         return {"profile": "learning", "source": policy["source"], "derived": [], "default_action": "SCMP_ACT_ALLOW",
-                "allowed": [], "warnings": ["learning mode: every syscall is allowed (and recorded)"]}
+                "allowed": [], "allows": 0, "dangerous": [],
+                "warnings": ["learning mode: every syscall is allowed (and recorded)"]}
     profile = policy["profile"]
-    return {"profile": policy["source"], "source": policy["source"], "derived": list(policy["derived"]),
-            "default_action": profile["defaultAction"] + (f" ({profile['defaultErrnoRet']})"
-                                                          if "defaultErrnoRet" in profile else ""),
-            "architectures": list(profile.get("architectures", [])),
-            "allowed": seccomp.allowed(profile), "warnings": seccomp.warnings(profile)}
+    names = seccomp.allowed_names(profile)
+    out = {"profile": policy["source"], "source": policy["source"], "derived": list(policy["derived"]),
+           "default_action": profile["defaultAction"] + (f" ({profile['defaultErrnoRet']})"
+                                                         if "defaultErrnoRet" in profile else ""),
+           "architectures": list(profile.get("architectures", [])),
+           "allowed": seccomp.allowed(profile), "allows": len(names),
+           "dangerous": sorted(names & seccomp.DANGEROUS), "warnings": seccomp.warnings(profile)}
+    rel = f"{LEARNED_DIR}/{principal.name}.json"
+    path = os.path.join(plan.host_path(plan.app_dir), rel)
+    if os.path.isfile(path) and not os.path.islink(path):
+        try:
+            learned = seccomp.allowed_names(seccomp.read_profile(path))
+        except Exception:  # noqa: BLE001 - a broken file there is not this report's to judge
+            learned = None
+        if learned is not None:
+            out["learned"] = {"path": rel, "allows": len(learned), "extra": sorted(names - learned)}
+    return out
 
 
-def report(plan: Plan, include_seccomp: bool = False) -> dict:
+NO_NETWORK = "none (loopback only)"
+UNIX_ONLY = "unix sockets only (seccomp: no TCP/IP)"
+
+
+def network_of(plan: Plan, p, sc: dict) -> str:
+    """What network the principal reaches: "host", NO_NETWORK (a network
+    namespace of its own, namespace mode), or UNIX_ONLY (the host's network
+    namespace, but a filter that lets socket() make nothing but AF_UNIX)."""
+    if plan.mode == "namespaces" and not p.network:
+        return NO_NETWORK
+    if sc["profile"] in ("none", "learning") or (sc["default_action"] or "").startswith(
+            ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")):
+        return "host"
+    sockets = [a for a in sc["allowed"] if a == "socket" or a.startswith("socket(")]
+    if sockets and all(a == "socket(arg0 == AF_UNIX)" for a in sockets):
+        return UNIX_ONLY
+    return "host" if sockets else "none (no socket() at all)"
+
+
+def recorded_calls(plan: Plan) -> dict | None:
+    """What pspy learn saw: ``{"Provider.service": [callers]}``, or None."""
+    path = os.path.join(plan.host_path(plan.app_dir), LEARNED_DIR, CALLS_FILE)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        calls = data["calls"]
+        if isinstance(calls, dict) and all(isinstance(v, list) for v in calls.values()):
+            return calls
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _services(plan: Plan, q) -> list[dict]:
+    return [{"name": s.name, "kind": s.kind, "methods": list(s.methods), "callers": sorted(s.callers),
+             "where": f"{s.file}:{s.line}"} for s in q.services]
+
+
+def _ids(plan: Plan, p) -> dict:
+    """The ids the principal has inside its user namespace and the host ids
+    they map to (namespace mode maps the app's block onto itself; rootless
+    maps the one id of the user; chroot mode has no user namespace)."""
+    inside = {"uid": p.uid, "gid": p.gid, "groups": list(p.groups)}
+    if plan.mode != "namespaces":
+        return {"user_namespace": False, "inside": inside, "host": inside, "uid_separation": True}
+    return {"user_namespace": True, "inside": inside, "host": dict(inside), "uid_separation": not plan.rootless}
+
+
+def report(plan: Plan, include_seccomp: bool = True) -> dict:
+    """The whole report. ``include_seccomp`` is kept for callers of the
+    earlier form; the seccomp part is always there (findings need it)."""
     principals = []
-    owned = data_paths(plan, plan.host_path(plan.app_dir))
+    app_root = plan.host_path(plan.app_dir)
+    owned = data_paths(plan, app_root)
+    modes: dict[str, int] = {}
+    callers_of = {q.name: sorted({c for s in q.services for c in s.callers}) for q in plan.providers}
     for p in plan.principals:
-        who = identity_of(plan, p.name)
-        seen = access(plan.jail, plan.app_dir, who)
+        w = access.walk(plan.jail, plan.app_dir, identity_of(plan, p.name))
+        modes = modes or w.modes
+        mounts = None
         if plan.mode == "namespaces":
-            seen = _namespace_view(plan, p.name, seen, owned)
+            view = view_of(plan, p, app_root, owned)
+            w = access.narrow_to_view(w, view.hidden, view.writable)
+            mounts = {"app": "read-only", "own": sorted(view.own),
+                      "shared": [{"path": rel, "owner": owner, "how": how}
+                                 for rel, (owner, how) in sorted(view.shared.items())],
+                      "hidden": sorted(view.hidden)}
+        readable, writable = w.having("r"), w.having("w")
         may_call = [name for q in plan.providers if q.name != p.name
                     for s in q.services if p.name in s.callers
                     for name in ([f"{q.name}.{s.name}.{m}" for m in s.methods] if s.kind == "class"
@@ -163,21 +153,27 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
         principals.append({
             "name": p.name, "kind": p.kind, "uid": p.uid, "gid": p.gid, "group": p.group,
             "groups": list(p.groups), "extra_groups": list(p.extra_groups),
+            "ids": _ids(plan, p),
             "serves": [s.name for s in p.services],
+            "services": _services(plan, p) if p.kind == "provider" else [],
             "may_call": may_call,
-            "readable": seen["readable"], "writable": seen["writable"], "symlinks": seen["symlinks"],
-            "owns": sorted(rel + ("/" if os.path.isdir(os.path.join(plan.host_path(plan.app_dir), rel)) else "")
+            "may_call_providers": sorted({name.split(".")[0] for name in may_call}),
+            "called_by": callers_of.get(p.name, []),
+            "files": dict(w.verdicts),
+            "readable": readable, "writable": writable, "executable": w.having("x"), "symlinks": w.symlinks,
+            "owns": sorted(rel + ("/" if os.path.isdir(os.path.join(app_root, rel)) else "")
                            for rel in owned.get(p.name, ())),
-            "reaches": reached_data(p.name, seen, owned),
+            "reaches": reached_data(p.name, set(readable), set(writable), owned),
+            "mounts": mounts,
             "namespaces": (["user", "mount", "pid", "ipc", "uts", "cgroup"] + ([] if p.network else ["network"]))
             if plan.mode == "namespaces" else [],
-            "network": ("host" if p.network or plan.mode != "namespaces" else "none (loopback only)"),
             "isolation": p.isolation,
             **limits_report(plan, p),
+            "seccomp": seccomp_report(plan, p),
         })
-        if include_seccomp:
-            principals[-1]["seccomp"] = seccomp_report(p)
-    findings = [f for p in principals for f in folder_findings(p)]
+        principals[-1]["network"] = network_of(plan, p, principals[-1]["seccomp"])
+    for entry in principals:
+        entry["exposure"] = exposure.score(entry, plan.mode, plan.rootless)
     if plan.rootless:
         isolation = {
             "uid_separation": False,
@@ -210,9 +206,11 @@ def report(plan: Plan, include_seccomp: bool = False) -> dict:
             "processes": "no PID namespace: the jail has no /proc, but principals can signal host "
                          "processes of their own uid",
         }
-    return {"app": plan.app_name, "jail": plan.jail, "mode": plan.mode + (" (rootless)" if plan.rootless else ""),
-            "rootless": plan.rootless, "isolation": isolation, "findings": findings, "principals": principals}
-
+    data = {"schema": SCHEMA, "app": plan.app_name, "jail": plan.jail,
+            "mode": plan.mode + (" (rootless)" if plan.rootless else ""), "rootless": plan.rootless,
+            "uid_base": plan.uid_base, "isolation": isolation, "findings": [], "principals": principals}
+    data["findings"] = findings.all_findings(data, modes, recorded_calls(plan))
+    return data
 
 
 def limits_report(plan: Plan, p) -> dict:
@@ -240,91 +238,12 @@ def limits_report(plan: Plan, p) -> dict:
             "cgroups": controllers, "limits_enforced_by": enforced}
 
 
-def folder_findings(principal: dict) -> list[dict]:
-    """A file the principal may write in a folder it may not: SQLite and other
-    journaling databases create their journal next to the file, so every
-    write fails ("attempt to write a readonly database")."""
-    writable = set(principal["writable"])
-    out = []
-    for path in principal["writable"]:
-        if path.endswith("/"):
-            continue
-        folder = os.path.dirname(path) + "/" if "/" in path else "./"
-        if folder in writable:
-            continue
-        fix = (f"give {principal['name']} the folder instead (perms {{{folder!r}: 0o700}})" if folder != "./"
-               else f"move it into a folder of {principal['name']}'s own (perms {{'data/': 0o700}})")
-        out.append({"severity": "warning", "principal": principal["name"], "path": path,
-                    "finding": "file writable in a folder that is not",
-                    "reason": f"{principal['name']} may write {path} but not its folder {folder}: a journaling "
-                              f"database there (SQLite) cannot create its journal and fails every write; {fix}"})
-    return out
-
-
 def report_for_ids(jail: str, app_dir: str, uid: int, gid: int, groups: tuple[int, ...]) -> dict:
     """The paper's form: what a given uid/gid can touch in a jail, without a plan."""
-    who = Identity(f"uid {uid}", uid, gid, groups)
-    seen = access(jail, app_dir, who)
-    return {"jail": jail, "principals": [{"name": who.name, "uid": uid, "gid": gid, "groups": list(groups),
-                                          **seen}]}
-
-
-def format_text(data: dict) -> str:
-    out = []
-    if "app" in data:
-        out.append(f"pspy analyze: {data['app']} in {data['jail']} ({data['mode']} mode)")
-        for f in data.get("findings", ()):
-            out.append(f"  {f['severity'].upper()}: {f['reason']}")
-        if "warning" in data["isolation"]:
-            out.append(f"  WARNING: {data['isolation']['warning']}")
-        for key, value in data["isolation"].items():
-            if key == "warning":
-                continue
-            if key == "uid_separation":
-                value = "yes" if value else "NO (every principal has the same uid)"
-            out.append(f"  {key.replace('_', ' ')}: {value}")
-    for p in data["principals"]:
-        out.append("")
-        names = p.get("extra_groups") or []
-        groups = ", ".join(f"{n} ({g})" for n, g in zip(names, p["groups"])) if len(names) == len(p["groups"]) \
-            else ", ".join(str(g) for g in p["groups"])
-        groups = groups or "none"
-        head = f"{p['name']}: uid {p['uid']}, gid {p['gid']}"
-        if data.get("rootless"):
-            head += " (yours: rootless)"   # the plan's group names map to no group of their own
-        elif "group" in p:
-            head += f" ({p['group']})"
-        out.append(f"{head}, extra groups: {groups}")
-        if p.get("serves"):
-            out.append(f"  serves:    {', '.join(p['serves'])}")
-        if "may_call" in p:
-            out.append(f"  may call:  {', '.join(p['may_call']) or 'nothing'}")
-        if p.get("namespaces"):
-            out.append(f"  namespaces: {', '.join(p['namespaces'])}; network: {p['network']}")
-        if p.get("owns"):
-            out.append(f"  owns:      {', '.join(p['owns'])}")
-        for r in p.get("reaches", ()):
-            how = "read-write" if r["write"] and r["read"] else "write" if r["write"] else "read-only"
-            out.append(f"  reaches:   {r['path']} of {r['owner']} ({how})")
-        if p.get("limits"):
-            shown = ", ".join(f"{k} {v}" for k, v in sorted(p["limits"].items()))
-            out.append(f"  limits:    {shown} (by {p['limits_enforced_by']})")
-        if p.get("isolation") == "per_call":
-            out.append("  isolation: per_call (a fresh process forked from a ready copy for every call)")
-        out.append(f"  can write: {', '.join(p['writable']) or 'nothing in the app'}")
-        out.append(f"  can read:  {', '.join(p['readable']) or 'nothing in the app'}")
-        if p.get("symlinks"):
-            out.append(f"  symlinks (not followed): {', '.join(p['symlinks'])}")
-        if "seccomp" in p:
-            sc = p["seccomp"]
-            out.append(f"  seccomp:   {sc['source']}; default action {sc['default_action'] or 'none'}")
-            for note in sc["derived"]:
-                out.append(f"    derived: {note}")
-            out.append(f"    allows {len(sc['allowed'])}: {', '.join(sc['allowed']) or 'everything'}")
-            for warning in sc["warnings"]:
-                out.append(f"    WARNING: {warning}")
-    return "\n".join(out) + "\n"
-
-
-def format_json(data: dict) -> str:
-    return json.dumps(data, indent=2) + "\n"
+    who = access.Identity(f"uid {uid}", uid, gid, groups)
+    w = access.walk(jail, app_dir, who)
+    entry = {"name": who.name, "uid": uid, "gid": gid, "groups": list(groups), "files": dict(w.verdicts),
+             "readable": w.having("r"), "writable": w.having("w"), "executable": w.having("x"),
+             "symlinks": w.symlinks}
+    return {"schema": SCHEMA, "jail": jail, "findings": findings.ordered(
+        findings.uid_zero([entry]) + findings.world_writable(w.modes)), "principals": [entry]}

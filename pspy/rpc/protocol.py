@@ -39,6 +39,9 @@ DENIED = 2      # payload: message
 NOT_SERVED = 3  # payload: message; from the supervisor: no copy of the provider runs, the request was not read
 
 PING = "__pspy_ping__"   # answered by every provider, for the supervisor and status
+# [MAY_CALL, [service], {}]: whether the asking peer may call the service,
+# decided by the same check a real call meets; nothing runs. For analyze --live.
+MAY_CALL = "__pspy_may_call__"
 
 
 class PeerClosed(Exception):

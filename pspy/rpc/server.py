@@ -37,6 +37,7 @@ MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection 
 UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
 ACTIVE: dict[int, str] = {}      # native thread id -> "Provider.service" it ran last (kept: read later)
 ON_CALL: Callable[[int, str], None] | None = None   # pspy learn: told (thread id, service) before each call
+ON_AUTHORISED: Callable[[str, str], None] | None = None   # pspy learn: told (caller, service) of each call
 _STOP = object()                 # the selector key of the stop pipe (Server.stop_accepting)
 # The exit status of a provider that ended itself for a call past its
 # call_timeout (isolation="process"): the supervisor restarts it at once.
@@ -206,6 +207,11 @@ class Server:
         if endpoint is None:
             if name == protocol.PING:
                 return [protocol.OK, self.provider]
+            if name == protocol.MAY_CALL and len(args) == 1 and type(args[0]) is str and not kwargs:
+                asked = self.endpoints.get(args[0])
+                if asked is None:
+                    return self._error("LookupError", f"provider {self.provider!r} has no service {args[0]!r}")
+                return [protocol.OK, caller in asked.callers]
             return self._error("LookupError", f"provider {self.provider!r} has no service {name!r}")
         if caller not in endpoint.callers:
             who = caller or f"an unknown process (uid {uid})"
@@ -213,6 +219,8 @@ class Server:
             log.warning("denied: %s (uid %d, pid %d) called %s.%s; allowed callers: %s",
                         who, uid, pid, self.provider, name, allowed)
             return [protocol.DENIED, f"{who} may not call {self.provider}.{name} (allowed callers: {allowed})"]
+        if ON_AUTHORISED is not None:
+            ON_AUTHORISED(caller, name)
         if self.per_call is not None:
             return self.per_call.run(caller, uid, pid, name, args, kwargs)
         if self._watchdog is None:
