@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import RUN_AS, ZOOBANK, access_of, free_port, probe, pspy, rootless_copy, seccomp_modes
+from conftest import REPO, RUN_AS, ZOOBANK, access_of, free_port, probe, pspy, rootless_copy, seccomp_modes
 
 sys.path.insert(0, ZOOBANK)
 import workload  # noqa: E402 - the example's API client, reused rather than rewritten
@@ -176,9 +176,15 @@ def test_principals_run_with_their_own_uids(zoobank):
         assert report["isolation"]["uid_separation"] is False and report["rootless"] is True
         text = pspy("analyze", "--jail", zoobank["jail"], check=True).stdout
         assert "uid separation is NOT in effect" in text
+        # ... and as a finding, its only one: zoobank's configuration is clean.
+        assert [(f["id"], f["severity"]) for f in report["findings"]] == [("rootless", "high")]
+        assert all(p["ids"]["uid_separation"] is False for p in report["principals"])
+        import jsonschema
+        jsonschema.validate(report, json.load(open(os.path.join(REPO, "docs", "analyze.schema.json"))))
     else:
         assert len(set(uids.values())) == 3
         assert report["isolation"]["uid_separation"] is True
+        assert report["findings"] == []
     for name, uid in uids.items():
         assert probe(zoobank["jail"], name, "import os, json; print(json.dumps(os.getresuid()))") == [uid] * 3
         # and not root in any group either
