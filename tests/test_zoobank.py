@@ -191,6 +191,17 @@ def test_principals_run_with_their_own_uids(zoobank):
         assert probe(zoobank["jail"], name, "import os, json; print(json.dumps(0 in os.getgroups()))") is False
 
 
+def test_live_analyze_finds_no_disagreement_in_any_mode(zoobank):
+    # tests/test_analyze.py checks chroot and namespace mode in detail;
+    # rootless, --live runs as the user and probes fresh sandboxes.
+    proc = pspy("analyze", "--jail", zoobank["jail"], "--live", "--format", "json")
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["disagreements"] == 0, proc.stdout + proc.stderr
+    assert result["checks"] > 90
+    if zoobank["mode"] == "rootless":
+        assert all("fresh sandbox" in r["how"] for r in result["principals"].values())
+
+
 def _running_pids(jail):
     state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
     return {name: info["pid"] for name, info in state["principals"].items()}

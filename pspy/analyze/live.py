@@ -128,9 +128,11 @@ def _joiner(plan: Plan, principal, pid: int):
             continue   # shared with us (a principal on the host network)
         fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag))
 
+    import prctl
+
+    from ..sandbox import ids   # imported here, not between fork and exec
+
     def enter():
-        from ..sandbox import ids
-        import prctl
         for fd, flag in fds:   # mount and network as host root; the user namespace last
             n.setns(fd, flag)
         os.chdir(plan.app_dir)
@@ -200,10 +202,6 @@ def _communicate(proc, data: bytes) -> tuple[bytes, bytes]:
     return got.get("out", b""), got.get("err", b"")
 
 
-def _socket_for(plan: Plan, provider, caller: str) -> str:
-    return plan.caller_socket(provider, caller) if plan.rootless else provider.socket
-
-
 def verify(plan: Plan, data: dict) -> dict:
     """Every claim of the report about each principal, tried; the disagreements."""
     if plan.rootless and os.geteuid() != plan.uid_base:
@@ -227,7 +225,9 @@ def verify(plan: Plan, data: dict) -> dict:
                     continue
                 names = [name for s in q.services
                          for name in ([f"{s.name}.{m}" for m in s.methods] if s.kind == "class" else [s.name])]
-                calls[q.name] = [_socket_for(plan, q, principal.name), names]
+                # Where the provider's socket is in the principal's view (rootless:
+                # the caller's own socket is mounted there).
+                calls[q.name] = [q.socket, names]
             request = {"app_dir": plan.app_dir, "files": list(entry["files"]), "calls": calls,
                        "tcp": list(listener.getsockname())}
             pid = _running_pid(plan, principal.name, supervisor)
