@@ -189,6 +189,12 @@ def _dispatch(args, tail: list[str]) -> int:
         return learn.run(args.app_dir, jail=args.jail, namespaces=args.namespaces, workload=tail)
 
     if args.command == "analyze":
+        if args.live and args.expect:
+            raise PspyError("--live and --expect check different things; run them one after the other")
+        if args.live and args.format == "dot":
+            raise PspyError("--live prints text or json, not dot")
+        if args.expect and args.format != "text":
+            raise PspyError("--expect prints the expectations that do not hold, as text; drop --format")
         jail = os.path.abspath(args.jail or args.jail_pos or DEFAULT_JAIL)
         if args.uid is not None:
             if args.gid is None:

@@ -226,13 +226,31 @@ def test_text_leads_with_findings_collapses_folders_and_colours_only_when_asked(
     _, _, jail = findings_of(tmp_path, app)
     text = pspy("analyze", "--jail", jail, check=True).stdout
     assert text.index("Findings: 1") < text.index("Exposure") < text.index("\nweb:")
-    assert "HIGH: data/drop/ is a world-writable folder" in text
-    assert "static/ (21 entries)" in text and "img7.png" not in text
+    assert "HIGH [Store]: data/drop/ is a world-writable folder" in text
+    assert "static/ (20 entries)" in text and "img7.png" not in text
     assert "\033[" not in text   # piped: plain
     coloured = pspy("analyze", "--jail", jail, "--color", "always", check=True).stdout
     assert "\033[31mHIGH\033[0m" in coloured
     full = report_of(jail)
     assert "static/img7.png" in full["principals"][0]["files"]   # JSON is complete
+
+
+def test_a_file_name_chosen_in_the_jail_cannot_drive_the_terminal_or_forge_a_line(tmp_path):
+    _, _, jail = findings_of(tmp_path, store_app(tmp_path, {"data/": 0o700}))
+    data = os.path.join(jail, "app", "data")
+    evil = "evil\x1b[2J\x1b[32mFindings: none\x1b[0m"
+    for name in (evil, "line\nFindings: none", "rtl\u202egnp.exe"):
+        open(os.path.join(data, name), "w").close()
+        os.chown(os.path.join(data, name), os.stat(data).st_uid, os.stat(data).st_gid)
+        os.chmod(os.path.join(data, name), 0o400)   # read-only in a read-write folder: listed one by one
+    for args in ([], ["--color", "always"], ["--format", "dot"]):
+        out = pspy("analyze", "--jail", jail, *args, check=True).stdout
+        assert "\x1b[2J" not in out and "\u202e" not in out, args
+        assert len([line for line in out.splitlines() if line.startswith("Findings")]) == (0 if "dot" in args else 1)
+        if not args:
+            assert "evil\\x1b[2J" in out and "line\\x0aFindings: none" in out and "rtl\\u202egnp.exe" in out
+    # JSON keeps the names as they are (JSON escapes them itself).
+    assert "data/" + evil in report_of(jail)["principals"][1]["files"]
 
 
 def test_dot_output_draws_principals_data_and_calls_and_graphviz_renders_it(tmp_path):
@@ -307,6 +325,12 @@ memory_at_most = "256M"
 
 
 @pytest.mark.parametrize("text,said", [
+    ("", "no expectations in it"),
+    ("[all]\ndenies_syscalls = ['ptrce']\n", "'ptrce' is not a syscall"),
+    ("[all]\ndenies_syscalls = ['PTRACE']\n", "'PTRACE' is not a syscall"),
+    ("[principals.web]\nmax_exposure = 11\n", "from 0 to 10, got 11"),
+    ("[principals.web]\nmax_exposure = nan\n", "from 0 to 10, got nan"),
+    ("[[files]]\nunder = 'db/bank/'\n", "'under' alone expects nothing"),
     ("[principals.Nobody]\nnetwork = false\n", "'Nobody' is not a principal"),
     ("[principals.web]\nnetwork = 1\n", "principals.web.network must be true or false"),
     ("[principals.web]\nfly = true\n", "unknown key(s) fly"),
@@ -321,6 +345,19 @@ def test_a_bad_expectations_file_is_an_error_naming_file_and_key(zoobank_jail, t
     proc = pspy("analyze", "--jail", zoobank_jail, "--expect", str(rules))
     assert proc.returncode == 1 and said in proc.stderr and str(rules) in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_expectations_file_that_is_not_text_or_goes_with_other_forms_is_an_error(zoobank_jail, tmp_path):
+    rules = tmp_path / "expect.toml"
+    rules.write_bytes(b"\xff\xfe")
+    proc = pspy("analyze", "--jail", zoobank_jail, "--expect", str(rules))
+    assert proc.returncode == 1 and "not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
+    rules.write_text(ZOOBANK_EXPECT)
+    for extra, said in ((["--live"], "--live and --expect"), (["--format", "json"], "--expect prints")):
+        proc = pspy("analyze", "--jail", zoobank_jail, "--expect", str(rules), *extra)
+        assert proc.returncode == 1 and said in proc.stderr, proc.stderr
+    proc = pspy("analyze", "--jail", zoobank_jail, "--live", "--format", "dot")
+    assert proc.returncode == 1 and "not dot" in proc.stderr
 
 
 # --- live, where the report and the sandbox disagree ---------------------------------------
@@ -344,6 +381,46 @@ def test_live_catches_a_jail_changed_after_the_start_of_the_app(tmp_path):
         assert proc.returncode == 1, proc.stdout
         assert "DISAGREES: file data/x.txt: the report says Reader can read, the probe cannot (ENOENT)" in \
             proc.stdout, proc.stdout
+    finally:
+        pspy("stop", "--jail", jail)
+
+
+LEAVER = """
+import ctypes, os
+import pspy
+
+# Compromised at start: a user and mount namespace of its own, where it
+# could mount what it likes over what a probe joining it would run.
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000 | 0x00020000) != 0:   # CLONE_NEWUSER | CLONE_NEWNS
+    raise OSError(ctypes.get_errno(), "unshare")
+
+@pspy.service(service_provider="Leaver", seccomp="none")
+def hello():
+    return "hi"
+"""
+
+
+def test_live_joins_what_pspy_built_and_names_a_principal_that_left_it(tmp_path):
+    app = store_app(tmp_path, {"data/": 0o700}, files={"leaver.py": LEAVER, "data/pipe-here": ""})
+    jail = str(tmp_path / "jail")
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--detach", check=True)
+    try:
+        os.unlink(os.path.join(jail, "app", "data", "pipe-here"))
+        os.mkfifo(os.path.join(jail, "app", "data", "pipe-here"), 0o600)   # a FIFO is not opened
+        proc = pspy("analyze", "--jail", jail, "--live")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        said = proc.stdout
+        assert "DISAGREES: namespace user: the report says Leaver is in pspy's" in said, said
+        assert "DISAGREES: namespace mnt" in said
+        assert "CAVEAT: its policy allows every syscall" in said
+        # Control: Store stayed where pspy put it, and every file its probe
+        # tried agrees with the report, FIFO and all. What it cannot do is
+        # call Leaver: in a user namespace of its own, Leaver no longer
+        # knows its callers' uids.
+        assert "DISAGREES: file" not in said and "DISAGREES: namespace" not in said.split("  Store:")[1], said
+        assert [line.strip() for line in said.split("  Store:")[1].splitlines() if "DISAGREES" in line] == [
+            "DISAGREES: call Leaver.hello: the report says Store can call, the probe cannot (False)"], said
     finally:
         pspy("stop", "--jail", jail)
 

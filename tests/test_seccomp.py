@@ -333,7 +333,7 @@ def test_learn_writes_profiles_that_run_the_workload_without_denials_and_allow_l
     # Who called what, by the kernel's word: web calls Bank and Auth, and
     # Bank calls Auth to check a token.
     calls = json.load(open(os.path.join(app, "seccomp", "calls.json")))["calls"]
-    assert calls["Bank.transfer"] == ["web"] and calls["Auth.Auth.login"] == ["web"], calls
+    assert calls["Bank.transfer"] == ["web"] and calls["Auth.Auth.register"] == ["web"], calls
     assert calls["Auth.Auth.check_token"] == ["Bank"], calls
     pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run", env=env, check=True)
     findings = json.loads(pspy("analyze", "--jail", jail, "--format", "json", check=True).stdout)["findings"]

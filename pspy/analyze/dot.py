@@ -16,6 +16,8 @@ def _q(text: str) -> str:
 
 
 def format_dot(data: dict) -> str:
+    from .text import escaped
+    data = escaped(data)   # names a principal chose reach the labels only escaped
     out = [f"digraph {_q('pspy ' + data.get('app', 'analyze'))} {{",
            "  rankdir=LR;",
            '  node [fontname="Helvetica", fontsize=11];',

@@ -45,11 +45,17 @@ def load(path: str) -> dict:
             rules = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such expectations file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the expectations file: {e.strerror}") from None
     unknown = set(rules) - {"files", "principals", "all"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; known: files, principals, all")
+    if not rules:
+        raise ConfigError(f"{path}: no expectations in it; an empty file would pass forever")
     return rules
 
 
@@ -84,6 +90,9 @@ def check(rules: dict, data: dict, path: str) -> list[str]:
         under = rule["under"]
         if not isinstance(under, str) or not under:
             raise ConfigError(f"{path}: {key}.under must be a path in the app, got {under!r}")
+        if not (FILE_KEYS - {"under"}) & set(rule):
+            raise ConfigError(f"{path}: {key}: give readable_only_by or writable_only_by (or both); "
+                              "'under' alone expects nothing")
         label = f"{key} (under = {under!r})"
         base = under.rstrip("/")
         matched = [f for f in next(iter(by_name.values()))["files"] if f.rstrip("/") == base
@@ -153,8 +162,9 @@ def _principal_rules(table: str, p: dict, body: dict, data: dict, path: str, pri
             out.append(f"{table}.memory_at_most = {body['memory_at_most']!r}: {name}'s memory limit is "
                        + ("none" if memory is None else f"{memory} bytes"))
     if "max_exposure" in body:
-        if isinstance(body["max_exposure"], bool) or not isinstance(body["max_exposure"], (int, float)):
-            raise ConfigError(f"{path}: {table}.max_exposure must be a number from 0 to 10")
+        most = body["max_exposure"]
+        if isinstance(most, bool) or not isinstance(most, (int, float)) or not 0 <= most <= 10:
+            raise ConfigError(f"{path}: {table}.max_exposure must be a number from 0 to 10, got {most!r}")
         score = p["exposure"]["score"]
         if score > body["max_exposure"]:
             out.append(f"{table}.max_exposure = {body['max_exposure']}: {name}'s exposure is {score} "
@@ -164,7 +174,11 @@ def _principal_rules(table: str, p: dict, body: dict, data: dict, path: str, pri
         allowed = {a.split("(")[0] for a in sc["allowed"]}
         open_all = sc["profile"] in ("none", "learning") or (sc["default_action"] or "").startswith(
             ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"))
+        from ..seccomp import is_syscall
         for syscall in _names(body["denies_syscalls"], path, f"{table}.denies_syscalls"):
+            if not is_syscall(syscall):
+                raise ConfigError(f"{path}: {table}.denies_syscalls: {syscall!r} is not a syscall of this "
+                                  "machine (names are lower case, as in man 2)")
             if open_all or syscall in allowed:
                 out.append(f"{table}.denies_syscalls: {name}'s policy ({sc['source']}) allows {syscall}")
     if "no_findings" in body:
@@ -182,6 +196,8 @@ def _principal_rules(table: str, p: dict, body: dict, data: dict, path: str, pri
             raise ConfigError(f"{path}: {table}.no_findings must be true or a list of finding ids")
         # App-wide findings (no principal) count once, under [all], at its first principal.
         app_wide = table == "all" and name == data["principals"][0]["name"]
+        # A finding is a principal's when it names it (a world-writable path
+        # inside its data does).
         for f in data.get("findings", ()):
             if (f["principal"] == name or (app_wide and f["principal"] is None)) and (ids is None or f["id"] in ids):
                 out.append(f"{table}.no_findings: {f['principal'] or 'the app'}: {f['id']}: {f['reason']}")

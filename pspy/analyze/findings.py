@@ -49,16 +49,32 @@ def uid_zero(principals) -> list[dict]:
             for p in principals if p["uid"] == 0]
 
 
-def world_writable(modes: dict[str, int]) -> list[dict]:
+KIND_NAMES = ((stat.S_ISDIR, "folder"), (stat.S_ISREG, "file"), (stat.S_ISFIFO, "FIFO"),
+              (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in KIND_NAMES if test(mode)), "entry")
+
+
+def owner_of(path: str, owned: dict[str, set[str]]) -> str | None:
+    bare = path.rstrip("/")
+    for name, paths in owned.items():
+        if any(bare == p or bare.startswith(p + "/") for p in paths):
+            return name
+    return None
+
+
+def world_writable(modes: dict[str, int], owned: dict[str, set[str]] | None = None) -> list[dict]:
     """Paths whose other-write bit is set: any process of the host may change
-    them (a folder with the sticky bit still lets anyone add entries)."""
+    them (a folder with the sticky bit still lets anyone add entries). The
+    finding is about the principal whose data holds the path, if any."""
     out = []
     for path, mode in modes.items():
         if mode & stat.S_IWOTH:
-            what = "folder" if stat.S_ISDIR(mode) else "file"
-            out.append(finding("world-writable", f"{path} is a world-writable {what} (mode "
+            out.append(finding("world-writable", f"{path} is a world-writable {kind_of(mode)} (mode "
                                                  f"{stat.S_IMODE(mode):04o}): every principal and every "
-                                                 "host user may change it", path=path))
+                                                 "host user may change it", owner_of(path, owned or {}), path))
     return out
 
 
@@ -190,9 +206,10 @@ def rootless(is_rootless: bool, uid: int) -> list[dict]:
                                 "uids")]
 
 
-def all_findings(data: dict, modes: dict[str, int], recorded: dict | None) -> list[dict]:
+def all_findings(data: dict, modes: dict[str, int], recorded: dict | None,
+                 owned: dict[str, set[str]] | None = None) -> list[dict]:
     ps = data["principals"]
-    out = uid_zero(ps) + world_writable(modes) + reached(ps) + shared_write(ps)
+    out = uid_zero(ps) + world_writable(modes, owned) + reached(ps) + shared_write(ps)
     for p in ps:
         out += write_file_not_folder(p)
         if "seccomp" in p:

@@ -42,6 +42,9 @@ from ..plan import Plan
 from ..running import children_of, read_state, still_running, supervisor_alive
 from ..sandbox.spawn import principal_env, resolve_argv, spawn_principal
 
+PROBE_TIMEOUT = 120   # seconds for one principal's probe
+DANGEROUS_FOR_PROBES = {"ptrace", "process_vm_writev", "unshare", "setns", "mount"}
+
 PROBE = r"""
 import errno, json, os, socket, sys
 req = json.loads(sys.stdin.read())
@@ -69,9 +72,17 @@ def write(path):
     else:
         os.close(os.open(path, os.O_WRONLY | FLAGS))
 
+import stat
 files = {}
 for rel in req["files"]:
     path = req["app_dir"].rstrip("/") + "/" + ("" if rel == "./" else rel)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        files[rel] = ["special", "special"]   # a FIFO or socket: open says nothing about the bits
+        continue
     files[rel] = [attempt(lambda: read(path)), attempt(lambda: write(path))]
 
 calls = {}
@@ -88,13 +99,17 @@ for provider, (path, services) in req["calls"].items():
             answers[name] = "connect: " + errno.errorcode.get(e.errno, str(e))
         continue
     conn = protocol.Connection(s)
-    for name in services:
+    for i, name in enumerate(services):
         try:
             conn.send_message([protocol.MAY_CALL, [name], {}])
             status, value = conn.recv_message()
             answers[name] = value if status == protocol.OK else "status %d: %s" % (status, value)
         except Exception as e:
-            answers[name] = type(e).__name__
+            # A provider that does not answer one does not answer the rest: no
+            # waiting out a timeout per service.
+            for rest in services[i:]:
+                answers[rest] = type(e).__name__
+            break
     s.close()
 
 def tcp():
@@ -105,8 +120,9 @@ print(json.dumps({"files": files, "calls": calls, "network": network}))
 """
 
 
-def _running_pid(plan: Plan, name: str, supervisor: int | None) -> int | None:
-    """The principal's own process (namespace mode: the child of its PID 1)."""
+def _running_pids(plan: Plan, name: str, supervisor: int | None) -> tuple[int, int] | None:
+    """(its PID 1, the principal's own process) in namespace mode; in chroot
+    mode (its process, the same)."""
     if supervisor is None:
         return None
     pid = ((read_state(plan) or {}).get("principals", {}).get(name) or {}).get("pid")
@@ -114,42 +130,71 @@ def _running_pid(plan: Plan, name: str, supervisor: int | None) -> int | None:
         return None
     if plan.mode == "namespaces":
         kids = children_of(pid)
-        return kids[0] if kids else None
-    return pid
+        return (pid, kids[0]) if kids else None
+    return pid, pid
 
 
-def _joiner(plan: Plan, principal, pid: int):
-    """The preexec function that enters the running principal's namespaces
-    and becomes it; the namespace files are opened now, in the parent."""
+NAMESPACES = (("mnt", n.CLONE_NEWNS), ("net", n.CLONE_NEWNET), ("user", n.CLONE_NEWUSER))
+
+
+def left_namespaces(init: int, principal: int) -> list[str]:
+    """The namespaces the principal is no longer in, of those pspy made for it
+    (its PID 1 stays in them: no app code runs there)."""
+    out = []
+    for ns in ("mnt", "net", "user", "pid_for_children", "ipc", "uts"):
+        try:
+            if os.stat(f"/proc/{init}/ns/{ns}").st_ino != os.stat(f"/proc/{principal}/ns/{ns}").st_ino:
+                out.append(ns)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _joiner(plan: Plan, principal, init: int):
+    """The preexec function that enters the principal's namespaces, as its
+    PID 1 holds them, and becomes it: ids, limits, cgroups, no new
+    privileges. PID 1 is pspy's (pspy-init): the principal can neither run
+    code in it nor move it, so what the probe joins is what pspy built even if
+    the principal made namespaces of its own. The namespace files are opened
+    now, in the parent."""
+    from ..limits import rlimits as rlimits_of
+    from ..sandbox import cgroup
     fds = []
-    for ns, flag in (("mnt", n.CLONE_NEWNS), ("net", n.CLONE_NEWNET), ("user", n.CLONE_NEWUSER)):
-        path = f"/proc/{pid}/ns/{ns}"
+    for ns, flag in NAMESPACES:
+        path = f"/proc/{init}/ns/{ns}"
         if os.stat(path).st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino:
             continue   # shared with us (a principal on the host network)
         fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag))
+    procs = cgroup.prepare(plan, principal)
+    limits = rlimits_of(principal.limits, plan.rootless, per_call=principal.isolation == "per_call")
+    import resource
 
     import prctl
 
     from ..sandbox import ids   # imported here, not between fork and exec
 
     def enter():
+        os.umask(0o077)
+        cgroup.attach_self(procs)
         for fd, flag in fds:   # mount and network as host root; the user namespace last
             n.setns(fd, flag)
         os.chdir(plan.app_dir)
         ids.become(principal)
+        for resource_, soft, hard in limits:
+            resource.setrlimit(resource_, (soft, hard))
         prctl.set_no_new_privs(True)
     return enter, [fd for fd, _ in fds]
 
 
-def probe(plan: Plan, principal, request: dict, pid: int | None) -> tuple[dict, str]:
+def probe(plan: Plan, principal, request: dict, pids: tuple[int, int] | None) -> tuple[dict, str]:
     """Run the probe as the principal; (its answer, how it got there)."""
     argv = resolve_argv(plan, ["python", "-c", PROBE])
     fds: list[int] = []
     userns_fd = None
     try:
-        if pid is not None and plan.mode == "namespaces":
-            enter, fds = _joiner(plan, principal, pid)
-            how = f"joined its running process {pid}"
+        if pids is not None and plan.mode == "namespaces":
+            enter, fds = _joiner(plan, principal, pids[0])
+            how = f"probe joined the namespaces of its running process {pids[1]}"
             proc = subprocess.Popen(argv, env=principal_env(plan, principal), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
                                     start_new_session=True, preexec_fn=enter)
@@ -157,10 +202,11 @@ def probe(plan: Plan, principal, request: dict, pid: int | None) -> tuple[dict, 
             if plan.mode == "namespaces":
                 from ..sandbox.user import create_user_namespace
                 userns_fd = create_user_namespace(plan)
-                how = ("a fresh sandbox from the plan (rootless: the running principals are closed to their "
-                       "own user)" if plan.rootless else "a fresh sandbox from the plan (not running)")
+                how = ("probe ran in a fresh sandbox from the plan (rootless: the running principals are "
+                       "closed to their own user)" if plan.rootless else
+                       "probe ran in a fresh sandbox from the plan (it is not running)")
             else:
-                how = "chrooted into the jail as it (chroot mode has no namespace to join)"
+                how = "probe ran chrooted into the jail as the principal (chroot mode has no namespace to join)"
             proc = spawn_principal(plan, principal, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, supervised=True, new_session=True, userns_fd=userns_fd)
     finally:
@@ -168,7 +214,11 @@ def probe(plan: Plan, principal, request: dict, pid: int | None) -> tuple[dict, 
             os.close(fd)
         if userns_fd is not None:
             os.close(userns_fd)
-    out, err = _communicate(proc, json.dumps(request).encode())
+    try:
+        out, err = _communicate(proc, json.dumps(request).encode())
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise PspyError(f"the probe as {principal.name} did not finish within {PROBE_TIMEOUT} s") from None
     lines = out.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise PspyError(f"the probe as {principal.name} failed (status {proc.returncode}): "
@@ -180,7 +230,7 @@ def _communicate(proc, data: bytes) -> tuple[bytes, bytes]:
     """Popen.communicate for a Popen or a namespace-mode Launched (which has
     the same pipes and wait, not communicate)."""
     if isinstance(proc, subprocess.Popen):
-        return proc.communicate(data, timeout=300)
+        return proc.communicate(data, timeout=PROBE_TIMEOUT)
     import threading
     got: dict[str, bytes] = {}
 
@@ -196,7 +246,7 @@ def _communicate(proc, data: bytes) -> tuple[bytes, bytes]:
     except BrokenPipeError:
         pass
     proc.stdin.close()
-    proc.wait(timeout=300)
+    proc.wait(timeout=PROBE_TIMEOUT)
     for t in readers:
         t.join(10)
     return got.get("out", b""), got.get("err", b"")
@@ -230,9 +280,22 @@ def verify(plan: Plan, data: dict) -> dict:
                 calls[q.name] = [q.socket, names]
             request = {"app_dir": plan.app_dir, "files": list(entry["files"]), "calls": calls,
                        "tcp": list(listener.getsockname())}
-            pid = _running_pid(plan, principal.name, supervisor)
-            seen, how = probe(plan, principal, request, pid)
-            results[principal.name] = {"how": how, **compare(entry, seen)}
+            pids = _running_pids(plan, principal.name, supervisor)
+            seen, how = probe(plan, principal, request, pids)
+            result = {"how": how, **compare(entry, seen)}
+            if pids is not None and plan.mode == "namespaces":
+                for ns in left_namespaces(*pids):
+                    result["checks"] += 1
+                    result["disagreements"].append({
+                        "what": "namespace", "subject": ns, "claimed": "is", "action": "in pspy's",
+                        "observed": "found it in one of its own"})
+            sc = entry["seccomp"]
+            risky = sorted(DANGEROUS_FOR_PROBES & set(sc.get("dangerous", ())))
+            if sc["profile"] in ("none", "learning") or risky:
+                result["caveat"] = (f"its policy allows {', '.join(risky) or 'every syscall'}: a compromised "
+                                    f"{principal.name} could tamper with a probe of its own uid, so its result "
+                                    "is only as trustworthy as it is")
+            results[principal.name] = result
     finally:
         listener.close()
     total = sum(r["checks"] for r in results.values())
@@ -246,7 +309,7 @@ def compare(entry: dict, seen: dict) -> dict:
     checks = 0
     for rel, verdict in entry["files"].items():
         got = seen["files"].get(rel)
-        if got is None:
+        if got is None or got[0] == "special":
             continue
         for i, (letter, word) in enumerate((("r", "read"), ("w", "write"))):
             checks += 1
@@ -276,11 +339,14 @@ def compare(entry: dict, seen: dict) -> dict:
 
 
 def format_live(result: dict) -> str:
+    from .text import shown
     lines = [f"pspy analyze --live: {result['checks']} checks, {result['disagreements']} disagreement(s) "
              "with the report"]
     for name, r in result["principals"].items():
-        lines.append(f"  {name}: {r['checks']} checks, {len(r['disagreements'])} disagreement(s); probed in {r['how']}")
+        lines.append(f"  {name}: {r['checks']} checks, {len(r['disagreements'])} disagreement(s); {r['how']}")
+        if r.get("caveat"):
+            lines.append(f"    CAVEAT: {r['caveat']}")
         for d in r["disagreements"]:
-            lines.append(f"    DISAGREES: {d['what']} {d['subject']}: the report says {name} {d['claimed']} "
-                         f"{d['action']}, the probe {d['observed']}")
+            lines.append(f"    DISAGREES: {d['what']} {shown(d['subject'])}: the report says {name} {d['claimed']} "
+                         f"{d['action']}, the probe {shown(d['observed'])}")
     return "\n".join(lines) + "\n"

@@ -209,7 +209,7 @@ def report(plan: Plan, include_seccomp: bool = True) -> dict:
     data = {"schema": SCHEMA, "app": plan.app_name, "jail": plan.jail,
             "mode": plan.mode + (" (rootless)" if plan.rootless else ""), "rootless": plan.rootless,
             "uid_base": plan.uid_base, "isolation": isolation, "findings": [], "principals": principals}
-    data["findings"] = findings.all_findings(data, modes, recorded_calls(plan))
+    data["findings"] = findings.all_findings(data, modes, recorded_calls(plan), owned)
     return data
 
 

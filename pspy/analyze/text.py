@@ -25,6 +25,32 @@ class Paint:
         return f"\033[{code}m{text}\033[0m" if self.on and code else text
 
 
+# Bidirectional-text controls reorder what a terminal shows without being "unprintable".
+BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown(text: str) -> str:
+    """Text from the jail (file names a principal chose, messages quoting
+    them) made safe for a terminal: control, bidi and other unprintable
+    characters become escapes, so a name can neither move the cursor nor
+    forge a line of the report."""
+    if text.isprintable() and not BIDI & set(text):
+        return text
+    return "".join(c if c.isprintable() and c not in BIDI else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in text)
+
+
+def escaped(value):
+    """A report with every string (dict keys too) passed through shown()."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {shown(k) if isinstance(k, str) else k: escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escaped(v) for v in value]
+    return value
+
+
 def colour_wanted(choice: str, stream=None) -> bool:
     if choice == "always":
         return True
@@ -53,11 +79,12 @@ def meaning(v: str) -> str:
     return "search-only" if "x" in v else "no access"
 
 
-def collapse(verdicts: dict[str, str]) -> list[tuple[str, str, int]]:
-    """``(meaning, path, entries)``: a folder whose every entry means the same
-    as it does stands for all of them ("entries" counts them); other folders
-    are shown as themselves (0) and their entries one by one, or collapsed
-    again."""
+def collapse(verdicts: dict[str, str]) -> list[tuple[str, str, int | None]]:
+    """``(meaning, path, held)``: a folder whose every entry means the same as
+    it does stands for all of them, ``held`` counting what it holds at every
+    depth; other entries are shown as themselves (``held`` None), a folder
+    that is not collapsed followed by its entries, collapsed again where they
+    can be."""
     children: dict[str, list[str]] = {}
     for path in verdicts:
         parent = _parent(path)
@@ -70,14 +97,14 @@ def collapse(verdicts: dict[str, str]) -> list[tuple[str, str, int]]:
         kids = children.get(path, [])
         count[path] = 1 + sum(count[k] for k in kids)
         uniform[path] = all(means[k] == means[path] and uniform[k] for k in kids)
-    out: list[tuple[str, str, int]] = []
+    out: list[tuple[str, str, int | None]] = []
 
     def emit(path: str):
         kids = children.get(path, [])
         if kids and uniform[path]:
-            out.append((means[path], path, count[path]))
+            out.append((means[path], path, count[path] - 1))
             return
-        out.append((means[path], path, 0 if kids else 1))
+        out.append((means[path], path, None))
         for kid in kids:
             emit(kid)
 
@@ -91,9 +118,10 @@ ORDER = ("read-write", "write-only", "read-only", "search-only", "no access")
 
 def _files(p: dict, paint: Paint) -> list[str]:
     by_meaning: dict[str, list[str]] = {}
-    for m, path, n in collapse(p["files"]):
-        star = "*" if n == 1 and not path.endswith("/") and "x" in p["files"][path] else ""
-        by_meaning.setdefault(m, []).append(f"{path}{star} ({n} entries)" if n > 1 else f"{path}{star}")
+    for m, path, held in collapse(p["files"]):
+        star = "*" if not path.endswith("/") and "x" in p["files"][path] else ""
+        label = path + star if held is None else f"{path} ({held} {'entry' if held == 1 else 'entries'})"
+        by_meaning.setdefault(m, []).append(label)
     lines = []
     for m in sorted(by_meaning, key=ORDER.index):
         text = f"    {m + ':':<12} {', '.join(by_meaning[m])}"
@@ -110,7 +138,8 @@ def _groups(p: dict) -> str:
 
 def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list[str]:
     out = [""]
-    head = f"{paint(p['name'], 'title')}: uid {p['uid']}, gid {p['gid']}"
+    head = f"{paint(p['name'], 'title')}: uid {p['uid']}, gid {p['gid']}" if "kind" in p else \
+        paint(f"uid {p['uid']}, gid {p['gid']}", "title")   # the paper's form: an identity, no principal
     if data.get("rootless"):
         head += " (yours: rootless)"   # the plan's group names map to no group of their own
     elif "group" in p:
@@ -156,7 +185,10 @@ def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list
         learned = sc.get("learned")
         summary = f"allows {sc['allows']}" + (f"; the learned profile {learned['path']} allows {learned['allows']}"
                                               if learned else "")
-        out.append(f"  seccomp:   {sc['source']}; default action {sc['default_action'] or 'none'}; {summary}")
+        if sc["profile"] in ("none", "learning"):
+            out.append(f"  seccomp:   {sc['source']}: no filter, every syscall is allowed")
+        else:
+            out.append(f"  seccomp:   {sc['source']}; default action {sc['default_action']}; {summary}")
         if include_seccomp:
             for note in sc["derived"]:
                 out.append(f"    derived: {note}")
@@ -167,10 +199,13 @@ def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list
 
 
 def format_text(data: dict, colour: bool = False, include_seccomp: bool = False) -> str:
+    data = escaped(data)
     paint = Paint(colour)
     out = []
     if "app" in data:
         out.append(f"pspy analyze: {data['app']} in {data['jail']} ({data['mode']} mode)")
+    else:
+        out.append(f"pspy analyze: what one identity can do in {data['jail']}")
     found = data.get("findings", ())
     out.append("")
     out.append(f"Findings: {len(found) or 'none'}")

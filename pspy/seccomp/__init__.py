@@ -190,6 +190,14 @@ def _applies(entry: dict, go_arches: set[str]) -> bool:
     return True
 
 
+def is_syscall(name: str) -> bool:
+    """Whether libseccomp knows ``name`` as a syscall of this machine's architecture."""
+    from .. import _native
+    lib = _native.lib
+    nr = lib.seccomp_syscall_resolve_name_arch(getattr(lib, native_arch()[0]), name.encode())
+    return nr != lib.__NR_SCMP_ERROR and nr >= 0
+
+
 def rules(profile: dict, label: str) -> list[dict]:
     """The entries that apply here, one rule per name: ``{name, action, args, errnoRet}``.
     Every name must be a syscall of this architecture."""
