@@ -22,6 +22,7 @@ def _split_dashdash(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pspy", description="Privilege-separate a Python application.")
+    parser.add_argument("--version", action="version", version=f"pspy {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("bootstrap", help="build the jail and run the app split into principals",
@@ -97,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("principal")
     x.add_argument("--jail", default=DEFAULT_JAIL)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pspy-privsep")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
 
 
 def text_colour(choice: str) -> bool:

@@ -75,7 +75,7 @@ def test_live_tries_every_claim_from_inside_the_running_principals_and_finds_no_
                        for q in report["principals"] if q["name"] != p["name"] for s in q["services"])
         assert r["checks"] == 2 * len(p["files"]) + services + 1, (p["name"], r["checks"])
         if running["mode"] == "namespaces":
-            assert r["how"].startswith("joined its running process"), r["how"]
+            assert r["how"].startswith("probe joined the namespaces of its running process"), r["how"]
 
 
 def test_zoobanks_clean_configuration_has_no_finding_and_ids_that_read_well(running):

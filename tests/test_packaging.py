@@ -27,3 +27,22 @@ def test_the_wheel_holds_the_seccomp_profiles_the_native_helper_pspy_init_and_si
     # PID 1 of namespace mode, compiled by setup.py's build_ext, executable
     assert (wheel.getinfo("pspy/_native/pspy-init").external_attr >> 16) & 0o111
     assert sorted(os.listdir(os.path.join(REPO, "seccomp_profiles"))) == ["default.json", "strict.json", "web.json"]
+    # Metadata a user (and the package index) reads: an SPDX license with its text, the Pythons it runs on.
+    meta = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: MIT" in meta and "License-File: LICENSE" in meta
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {version}" in meta
+    # The helper names no private CPython symbol it would need at load time:
+    # 3.13 no longer exports _Py_DumpTraceback, and every command died there.
+    helper = next(n for n in names if n.startswith("pspy/_native/_helper") and n.endswith(".so"))
+    wheel.extract(helper, tmp_path / "x")
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(tmp_path / "x" / helper)],
+                               capture_output=True, text=True, check=True).stdout
+    assert "_Py_DumpTraceback" not in undefined   # looked up with dlsym where there is one
+
+
+def test_pspy_version_says_the_installed_version():
+    from importlib.metadata import version
+    proc = subprocess.run([sys.executable, "-m", "pspy", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"pspy {version('pspy-privsep')}", proc

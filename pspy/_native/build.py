@@ -85,6 +85,7 @@ ffibuilder.cdef("""
     void free(void *ptr);
     uint32_t pspy_act_errno(uint32_t err);
     int pspy_install_sigsys_reporter(int fd, int err);
+    int pspy_traceback_available(void);
     int pspy_learn_start(int out_fd);
     int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
     int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags);
@@ -128,7 +129,8 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
        writes a record to `report_fd` (a non-blocking pipe read by
        pspy.seccomp's reporter thread): a header with the thread, the syscall
        and its arguments, the thread's Python stack as CPython's faulthandler
-       prints it (_Py_DumpTraceback, written to be safe in a signal handler),
+       prints it (_Py_DumpTraceback, written to be safe in a signal handler,
+       where CPython exports it: see below),
        and an end mark. Everything here is async-signal-safe. */
     #include <signal.h>
     #include <ucontext.h>
@@ -136,8 +138,13 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
     #include <stdint.h>
     #include <stdatomic.h>
 
-    /* CPython's own, exported for faulthandler; Python.h declares the second */
-    extern void _Py_DumpTraceback(int fd, PyThreadState *tstate);
+    /* CPython's faulthandler dumper, looked up when the reporter is installed:
+       3.11 and 3.12 export it, 3.13 no longer does. Linking against it would
+       make the helper fail to load there ("undefined symbol"); without it a
+       record carries no Python stack. */
+    #include <dlfcn.h>
+    typedef void (*pspy_dump_fn)(int fd, PyThreadState *tstate);
+    static pspy_dump_fn dump_traceback = NULL;
 
     struct pspy_denial {
         uint32_t magic;          /* 0x70737931 */
@@ -180,8 +187,8 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
                 ;   /* another thread is writing its record: records must not interleave */
             if (write(report_fd, &d, sizeof d) == sizeof d) {
                 PyThreadState *tstate = PyGILState_GetThisThreadState();
-                if (tstate != NULL)
-                    _Py_DumpTraceback(report_fd, tstate);
+                if (tstate != NULL && dump_traceback != NULL)
+                    dump_traceback(report_fd, tstate);
                 (void) write(report_fd, "\0\n", 2);
             }
             atomic_flag_clear(&report_lock);
@@ -354,7 +361,12 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
         sigemptyset(&sa.sa_mask);
         report_fd = fd;
         denial_errno = err;
+        dump_traceback = (pspy_dump_fn) dlsym(RTLD_DEFAULT, "_Py_DumpTraceback");
         return sigaction(SIGSYS, &sa, NULL);
+    }
+
+    int pspy_traceback_available(void) {
+        return dlsym(RTLD_DEFAULT, "_Py_DumpTraceback") != NULL;
     }
 
     int pspy_unshare(int flags) { return unshare(flags); }
