@@ -195,6 +195,7 @@ def test_live_analyze_finds_no_disagreement_in_any_mode(zoobank):
     # tests/test_analyze.py checks chroot and namespace mode in detail;
     # rootless, --live runs as the user and probes fresh sandboxes.
     proc = pspy("analyze", "--jail", zoobank["jail"], "--live", "--format", "json")
+    assert proc.stdout.startswith("{"), proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     assert proc.returncode == 0 and result["disagreements"] == 0, proc.stdout + proc.stderr
     assert result["checks"] > 90

@@ -192,12 +192,15 @@ def probe(plan: Plan, principal, request: dict, pids: tuple[int, int] | None) ->
     fds: list[int] = []
     userns_fd = None
     try:
-        if pids is not None and plan.mode == "namespaces":
+        if pids is not None and plan.mode == "namespaces" and not plan.rootless:
             enter, fds = _joiner(plan, principal, pids[0])
             how = f"probe joined the namespaces of its running process {pids[1]}"
-            proc = subprocess.Popen(argv, env=principal_env(plan, principal), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                                    start_new_session=True, preexec_fn=enter)
+            try:
+                proc = subprocess.Popen(argv, env=principal_env(plan, principal), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+                                        start_new_session=True, preexec_fn=enter)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise PspyError(f"cannot start the probe in {principal.name}'s namespaces: {e}") from None
         else:
             if plan.mode == "namespaces":
                 from ..sandbox.user import create_user_namespace
@@ -283,7 +286,7 @@ def verify(plan: Plan, data: dict) -> dict:
             pids = _running_pids(plan, principal.name, supervisor)
             seen, how = probe(plan, principal, request, pids)
             result = {"how": how, **compare(entry, seen)}
-            if pids is not None and plan.mode == "namespaces":
+            if pids is not None and plan.mode == "namespaces" and not plan.rootless:
                 for ns in left_namespaces(*pids):
                     result["checks"] += 1
                     result["disagreements"].append({
