@@ -165,8 +165,25 @@ def release_jails(tmp_path_factory):
             shutil.rmtree(jail, ignore_errors=True)
 
 
-ROOTLESS_USER = "pspy-rootless-test"
-ROOTLESS_BASE = "/opt/pspy-rootless-test"   # not under /tmp or /var/tmp: probes look for those
+# One user and folder per run (the pytest process's pid), so two runs on one
+# host never share or remove each other's. Not under /tmp or /var/tmp:
+# probes look for those.
+ROOTLESS_PREFIX = "pspy-rt-"
+ROOTLESS_USER = f"{ROOTLESS_PREFIX}{os.getpid()}"
+ROOTLESS_BASE = f"/opt/pspy-rootless-{os.getpid()}"
+
+
+def _forget_rootless_users_of_ended_runs():
+    """Users and folders a run that was killed left behind (its pid is gone)."""
+    for account in pwd.getpwall():
+        name = account.pw_name
+        if name == "pspy-rootless-test" or (name.startswith(ROOTLESS_PREFIX)
+                                           and name[len(ROOTLESS_PREFIX):].isdigit()
+                                           and not os.path.exists(f"/proc/{name[len(ROOTLESS_PREFIX):]}")):
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+            subprocess.run(["userdel", "--remove", name], capture_output=True)
+            suffix = name[len(ROOTLESS_PREFIX):] if name.startswith(ROOTLESS_PREFIX) else "test"
+            shutil.rmtree(f"/opt/pspy-rootless-{suffix}", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +199,7 @@ def rootless_user():
     base_python = next((p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}") if os.path.exists(p)), None)
     if base_python is None:
         pytest.fail(f"rootless tests need a system {version} another user can run (apt-get install {version}-venv)")
+    _forget_rootless_users_of_ended_runs()
     try:
         pwd.getpwnam(ROOTLESS_USER)
     except KeyError:
