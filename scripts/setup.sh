@@ -6,8 +6,9 @@ PYTHON="${PYTHON:-python3}"
 # libcap-dev: python-prctl builds against it; libseccomp-dev and gcc: the native
 # helper; python3-dev/venv: headers and venv for Debian's own python3.
 APT_PACKAGES="gcc libcap-dev libseccomp-dev python3-dev python3-venv"
-# graphviz: the tests render pspy analyze --format dot with it.
-case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz" ;; esac
+# graphviz and vagrant: the tests render pspy analyze --format dot, and
+# validate vagrant/Vagrantfile.
+case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz vagrant" ;; esac
 
 missing=""
 for pkg in $APT_PACKAGES; do
