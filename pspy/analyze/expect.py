@@ -172,8 +172,8 @@ def _principal_rules(table: str, p: dict, body: dict, data: dict, path: str, pri
     if "denies_syscalls" in body:
         sc = p["seccomp"]
         allowed = {a.split("(")[0] for a in sc["allowed"]}
-        open_all = sc["profile"] in ("none", "learning") or (sc["default_action"] or "").startswith(
-            ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"))
+        from .findings import lets_everything_through
+        open_all = lets_everything_through(sc)
         from ..seccomp import is_syscall
         for syscall in _names(body["denies_syscalls"], path, f"{table}.denies_syscalls"):
             if not is_syscall(syscall):

@@ -20,6 +20,8 @@ The rating follows the score: below 2 "ok", below 5 "medium", below 7.5
 
 from __future__ import annotations
 
+from .findings import allows_by_default, unfiltered
+
 RATINGS = ((2.0, "ok"), (5.0, "medium"), (7.5, "exposed"))
 
 
@@ -35,10 +37,10 @@ def score(p: dict, mode: str, is_rootless: bool) -> dict:
     if p["uid"] == 0:
         reasons.append((10.0, "runs as uid 0"))
     sc = p.get("seccomp") or {}
-    if sc.get("profile") in ("none", "learning"):
+    if unfiltered(sc):
         reasons.append((3.0, "no seccomp filter" if sc["profile"] == "none" else "seccomp in learning mode"))
     elif sc:
-        if sc.get("dangerous") or (sc.get("default_action") or "").startswith(("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")):
+        if sc.get("dangerous") or allows_by_default(sc):
             reasons.append((2.0, "seccomp allows dangerous syscalls"))
         learned = sc.get("learned")
         if learned and len(learned["extra"]) >= max(10, learned["allows"]):

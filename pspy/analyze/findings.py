@@ -31,6 +31,20 @@ KINDS = {
 }
 
 
+def unfiltered(sc: dict) -> bool:
+    """No filter at all, or learning mode (every call allowed and recorded)."""
+    return sc.get("profile") in ("none", "learning")
+
+
+def allows_by_default(sc: dict) -> bool:
+    """A filter whose default action lets every unlisted syscall through."""
+    return (sc.get("default_action") or "").split(" ")[0] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+
+
+def lets_everything_through(sc: dict) -> bool:
+    return unfiltered(sc) or allows_by_default(sc)
+
+
 def finding(kind: str, reason: str, principal: str | None = None, path: str | None = None) -> dict:
     severity, title = KINDS[kind]
     return {"id": kind, "severity": severity, "principal": principal, "path": path, "finding": title,
@@ -148,7 +162,7 @@ def seccomp_findings(principal: dict) -> list[dict]:
         return [finding("no-seccomp", f"{name} is in learning mode: every syscall is allowed (and recorded)",
                         name)]
     out = []
-    if sc["default_action"] and sc["default_action"].split()[0] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+    if allows_by_default(sc):
         out.append(finding("dangerous-syscall", f"{name}'s policy lets every unlisted syscall through "
                                                 f"(default action {sc['default_action']})", name))
     for syscall in sc["dangerous"]:

@@ -41,6 +41,7 @@ from ..errors import PspyError
 from ..plan import Plan
 from ..running import children_of, read_state, still_running, supervisor_alive
 from ..sandbox.spawn import principal_env, resolve_argv, spawn_principal
+from .findings import unfiltered
 
 PROBE_TIMEOUT = 120   # seconds for one principal's probe
 DANGEROUS_FOR_PROBES = {"ptrace", "process_vm_writev", "unshare", "setns", "mount"}
@@ -294,7 +295,7 @@ def verify(plan: Plan, data: dict) -> dict:
                         "observed": "found it in one of its own"})
             sc = entry["seccomp"]
             risky = sorted(DANGEROUS_FOR_PROBES & set(sc.get("dangerous", ())))
-            if sc["profile"] in ("none", "learning") or risky:
+            if unfiltered(sc) or risky:
                 result["caveat"] = (f"its policy allows {', '.join(risky) or 'every syscall'}: a compromised "
                                     f"{principal.name} could tamper with a probe of its own uid, so its result "
                                     "is only as trustworthy as it is")

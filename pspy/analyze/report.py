@@ -86,8 +86,7 @@ def network_of(plan: Plan, p, sc: dict) -> str:
     namespace, but a filter that lets socket() make nothing but AF_UNIX)."""
     if plan.mode == "namespaces" and not p.network:
         return NO_NETWORK
-    if sc["profile"] in ("none", "learning") or (sc["default_action"] or "").startswith(
-            ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")):
+    if findings.lets_everything_through(sc):
         return "host"
     sockets = [a for a in sc["allowed"] if a == "socket" or a.startswith("socket(")]
     if sockets and all(a == "socket(arg0 == AF_UNIX)" for a in sockets):

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
+from ..logs import printable
+from .findings import unfiltered
+
 COLOURS = {"critical": "1;31", "high": "31", "medium": "33", "low": "36", "unsafe": "1;31", "exposed": "31",
            "ok": "32", "title": "1", "none": "2"}
 
@@ -34,6 +37,7 @@ def shown(text: str) -> str:
     them) made safe for a terminal: control, bidi and other unprintable
     characters become escapes, so a name can neither move the cursor nor
     forge a line of the report."""
+    text = printable(text)   # control characters, as pspy logs shows them
     if text.isprintable() and not BIDI & set(text):
         return text
     return "".join(c if c.isprintable() and c not in BIDI else
@@ -185,7 +189,7 @@ def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list
         learned = sc.get("learned")
         summary = f"allows {sc['allows']}" + (f"; the learned profile {learned['path']} allows {learned['allows']}"
                                               if learned else "")
-        if sc["profile"] in ("none", "learning"):
+        if unfiltered(sc):
             out.append(f"  seccomp:   {sc['source']}: no filter, every syscall is allowed")
         else:
             out.append(f"  seccomp:   {sc['source']}; default action {sc['default_action']}; {summary}")
