@@ -230,6 +230,49 @@ def test_zoobars_are_conserved_while_bank_is_killed_under_load(mode, tmp_path):
     assert all(k["done_at_kill"] < total for k in kills), kills
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_transfer_cut_off_by_a_kill_is_unknown_and_sending_it_again_applies_it_once(mode, tmp_path):
+    # Bank is stopped (SIGSTOP) while the front end holds a pooled connection to
+    # it, so the transfer is delivered into that connection and never read; then
+    # Bank is SIGKILLed. The front end cannot know it was not applied: "unknown".
+    jail, port = str(tmp_path / "jail"), free_port()
+    pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", *MODES[mode], env={"ZOOBANK_PORT": str(port)},
+         check=True)
+    try:
+        _wait(lambda: _answers(port), 20, "zoobank on its port")
+        tokens = {}
+        for user in USERS[:2]:
+            tokens[user] = _api(port, "POST", "/api/register", {"username": user, "password": "pw"})[1]["token"]
+        assert _bank_answers(port)          # leaves an idle connection to this Bank in the pool
+        pid = _bank_process(jail)
+        body = {"recipient": USERS[1], "zoobars": 3, "ref": "cut-off"}
+        answer = []
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sender = threading.Thread(target=lambda: answer.append(
+                _api(port, "POST", "/api/transfer", body, tokens[USERS[0]])), daemon=True)
+            sender.start()
+            sender.join(1.0)
+            assert not answer, f"answered while Bank was stopped: {answer}"
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        sender.join(10)
+        assert answer == [(503, {"error": answer[0][1]["error"], "outcome": "unknown"})], answer
+        # The ledger says which way it went (here: not applied, Bank never read it),
+        # so the same transfer sent again is applied once, and a third time refused.
+        _wait(lambda: _bank_answers(port), 5, "Bank to answer again")
+        assert _api(port, "GET", f"/api/balance/{USERS[0]}")[1]["zoobars"] == START_ZOOBARS
+        status, reply = _api(port, "POST", "/api/transfer", body, tokens[USERS[0]])
+        assert (status, reply["zoobars"]) == (200, START_ZOOBARS - 3), reply
+        status, reply = _api(port, "POST", "/api/transfer", body, tokens[USERS[0]])
+        assert (status, reply["outcome"]) == (400, "not_applied") and "already made" in reply["error"], reply
+    finally:
+        pspy("stop", "--jail", jail)
+    balances, ledger = _ledger(jail)
+    assert ledger == [("cut-off", USERS[0], USERS[1], 3)]
+    assert balances == {USERS[0]: START_ZOOBARS - 3, USERS[1]: START_ZOOBARS + 3}
+
+
 # --- SIGKILL of the supervisor ----------------------------------------------------
 
 def _state(jail):

@@ -8,6 +8,7 @@ import os
 import secrets
 
 from flask import Flask, jsonify, redirect, render_template_string, request
+from werkzeug.exceptions import HTTPException
 
 import bank
 import pspy
@@ -49,6 +50,20 @@ def provider_down(exc):
         if isinstance(exc, cls):
             return _error(str(exc), status, outcome)
     raise exc
+
+
+@app.errorhandler(Exception)
+def unexpected(exc):
+    """Any other failure still says what became of the request. A caller the
+    provider refused (pspy.PermissionDenied) changed nothing; anything else (a
+    service's own unexpected error, a reply that could not be encoded) was
+    raised by a provider that received the call: it may have been applied."""
+    if isinstance(exc, HTTPException):   # a 404, a 405: Flask's own answers
+        return exc
+    if isinstance(exc, pspy.PermissionDenied):
+        return _error(str(exc), 403, "not_applied")
+    app.logger.error("unexpected error", exc_info=exc)
+    return _error(f"{type(exc).__name__}: {exc}", 500, "unknown")
 
 
 def _json_fields(*names):
