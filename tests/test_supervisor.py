@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def test_foreground_bootstrap_stops_everything_on_ctrl_c(tmp_path):
     assert proc.returncode == 0, out
     assert "stopped" in out
     assert _jail_pids(jail) == []
+    # What the principals wrote was shown as it came, each line after its principal's name.
+    assert re.search(r"^web +\| .*Running on http://", out, re.M), out
+    assert not re.search(r"^ \* Running on", out, re.M), out   # never bare
 
 
 def test_a_provider_that_dies_is_restarted_and_answers_again(tmp_path):
@@ -95,12 +99,26 @@ def test_killing_the_supervisor_leaves_no_principal_running(tmp_path):
     assert _jail_pids(jail) == []   # the parent-death signal took them down
 
 
-def test_a_front_end_that_dies_at_start_fails_the_bootstrap(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--namespaces"]], ids=["chroot", "namespaces"])
+def test_a_front_end_that_dies_at_start_fails_the_bootstrap_with_its_name_and_log(tmp_path, flags):
     jail = str(tmp_path / "jail")
-    proc = pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", "--", "python", "-c", "raise SystemExit(3)")
-    assert proc.returncode == 1
-    assert "front end" in proc.stderr and "status 3" in proc.stderr
-    assert _jail_pids(jail) == []   # the providers it had started were stopped
+    script = "import sys; print('cannot bind port 8080', file=sys.stderr); raise SystemExit(3)"
+    proc = pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", *flags, "--", "python", "-c", script)
+    assert proc.returncode == 1, proc.stderr
+    assert "front end web (python -c" in proc.stderr and "exited with status 3 at start" in proc.stderr, proc.stderr
+    assert "  cannot bind port 8080" in proc.stderr, proc.stderr   # its log's last lines
+    assert "Traceback" not in proc.stderr
+    from pspy.plan import Plan
+    from pspy.running import app_processes
+    assert app_processes(Plan.load(jail)) == []   # the providers it had started were stopped
+    # control: the same bootstrap with a front end that keeps running succeeds, and its processes are seen
+    proc = pspy("bootstrap", ZOOBANK, "--jail", jail, "--detach", *flags, "--", "python", "-c",
+                "import time; time.sleep(60)")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert len(app_processes(Plan.load(jail))) >= 3   # Auth, Bank and the front end at least
+    finally:
+        pspy("stop", "--jail", jail)
 
 
 def test_a_supervisor_that_is_our_own_zombie_counts_as_stopped():
