@@ -216,6 +216,12 @@ def test_with_default_action_kill_a_denied_call_kills_the_provider(jail):
     while call(jail, "guard.killer_alive()") != ["ok", "yes"]:
         assert time.monotonic() < deadline, "Killer did not come back"
         time.sleep(0.2)
+    # pspy status says why it ended; Guard, whose denials are errors, never did.
+    rows = {r["name"]: r for r in json.loads(pspy("status", "--jail", jail, "--format", "json",
+                                                  check=True).stdout)["principals"]}
+    assert rows["Killer"]["last_exit"]["reason"] == "was killed by SIGSYS (its seccomp filter)", rows["Killer"]
+    assert rows["Killer"]["restarts"] >= 1 and rows["Killer"]["answers"] is True
+    assert rows["Guard"]["last_exit"] is None and rows["Guard"]["restarts"] == 0
 
 
 @pytest.mark.root

@@ -16,3 +16,10 @@ def pid():
 @pspy.service(service_provider="Free", perms={"free/": 0o700})
 def free_pid():
     return os.getpid()
+
+
+@pspy.service(service_provider="Hog")
+def spin():
+    """Runs until its provider's cpu_seconds end it."""
+    while True:
+        pass
