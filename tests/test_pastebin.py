@@ -125,13 +125,17 @@ for path in glob.glob('/proc/[0-9]*/environ'):
             seen.append(path)
     except OSError:
         pass
-print(os.environ.get('PASTEBIN_SECRET_KEY'), seen, os.path.exists(f'/proc/{WEB}/environ') and
-      open(f'/proc/{WEB}/environ', 'rb').read())
+print(os.environ.get('PASTEBIN_SECRET_KEY'), seen)
+open('/proc/WEB/environ', 'rb').read()
+print('read it')
 """.replace("WEB", str(site["web_pid"]))
     result = contained(site, code)
-    assert result["output"].startswith("None [] "), result
-    assert SECRET_KEY not in result["output"] and (result["output"] == "None [] False\n"
-                                                   or result["error"].startswith("PermissionError")), result
+    # Neither its own environment nor any process it can see holds the key,
+    # and the front end's environment cannot be opened (chroot: no /proc;
+    # namespaces: the front end is outside its PID namespace).
+    assert result["output"] == "None []\n", result
+    assert result["error"].startswith(("FileNotFoundError", "PermissionError")), result
+    assert SECRET_KEY not in result["error"]
     # control: the front end does hold it
     assert SECRET_KEY.encode() in open(f"/proc/{site['web_pid']}/environ", "rb").read()
 
