@@ -136,3 +136,17 @@ def test_percall_bench_prints_every_condition_in_both_modes():
     for mode in ("chroot", "namespaces"):
         for condition in ("per_call run('pass')", "per_call whoami()", "fork+exec python -c pass"):
             assert any(line.startswith(f"{mode:<11} {condition}") for line in proc.stdout.splitlines())
+
+
+@pytest.mark.root
+def test_restart_bench_prints_both_ways_of_restarting_in_both_modes():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "restart.py"), "--kills", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    for mode in ("chroot", "namespaces"):
+        for condition in ("pspy ready copy", "fork+exec restart"):
+            row = next((r for r in rows if " ".join(r[:-3]) == f"{mode}, {condition}"), None)
+            assert row is not None, proc.stdout
+            median, p99, ratio = row[-3:]
+            assert float(median) > 0 and float(p99) >= float(median) and ratio.endswith("x"), row
