@@ -18,6 +18,10 @@ import os
 import threading
 
 F_SETPIPE_SZ = 1031
+# Where CPython exports no traceback dumper for C (3.13), the SIGSYS handler
+# sends this signal to its own thread and faulthandler, registered for it,
+# writes the stack into the denial record. A real-time signal apps rarely use.
+STACK_SIGNAL_FROM_MAX = 2   # SIGRTMAX - 2
 reporter_fds: tuple[int, ...] = ()   # the denial pipe's two ends, the principal's own
 
 
@@ -30,15 +34,16 @@ def install(policy: dict, stream, app_dir: str) -> None:
     go on without it."""
     import base64
     install_program(base64.b64decode(policy["bpf"]), bool(policy.get("trapping")), policy.get("errno", 1),
-                    stream, app_dir)
+                    stream, app_dir, bool(policy.get("tkill")))
 
 
 def file_bytes(policy: dict, app_dir: str) -> bytes:
     """The policy as jail.write_filters stores it for a principal: a header
     line, then the BPF program (no JSON, no base64 to import at start-up)."""
     import base64
-    header = b"%s trapping=%d errno=%d app_dir=%s\n" % (FILE_MAGIC, bool(policy.get("trapping")),
-                                                         policy.get("errno", 1), os.fsencode(app_dir))
+    header = b"%s trapping=%d errno=%d tkill=%d app_dir=%s\n" % (
+        FILE_MAGIC, bool(policy.get("trapping")), policy.get("errno", 1), bool(policy.get("tkill")),
+        os.fsencode(app_dir))
     return header + base64.b64decode(policy["bpf"])
 
 
@@ -52,14 +57,15 @@ def install_file(path: str, stream) -> None:
         raise RuntimeError(f"{path} is not a pspy seccomp filter")
     values = dict(field.split(b"=", 1) for field in fields[1:])
     install_program(program, values.get(b"trapping") == b"1", int(values.get(b"errno", b"1")), stream,
-                    os.fsdecode(values.get(b"app_dir", b"/app")))
+                    os.fsdecode(values.get(b"app_dir", b"/app")), values.get(b"tkill") == b"1")
 
 
-def install_program(program: bytes, trapping: bool, denial_errno: int, stream, app_dir: str) -> None:
+def install_program(program: bytes, trapping: bool, denial_errno: int, stream, app_dir: str,
+                    tkill_allowed: bool = False) -> None:
     import _prctl   # python-prctl's C module; its Python wrapper is slow to import
     from ._native import ffi, lib
     if trapping:
-        start_reporter(stream, denial_errno, app_dir)
+        start_reporter(stream, denial_errno, app_dir, tkill_allowed)
     if _prctl.prctl(_prctl.PR_GET_SECCOMP):
         # A child the principal started (subprocess): it runs under the filter
         # it inherited, which no process can remove or loosen; only the
@@ -71,7 +77,10 @@ def install_program(program: bytes, trapping: bool, denial_errno: int, stream, a
         raise OSError(err, f"loading the seccomp filter failed: {os.strerror(err)}")
 
 
-def start_reporter(stream, denial_errno: int, app_dir: str) -> None:
+def start_reporter(stream, denial_errno: int, app_dir: str, tkill_allowed: bool = False) -> None:
+    """``tkill_allowed``: the filter lets the process signal its own threads,
+    so the stack of a denied call can be had from faulthandler where CPython
+    exports no dumper (see the native helper)."""
     from ._native import lib
     global reporter_fds
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -81,9 +90,32 @@ def start_reporter(stream, denial_errno: int, app_dir: str) -> None:
         fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
     except OSError:
         pass
-    if lib.pspy_install_sigsys_reporter(w, denial_errno) != 0:
+    how = stack_source(tkill_allowed)
+    stack_signal = {"dumper": 0, "none": -1}.get(how)
+    if how == "signal":
+        import faulthandler
+        import signal
+        stack_signal = signal.SIGRTMAX - STACK_SIGNAL_FROM_MAX
+        faulthandler.register(stack_signal, file=w, all_threads=False, chain=False)
+    if lib.pspy_install_sigsys_reporter(w, denial_errno, stack_signal) != 0:
         raise RuntimeError("installing the SIGSYS handler failed")
     threading.Thread(target=_report, args=(r, stream, app_dir), name="pspy-seccomp-report", daemon=True).start()
+
+
+def stack_source(tkill_allowed: bool, *, dumper: bool | None = None) -> str:
+    """Where a denial record's Python stack comes from: "dumper" (CPython's
+    _Py_DumpTraceback, exported up to 3.12), "signal" (faulthandler, when
+    the filter lets a thread signal itself), or "none"."""
+    if dumper is None:
+        from ._native import lib
+        dumper = bool(lib.pspy_traceback_available())
+    if force_stack_source is not None:
+        return force_stack_source
+    return "dumper" if dumper else "signal" if tkill_allowed else "none"
+
+
+# Tests set this to try each way on any CPython.
+force_stack_source: str | None = None
 
 
 def _report(fd: int, stream, app_dir: str) -> None:

@@ -6,9 +6,12 @@ when called, or a probe run through pspy exec, which loads the same filter)
 next to a control that the same principal may do.
 """
 
+import errno
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import pytest
@@ -205,6 +208,60 @@ def test_the_log_names_each_denied_call_and_the_python_line_that_made_it_once(ja
                                and f"-> guard.py:{line} (_mount) -> mount(" in text for text in mount_lines), log
     assert len(mount_lines) == 1   # once per call site, though called three times
     assert "-> socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0)" in log
+
+
+STACK_PROBE = """
+import ctypes, json, os, sys, time
+sys.path.insert(0, sys.argv[3])
+from pspy import _filter, seccomp
+
+source, allow_tkill = sys.argv[1], sys.argv[2] == "1"
+profile = seccomp.read_profile(seccomp.shipped_path("default"))
+if not allow_tkill:
+    for entry in profile["syscalls"]:
+        entry["names"] = [n for n in entry["names"] if n != "tkill"]
+_filter.force_stack_source = None if source == "natural" else source
+libc = ctypes.CDLL(None, use_errno=True)
+here = os.path.dirname(os.path.abspath(__file__))
+log = open(os.path.join(here, "log.txt"), "w")
+tkill = seccomp.allows_outright(profile, "tkill")
+
+
+def deny_me():
+    return libc.mount(b"none", b"/tmp", b"tmpfs", 0, None), ctypes.get_errno()
+
+
+used = _filter.stack_source(tkill)
+_filter.install_program(seccomp.compile_bpf(profile), True, 1, log, here, tkill)
+result = deny_me()
+deadline = time.monotonic() + 5
+while "mount(" not in open(os.path.join(here, "log.txt")).read() and time.monotonic() < deadline:
+    time.sleep(0.02)
+print(json.dumps({"source": used, "result": result}))
+"""
+
+
+@pytest.mark.parametrize("source, tkill", [("natural", True), ("natural", False), ("signal", True),
+                                           ("none", True)])
+def test_a_denial_record_holds_the_python_stack_on_every_cpython_and_never_costs_the_process(
+        tmp_path, source, tkill):
+    # "natural": what this CPython does (3.11 and 3.12: CPython's own dumper;
+    # 3.13, which exports none: faulthandler on a signal the thread sends
+    # itself, only where the filter allows tkill); the others are forced.
+    (tmp_path / "probe.py").write_text(STACK_PROBE)
+    proc = subprocess.run([sys.executable, str(tmp_path / "probe.py"), source, "1" if tkill else "0", REPO],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr    # alive: the denial did not kill it
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["result"] == [-1, errno.EPERM]                 # the call failed as EPERM would
+    line = next(line for line in (tmp_path / "log.txt").read_text().splitlines() if "seccomp denied" in line)
+    expected = {"natural": "dumper" if sys.version_info < (3, 13) else "signal" if tkill else "none"}
+    assert out["source"] == expected.get(source, source)
+    if out["source"] == "none":
+        assert line.startswith("pspy: seccomp denied: mount("), line
+    else:
+        assert line.startswith("pspy: seccomp denied: probe.py:"), line
+        assert ":19 (deny_me) -> mount(" in line, line
 
 
 @pytest.mark.root

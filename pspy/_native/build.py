@@ -84,7 +84,7 @@ ffibuilder.cdef("""
     const struct scmp_version *seccomp_version(void);
     void free(void *ptr);
     uint32_t pspy_act_errno(uint32_t err);
-    int pspy_install_sigsys_reporter(int fd, int err);
+    int pspy_install_sigsys_reporter(int fd, int err, int stack_signal);
     int pspy_traceback_available(void);
     int pspy_learn_start(int out_fd);
     int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
@@ -129,9 +129,15 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
        writes a record to `report_fd` (a non-blocking pipe read by
        pspy.seccomp's reporter thread): a header with the thread, the syscall
        and its arguments, the thread's Python stack as CPython's faulthandler
-       prints it (_Py_DumpTraceback, written to be safe in a signal handler,
-       where CPython exports it: see below),
-       and an end mark. Everything here is async-signal-safe. */
+       prints it, and an end mark. Everything here is async-signal-safe.
+       The stack comes from _Py_DumpTraceback (written to be safe in a signal
+       handler) where CPython exports it; where it does not (3.13), from
+       faulthandler itself: pspy._filter registers it for `stack_signal`
+       (writing to `report_fd`), and the handler sends that signal to its own
+       thread, whose delivery runs faulthandler's handler before tkill
+       returns, so the stack lands between the header and the end mark. Only
+       when the filter allows tkill (pspy._filter checks): a tkill trapped
+       here, with SIGSYS blocked, would kill the process. */
     #include <signal.h>
     #include <ucontext.h>
     #include <string.h>
@@ -145,6 +151,7 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
     #include <dlfcn.h>
     typedef void (*pspy_dump_fn)(int fd, PyThreadState *tstate);
     static pspy_dump_fn dump_traceback = NULL;
+    static int stack_signal = 0;
 
     struct pspy_denial {
         uint32_t magic;          /* 0x70737931 */
@@ -189,6 +196,8 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
                 PyThreadState *tstate = PyGILState_GetThisThreadState();
                 if (tstate != NULL && dump_traceback != NULL)
                     dump_traceback(report_fd, tstate);
+                else if (tstate != NULL && stack_signal > 0)
+                    (void) syscall(SYS_tkill, d.tid, stack_signal);
                 (void) write(report_fd, "\0\n", 2);
             }
             atomic_flag_clear(&report_lock);
@@ -353,7 +362,7 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
         return atomic_load(&learn_ready) ? 0 : -1;
     }
 
-    int pspy_install_sigsys_reporter(int fd, int err) {
+    int pspy_install_sigsys_reporter(int fd, int err, int signal_for_stack) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = pspy_on_sigsys;
@@ -361,7 +370,10 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
         sigemptyset(&sa.sa_mask);
         report_fd = fd;
         denial_errno = err;
-        dump_traceback = (pspy_dump_fn) dlsym(RTLD_DEFAULT, "_Py_DumpTraceback");
+        /* signal_for_stack: > 0, that signal (faulthandler's); 0, CPython's
+           dumper (NULL where it is not exported); < 0, no stack at all. */
+        dump_traceback = signal_for_stack == 0 ? (pspy_dump_fn) dlsym(RTLD_DEFAULT, "_Py_DumpTraceback") : NULL;
+        stack_signal = signal_for_stack > 0 ? signal_for_stack : 0;
         return sigaction(SIGSYS, &sa, NULL);
     }
 

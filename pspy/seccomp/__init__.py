@@ -312,7 +312,7 @@ def compiled(policy: dict) -> dict:
     (pspy._filter): the BPF program, whether it traps denials, and their errno."""
     profile = policy["profile"]
     out = dict(policy, bpf=base64.b64encode(compile_bpf(profile)).decode(), trapping=traps(profile),
-               errno=profile.get("defaultErrnoRet", errno.EPERM))
+               errno=profile.get("defaultErrnoRet", errno.EPERM), tkill=allows_outright(profile, "tkill"))
     if "call_profile" in policy:
         out["call_bpf"] = base64.b64encode(compile_bpf(policy["call_profile"])).decode()
     return out
@@ -520,6 +520,15 @@ def _build(profile: dict, trapping: bool):
         lib.seccomp_release(ctx)
         raise
     return ctx
+
+
+def allows_outright(profile: dict, name: str) -> bool:
+    """The profile lets ``name`` through whatever its arguments (and denies it nowhere)."""
+    through = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+    entries = [e for e in profile.get("syscalls", []) if name in e.get("names", [])]
+    allowed = any(e.get("action") in through and not e.get("args") for e in entries)
+    denied = any(e.get("action") not in through for e in entries)
+    return (allowed or profile["defaultAction"] in through) and not denied
 
 
 def traps(profile: dict) -> bool:
