@@ -13,7 +13,7 @@ from conftest import REPO
 
 def test_the_wheel_holds_the_seccomp_profiles_the_native_helper_pspy_init_and_sitecustomize(tmp_path):
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.so", "build",
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".venv-*", "__pycache__", "*.so", "build",
                                                                 "*.egg-info", ".pytest_cache", "pspy-init"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
@@ -51,7 +51,7 @@ def test_pspy_version_says_the_installed_version():
 def test_the_sdist_holds_what_its_tests_need(tmp_path):
     import tarfile
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.so", "build",
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".venv-*", "__pycache__", "*.so", "build",
                                                                 "*.egg-info", ".pytest_cache", "pspy-init"))
     proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp_path / "dist"), str(source)],
                           capture_output=True, text=True)
@@ -60,7 +60,7 @@ def test_the_sdist_holds_what_its_tests_need(tmp_path):
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
     for needed in ("LICENSE", "README.md", "tests/conftest.py", "tests/test_analyze.py", "tests/apps/flaky/flaky.py",
                    "examples/zoobank/app.py", "examples/microblog/app.py", "docs/analyze.schema.json",
-                   "scripts/test.sh", "scripts/setup.sh", "pspy/_native/init.c", "pspy/_native/spawn.c",
+                   "scripts/test.sh", "scripts/setup.sh", "scripts/other-pythons.sh", "pspy/_native/init.c", "pspy/_native/spawn.c",
                    "pspy/seccomp/profiles/default.json"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
