@@ -41,4 +41,7 @@ class BuildExtAndInit(build_ext):
             yield self._init_paths()
 
 
-setup(cffi_modules=["pspy/_native/build.py:ffibuilder"], cmdclass={"build_ext": BuildExtAndInit})
+# The helper is built for CPython's stable ABI (cffi's default), so one wheel
+# serves every supported CPython: tag it cp311-abi3.
+setup(cffi_modules=["pspy/_native/build.py:ffibuilder"], cmdclass={"build_ext": BuildExtAndInit},
+      options={"bdist_wheel": {"py_limited_api": "cp311"}})

@@ -2,6 +2,7 @@
 pspy needs at run time, data files included (not only the .py files)."""
 
 import glob
+import re
 import os
 import shutil
 import subprocess
@@ -64,3 +65,38 @@ def test_the_sdist_holds_what_its_tests_need(tmp_path):
                    "pspy/seccomp/profiles/default.json"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".so", ".pyc")) or "__pycache__" in n]
+
+
+def test_the_wheel_is_manylinux_abi3_and_carries_its_own_libseccomp(tmp_path):
+
+    dist = tmp_path / "dist"
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "wheel.sh"), str(dist)], capture_output=True,
+                          text=True, env=dict(os.environ, PY=sys.executable), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = glob.glob(str(dist / "*.whl"))
+    # One wheel for every supported CPython, accepted by auditwheel as manylinux.
+    assert re.fullmatch(r"pspy_privsep-[\w.]+-cp311-abi3-manylinux_2_\d+_x86_64\.whl", os.path.basename(wheel)), wheel
+    bin_dir = os.path.dirname(sys.executable)
+    shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", wheel], capture_output=True, text=True,
+                           env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert shown.returncode == 0 and re.search(r'consistent\s+with\s+the\s+following\s+platform\s+tag:\s+"manylinux_2_\d+_x86_64"',
+                                               shown.stdout), shown.stdout + shown.stderr
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    (vendored,) = glob.glob(str(unpacked / "pspy_privsep.libs" / "libseccomp-*.so*"))
+    # Loaded from the unpacked wheel, the helper uses that copy, not the system's.
+    probe = ("import pspy, pspy._native\n"
+             "from pspy import seccomp\n"
+             "program = seccomp.compile_bpf(seccomp.read_profile(seccomp.shipped_path('default')))\n"
+             "maps = {line.split()[-1] for line in open('/proc/self/maps') if 'libseccomp' in line}\n"
+             "print(pspy.__file__); print(len(program)); print(*sorted(maps))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(unpacked)))
+    assert proc.returncode == 0, proc.stderr
+    where, length, maps = proc.stdout.splitlines()
+    assert where.startswith(str(unpacked)) and int(length) > 0
+    assert maps == os.path.realpath(vendored), maps
+    # control: the helper built in the tree links the system's libseccomp
+    proc = subprocess.run([sys.executable, "-c", probe.replace("print(pspy.__file__); ", "")], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0 and "pspy_privsep.libs" not in proc.stdout and "libseccomp" in proc.stdout, proc
