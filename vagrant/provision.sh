@@ -9,4 +9,6 @@ WORK=/root/pspy
 rm -rf "$WORK"
 cp -a "$SRC" "$WORK"
 cd "$WORK"
-exec bash scripts/test.sh
+# PSPY_TEST_ARGS (from the Vagrantfile): pytest arguments, split on spaces.
+# shellcheck disable=SC2086
+exec bash scripts/test.sh ${PSPY_TEST_ARGS:-}
