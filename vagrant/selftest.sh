@@ -26,6 +26,7 @@
 # or marker file lands in it; vagrant's state (VAGRANT_HOME) lives there too.
 # Exit status: vagrant up's (then vagrant provision's, with --reprovision).
 set -euo pipefail
+{ # parsed whole before it runs, so editing this file during a run is harmless
 
 BOX_NAME=pspy-selftest-bookworm
 BOX_FILE=$BOX_NAME.box
@@ -289,9 +290,10 @@ fi
 # prints its banner. If not, the VM runs on QEMU's emulation (TCG): slower.
 kvm_boots_the_kernel() {
     tar -xOf "$BOX_PATH" vmlinuz >"$WORK/probe-vmlinuz"
-    timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -display none -no-reboot \
+    # (in a subshell: its "Aborted" notice, when QEMU aborts, goes nowhere)
+    (timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -display none -no-reboot \
         -serial "file:$WORK/probe.log" -kernel "$WORK/probe-vmlinuz" \
-        -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1" >"$WORK/probe.err" 2>&1 || true
+        -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1" >"$WORK/probe.err" 2>&1) 2>/dev/null || true
     grep -q "Linux version" "$WORK/probe.log" 2>/dev/null
 }
 case "$ACCEL" in
@@ -391,3 +393,4 @@ if [ "$REPROVISION" = 1 ] && [ "$status" -eq 0 ]; then
     fi
 fi
 exit "$status"
+}
