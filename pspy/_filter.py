@@ -90,8 +90,9 @@ def start_reporter(stream, denial_errno: int, app_dir: str, tkill_allowed: bool 
         fcntl.fcntl(w, F_SETPIPE_SZ, 1 << 20)
     except OSError:
         pass
+    # The helper's argument: 0, CPython's dumper; -1, no stack; else faulthandler's signal.
     how = stack_source(tkill_allowed)
-    stack_signal = {"dumper": 0, "none": -1}.get(how)
+    stack_signal = 0 if how == "dumper" else -1
     if how == "signal":
         import faulthandler
         import signal
@@ -102,16 +103,16 @@ def start_reporter(stream, denial_errno: int, app_dir: str, tkill_allowed: bool 
     threading.Thread(target=_report, args=(r, stream, app_dir), name="pspy-seccomp-report", daemon=True).start()
 
 
-def stack_source(tkill_allowed: bool, *, dumper: bool | None = None) -> str:
+def stack_source(tkill_allowed: bool) -> str:
     """Where a denial record's Python stack comes from: "dumper" (CPython's
     _Py_DumpTraceback, exported up to 3.12), "signal" (faulthandler, when
     the filter lets a thread signal itself), or "none"."""
-    if dumper is None:
-        from ._native import lib
-        dumper = bool(lib.pspy_traceback_available())
     if force_stack_source is not None:
         return force_stack_source
-    return "dumper" if dumper else "signal" if tkill_allowed else "none"
+    from ._native import lib
+    if lib.pspy_traceback_available():
+        return "dumper"
+    return "signal" if tkill_allowed else "none"
 
 
 # Tests set this to try each way on any CPython.

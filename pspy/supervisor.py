@@ -347,8 +347,8 @@ class Supervisor:
                 self._pump(0.05, logs_only=True)
             self._drain_log(child.active)
             if proc.poll() is None and front.seccomp and principal_seccomp_mode(self.plan, proc) == 0:
-                raise SandboxError(f"the front end {front.name} ({' '.join(front.argv)}) runs without its seccomp filter "
-                                   "(a command that skips pspy's sitecustomize, such as python -I or -S?); "
+                raise SandboxError(f"the front end {front.name} ({' '.join(front.argv)}) runs without its "
+                                   "seccomp filter (a command that skips pspy's sitecustomize, such as python -I or -S?); "
                                    "refusing to run it unfiltered")
             if proc.poll() is not None:
                 raise SandboxError(f"the front end {front.name} ({' '.join(front.argv)}) "

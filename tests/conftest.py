@@ -241,9 +241,25 @@ def bootstrap_rootless(user, app_source, name, *extra, env=None):
     return jail
 
 
-def provider_pid(jail, name):
-    """The pid of the provider's own process (in namespace mode, the child of its PID 1)."""
-    state = json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))
-    pid = state["principals"][name]["pid"]
+def run_state(jail):
+    """The supervisor's state file of a bootstrapped jail."""
+    with open(os.path.join(jail, ".pspy", "run", "state.json")) as f:
+        return json.load(f)
+
+
+def own_process(pid):
+    """A principal's own process for the pid pspy records: in namespace mode,
+    the child of that PID 1 (pspy-init); in chroot mode, the pid itself."""
     kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
     return int(kids[0]) if kids and "pspy-init" in open(f"/proc/{pid}/cmdline").read() else pid
+
+
+def provider_pid(jail, name):
+    """The pid of the provider's own process (in namespace mode, the child of its PID 1)."""
+    return own_process(run_state(jail)["principals"][name]["pid"])
+
+
+def status_rows(jail):
+    """``pspy status --format json``, per principal name."""
+    return {r["name"]: r for r in json.loads(pspy("status", "--jail", jail, "--format", "json",
+                                                  check=True).stdout)["principals"]}

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO, RUN_AS, probe, provider_pid, pspy, rootless_copy
+from conftest import OUTCOME, REPO, RUN_AS, own_process, probe, provider_pid, pspy, rootless_copy, run_state, status_rows
 
 pytestmark = pytest.mark.root
 
@@ -172,10 +172,6 @@ def test_a_spinning_principal_is_killed_at_cpu_seconds(jail):
 
 
 def test_the_ready_copy_waits_under_the_same_limits_and_cgroups_as_the_serving_copy(jail):
-    def own(pid):   # namespace mode: the child of the copy's PID 1
-        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        return int(kids[0]) if kids and "pspy-init" in open(f"/proc/{pid}/cmdline").read() else pid
-
     def limits_and_cgroups(pid):
         limits = [line for line in open(f"/proc/{pid}/limits") if line.startswith("Max ")]
         lines = open(f"/proc/{pid}/cgroup").read().splitlines()
@@ -184,35 +180,29 @@ def test_the_ready_copy_waits_under_the_same_limits_and_cgroups_as_the_serving_c
         return limits, cgroups or [line for line in lines if line.startswith("0::")]   # v2 alone
 
     deadline = time.monotonic() + 20
-    while not (state := _state(jail["jail"]))["principals"]["Hog"].get("spare_ready"):
+    while not (state := run_state(jail["jail"]))["principals"]["Hog"].get("spare_ready"):
         assert time.monotonic() < deadline, "Hog's ready copy did not become ready"
         time.sleep(0.1)
     hog, free = state["principals"]["Hog"], state["principals"]["Free"]
-    serving, spare = own(hog["pid"]), own(hog["spare_pid"])
+    serving, spare = own_process(hog["pid"]), own_process(hog["spare_pid"])
     assert serving != spare
     assert limits_and_cgroups(spare) == limits_and_cgroups(serving)
     limits, cgroups = limits_and_cgroups(spare)
     assert any(line.startswith("Max open files") and line.split()[3] == "32" for line in limits), limits
     assert all("Hog" in line for line in cgroups) and cgroups, cgroups
     # control: Free's copies have neither its limits nor its cgroups
-    assert limits_and_cgroups(own(free["pid"])) != (limits, cgroups)
-
-
-def _state(jail):
-    with open(os.path.join(jail, ".pspy", "run", "state.json")) as f:
-        return json.load(f)
+    assert limits_and_cgroups(own_process(free["pid"])) != (limits, cgroups)
 
 
 def test_a_provider_past_its_cpu_seconds_is_killed_and_status_says_which_limit(jail):
-    from conftest import OUTCOME
-    before = _status_rows(jail["jail"])
+    before = status_rows(jail["jail"])
     assert before["Hog"]["last_exit"] is None and before["Hog"]["running"]
     # Control first: a call that does not spin is answered.
     call = OUTCOME + "import pspy, hog\nprint(json.dumps(outcome(hog.{})))"
     assert probe(jail["jail"], "Free", call.format("pid"))[0] == "ok"
     assert probe(jail["jail"], "Free", call.format("spin"))[0] == "CallInterrupted"
     deadline = time.monotonic() + 20
-    while (hog := _status_rows(jail["jail"])["Hog"])["last_exit"] is None or not hog["answers"]:
+    while (hog := status_rows(jail["jail"])["Hog"])["last_exit"] is None or not hog["answers"]:
         assert time.monotonic() < deadline, hog
         time.sleep(0.1)
     assert hog["last_exit"]["reason"] == "was killed by SIGXCPU (its cpu_seconds limit)", hog
@@ -223,12 +213,7 @@ def test_a_provider_past_its_cpu_seconds_is_killed_and_status_says_which_limit(j
     assert f"uid {hog['uid']} gid {hog['gid']}" in line and f"pid {hog['pid']} up " in line, line
     assert "1 restart, last was killed by SIGXCPU (its cpu_seconds limit)" in line and line.endswith(", answers")
     assert os.path.exists(f"/proc/{hog['pid']}") and 0 <= hog["uptime_s"] < 20, hog
-    assert _status_rows(jail["jail"])["Free"]["last_exit"] is None   # control: Free was not touched
-
-
-def _status_rows(jail):
-    return {r["name"]: r for r in json.loads(pspy("status", "--jail", jail, "--format", "json",
-                                                  check=True).stdout)["principals"]}
+    assert status_rows(jail["jail"])["Free"]["last_exit"] is None   # control: Free was not touched
 
 
 def test_a_principal_cannot_raise_its_limits(jail):

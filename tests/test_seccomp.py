@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ATTEMPT, OUTCOME, REPO, probe, pspy, seccomp_modes, write_app
+from conftest import ATTEMPT, OUTCOME, REPO, probe, pspy, seccomp_modes, status_rows, write_app
 from pspy import _native, seccomp
 from pspy.seccomp import SeccompError
 
@@ -274,8 +274,7 @@ def test_with_default_action_kill_a_denied_call_kills_the_provider(jail):
         assert time.monotonic() < deadline, "Killer did not come back"
         time.sleep(0.2)
     # pspy status says why it ended; Guard, whose denials are errors, never did.
-    rows = {r["name"]: r for r in json.loads(pspy("status", "--jail", jail, "--format", "json",
-                                                  check=True).stdout)["principals"]}
+    rows = status_rows(jail)
     assert rows["Killer"]["last_exit"]["reason"] == "was killed by SIGSYS (its seccomp filter)", rows["Killer"]
     assert rows["Killer"]["restarts"] >= 1 and rows["Killer"]["answers"] is True
     assert rows["Guard"]["last_exit"] is None and rows["Guard"]["restarts"] == 0

@@ -59,8 +59,7 @@ def test_every_error_response_says_whether_the_transfer_may_have_been_applied(tr
     assert transfer_failing(exc) == (status, {"error": message, "outcome": outcome})
 
 
-def test_a_transfer_that_succeeds_and_flasks_own_errors_keep_their_answers(zoobank, transfer_failing,
-                                                                            monkeypatch):
+def test_a_transfer_that_succeeds_and_flasks_own_errors_keep_their_answers(zoobank, monkeypatch):
     monkeypatch.setattr(zoobank.auth, "user_for_token", lambda token: "alice")
     monkeypatch.setattr(zoobank.bank, "transfer", lambda *args: 9)
     client = zoobank.app.test_client()
