@@ -92,11 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     le.add_argument("--jail", help=f"jail folder (default: pspy.toml's, else {DEFAULT_JAIL})")
     le.add_argument("--namespaces", action="store_true", help="learn in namespace mode")
 
-    x = sub.add_parser("export", help="print a principal's policy in a format other tools read",
-                       usage="pspy export seccomp PRINCIPAL [--jail DIR]")
-    x.add_argument("what", choices=("seccomp",), metavar="seccomp", help="what to export (seccomp)")
-    x.add_argument("principal")
-    x.add_argument("--jail", default=DEFAULT_JAIL)
+    from .export import FORMATS
+    x = sub.add_parser("export", help="a principal's policy in a format other tools read (seccomp, systemd, "
+                                      "kubernetes)", usage="pspy export {seccomp,systemd,kubernetes} ...")
+    xs = x.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    for module in FORMATS.values():
+        module.add_parser(xs)
     return parser
 
 
@@ -248,17 +249,8 @@ def _dispatch(args, tail: list[str]) -> int:
         return 0
 
     if args.command == "export":
-        plan = Plan.load(os.path.abspath(args.jail))
-        policy = plan.principal(args.principal).seccomp
-        if policy and policy.get("learn"):
-            raise PspyError(f"{plan.jail} was bootstrapped by pspy learn: {args.principal} has no policy to export; "
-                            "bootstrap it with the learned profiles first")
-        if not policy:
-            raise PspyError(f"{args.principal} runs without a seccomp filter (seccomp='none'); nothing to export")
-        # The compiled policy, for this machine's architecture: docker run
-        # --security-opt seccomp=FILE reads it as it is.
-        sys.stdout.write(json.dumps(policy["profile"], indent=2) + "\n")
-        return 0
+        from .export import FORMATS
+        return FORMATS[args.format].run(args)
 
     if os.geteuid() == 0:
         from .errors import JailError
