@@ -30,6 +30,7 @@ ENV_CALLER_FDS = "PSPY_CALLER_FDS"  # rootless: "fd=caller,..." one listening so
 ENV_SECCOMP = "PSPY_SECCOMP"      # "none": the plan gives the principal no filter (sitecustomize skips the plan)
 ENV_CONTROL_FD = "PSPY_CONTROL_FD"  # a copy started ahead: says "ready", serves once told "go" (supervisor.py)
 CONTROL_READY, CONTROL_GO = b"ready", b"go"
+SD_LISTEN_FDS_START = 3   # systemd's socket activation hands its sockets over from this fd on
 
 _current: "Runtime | None" = None
 _current_lock = threading.Lock()
@@ -199,16 +200,20 @@ def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
     return endpoints
 
 
-def listening_fds(env) -> list[tuple[int, str | None]]:
+def listening_fds(env, pid: int | None = None) -> list[tuple[int, str | None]]:
     """The listening sockets the supervisor handed over, from the environment:
     (fd, None) for the provider's main socket, then (fd, caller) for each
-    caller's own (rootless)."""
+    caller's own (rootless). Started by systemd (pspy export systemd), the
+    socket comes by socket activation instead: LISTEN_FDS sockets from fd 3,
+    meant for this process only if LISTEN_PID is its pid (sd_listen_fds(3))."""
     out: list[tuple[int, str | None]] = []
     if env.get(ENV_LISTEN_FD) is not None:
         out.append((int(env[ENV_LISTEN_FD]), None))
         for item in filter(None, env.get(ENV_CALLER_FDS, "").split(",")):
             fd, _, caller = item.partition("=")
             out.append((int(fd), caller))
+    elif env.get("LISTEN_FDS") and env.get("LISTEN_PID") == str(os.getpid() if pid is None else pid):
+        out.extend((SD_LISTEN_FDS_START + i, None) for i in range(int(env["LISTEN_FDS"])))
     return out
 
 
