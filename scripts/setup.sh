@@ -9,6 +9,9 @@ APT_PACKAGES="gcc libcap-dev libseccomp-dev python3-dev python3-venv"
 # graphviz and vagrant: the tests render pspy analyze --format dot, and
 # validate vagrant/Vagrantfile.
 case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz vagrant" ;; esac
+# systemd and systemd-container: the tests check exported units with
+# systemd-analyze and run them under a systemd that systemd-nspawn boots.
+case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES systemd systemd-container" ;; esac
 
 missing=""
 for pkg in $APT_PACKAGES; do
