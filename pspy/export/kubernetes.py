@@ -108,8 +108,8 @@ def run(args) -> int:
     write(export, plan.app_source, out)
     for w in export.warnings:
         print(f"pspy: warning: {w}")
-    print(f"pspy: wrote {out}: build the image {image} from it, install the seccomp profiles, then "
-          f"kubectl apply -f {os.path.join(out, 'kubernetes')}/ (its README.md says how)")
+    print(f"pspy: wrote {out}: build the image {image} there, install the seccomp profiles on the nodes, "
+          f"then apply the manifests; {os.path.join(out, 'README.md')} gives the commands")
     return 0
 
 
@@ -347,6 +347,11 @@ def build(plan: Plan, app_root: str, *, image: str, replicas: int = 1, allow_egr
                                  for vol in own]}
 
     seeds = [s for s in (seed(p) for p in plan.principals) if s is not None]
+    taken = [c["name"] for c in seeds] + [names[p.name] for p in plan.principals]
+    clashes = sorted({n for n in taken if taken.count(n) > 1})
+    if clashes:
+        raise ConfigError(f"two containers would be named {', '.join(clashes)} (a principal's own and another's "
+                          "seed-<principal> init container); rename the principal")
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": app, "labels": dict(labels),
@@ -523,7 +528,7 @@ name it), and a network plugin that enforces NetworkPolicy for the egress rule t
 Profiles: {', '.join(profiles) or 'none'}. Data lives in emptyDir volumes: it lasts as long as the pod, and
 each replica has its own. For data that outlives the pod, replace a `data-*` volume by a
 PersistentVolumeClaim (one replica, or storage that several nodes may mount). What the export carries
-over from pspy's own supervisor, and what it does not: pspy's README, "Kubernetes".
+over from pspy's own supervisor, and what it does not: docs/kubernetes.md in pspy's source.
 """
 
 
