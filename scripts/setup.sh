@@ -12,6 +12,9 @@ case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz 
 # systemd and systemd-container: the tests check exported units with
 # systemd-analyze and run them under a systemd that systemd-nspawn boots.
 case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES systemd systemd-container" ;; esac
+# runc: the tests run the pod pspy export kubernetes writes, each container
+# with the OCI runtime that containerd and CRI-O run containers with.
+case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES runc" ;; esac
 
 missing=""
 for pkg in $APT_PACKAGES; do

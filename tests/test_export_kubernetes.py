@@ -407,4 +407,4 @@ def test_in_a_pod_callers_are_known_by_uid_across_containers(apps, tmp_path):
     # Store's data through StoreGroup: readable; not writable (its bits, and a read-only mount under them).
     assert reports["read"] == ["ok", "hello\n"] and reports["write"][1] in (errno.EACCES, errno.EROFS)
     assert store["inet"] == ["PermissionError", errno.EPERM] and store["unix"][0] == "ok"
-    assert "Max open files            64" in result["sidecars"]["store"]   # pspy.export.container's rlimit
+    assert "Max open files            64" in result["limits"]["store"]   # pspy.export.container's rlimit
