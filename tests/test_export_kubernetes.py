@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -300,6 +302,8 @@ def _image(app_out, top):
         shutil.copy(f"/etc/{name}", os.path.join(image, "etc", name))
     with open(os.path.join(image, ".pspy", "plan.json")) as f:
         plan = Plan.from_dict(json.load(f))
+    if plan.script:   # RUN python -s SCRIPT, in /app, as root
+        subprocess.run([sys.executable, "-s", plan.script], cwd=os.path.join(image, "app"), check=True)
     prepare(plan, os.path.join(image, "app"), os.path.join(image, ".pspy", "seed"), os.path.join(image, "etc"),
             say=lambda _: None)
     return image, plan
@@ -408,3 +412,32 @@ def test_in_a_pod_callers_are_known_by_uid_across_containers(apps, tmp_path):
     assert reports["read"] == ["ok", "hello\n"] and reports["write"][1] in (errno.EACCES, errno.EROFS)
     assert store["inet"] == ["PermissionError", errno.EPERM] and store["unix"][0] == "ok"
     assert "Max open files            64" in result["limits"]["store"]   # pspy.export.container's rlimit
+
+
+ZOOBANK_PROBE = PEER + """
+import auth, bank
+a = auth.Auth()
+alice = a.register("alice", "pw")
+bank.new_account("alice")
+a.register("bob", "pw")
+bank.new_account("bob")
+attempt("transfer", lambda: bank.transfer("alice", "bob", 3, alice))     # Bank asks Auth: container to container
+attempt("forged", lambda: bank.transfer("alice", "bob", 1, "not-a-token"))
+attempt("balances", lambda: [bank.balance("alice"), bank.balance("bob")])
+attempt("bank_db", lambda: open("/app/db/bank/bank.db", "rb").close())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.root
+def test_zoobank_runs_in_its_pod_with_its_set_up_scripts_databases(apps, tmp_path):
+    image, plan = _image(apps["zoobank"]["out"], tmp_path)
+    result = run_pod(apps["zoobank"]["docs"]["deployment"][0], image,
+                     os.path.join(apps["zoobank"]["out"], "seccomp"), str(tmp_path),
+                     [{"container": "web", "command": ["python", "-s", "-c", ZOOBANK_PROBE]}])
+    (probe,) = result["probes"]
+    assert probe["rc"] == 0, probe["stderr"]
+    web = json.loads(probe["stdout"].strip().splitlines()[-1])
+    assert web["transfer"] == ["ok", 7] and web["balances"] == ["ok", [7, 13]]
+    assert web["forged"][0] == "PermissionError"
+    assert web["bank_db"][0] == "FileNotFoundError"     # Bank's volume is not in web's view
