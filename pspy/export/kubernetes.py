@@ -222,10 +222,6 @@ class Export:
     installer: list[dict]        # the seccomp profiles' ConfigMap and the DaemonSet that installs them
     warnings: list[str]
 
-    @property
-    def manifests(self) -> list[dict]:
-        return [self.deployment, self.network_policy, *self.installer]
-
 
 def profile_file(app: str, label: str) -> str:
     return f"{app}-{label}.json"
