@@ -7,8 +7,12 @@ PYTHON="${PYTHON:-python3}"
 # helper; python3-dev/venv: headers and venv for Debian's own python3.
 APT_PACKAGES="gcc libcap-dev libseccomp-dev python3-dev python3-venv"
 # graphviz and vagrant: the tests render pspy analyze --format dot, and
-# validate vagrant/Vagrantfile.
-case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz vagrant" ;; esac
+# validate vagrant/Vagrantfile; golang-github-containers-common (Debian 12's
+# name for containers-common): Podman's default seccomp profile, which the
+# tests load as a principal's.
+case ",${PSPY_EXTRAS:-test}," in
+    *,test,*) APT_PACKAGES="$APT_PACKAGES graphviz vagrant golang-github-containers-common" ;;
+esac
 # systemd and systemd-container: the tests check exported units with
 # systemd-analyze and run them under a systemd that systemd-nspawn boots.
 case ",${PSPY_EXTRAS:-test}," in *,test,*) APT_PACKAGES="$APT_PACKAGES systemd systemd-container" ;; esac

@@ -10,8 +10,8 @@ import errno
 import json
 import os
 
-from .profiles import (DEFAULT_FRONT_END, DEFAULT_PROVIDER, NONE, SHIPPED, SeccompError, native_arch, read_profile,
-                       rules, shipped_path)
+from .profiles import (DEFAULT_FRONT_END, DEFAULT_PROVIDER, NONE, SHIPPED, SeccompError, errno_of, ignored_fields,
+                       native_arch, read_profile, rules, shipped_path)
 
 # Every rule pspy adds or changes, for the README and analyze.
 DERIVATIONS = {
@@ -28,6 +28,11 @@ DERIVATIONS = {
              "and clone3() fails with ENOSYS (its flags are out of a filter's reach; glibc falls back "
              "to clone, which an allowed clone3 brings along)",
     "default action": "'errno' fails with EPERM (1), 'kill' kills the process, 'log' allows and logs",
+    "other architectures": "a profile's entries for other architectures (includes/excludes arches) and names that "
+                           "are syscalls of other architectures only apply only there: left out here",
+    "conditions": "entries are applied as Docker and Podman would for a process without capabilities on this "
+                  "kernel: those needing capabilities (includes.caps) are left out, those left out for holders "
+                  "of capabilities (excludes.caps) apply, minKernel is compared with this kernel",
 }
 
 INLINE_ACTIONS = {"errno": "SCMP_ACT_ERRNO", "kill": "SCMP_ACT_KILL_PROCESS", "log": "SCMP_ACT_LOG"}
@@ -65,7 +70,16 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     else:
         raise SeccompError(f"seccomp={spec!r} at {where}: expected one of {', '.join(map(repr, SHIPPED))}, 'none', "
                            "a .json profile in the app, or a dict {allow, deny, default_action}")
-    resolved = rules(profile, label)
+    skipped: dict[str, set[str]] = {}
+    resolved = rules(profile, label, skipped)
+    for kind in ("other architectures", "conditions"):
+        if skipped.get(kind):
+            names = sorted(skipped[kind])
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            derived.append(f"{DERIVATIONS[kind]}: {shown}")
+    ignored = ignored_fields(profile)
+    if ignored:
+        derived.append(f"fields of the profile pspy does not act on, ignored: {', '.join(f for f, _ in ignored)}")
     resolved, note = _no_namespace_clones(resolved)
     if note:
         derived.append(note)
@@ -76,7 +90,7 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     arch_name, _ = native_arch()
     out = {"defaultAction": profile["defaultAction"], "architectures": [arch_name], "syscalls": _group(resolved)}
     if profile["defaultAction"] == "SCMP_ACT_ERRNO":
-        out["defaultErrnoRet"] = profile.get("defaultErrnoRet", errno.EPERM)
+        out["defaultErrnoRet"] = errno_of(profile, "defaultErrnoRet", "defaultErrno") or errno.EPERM
     derived.append(DERIVATIONS["other ABIs"])
     return {"source": source, "derived": derived, "profile": out}
 
