@@ -29,7 +29,7 @@ ffibuilder.cdef("""
     #define PSPY_MAX_SLOTS ...
     struct pspy_op { int kind; int slot; const char *source; const char *target; const char *fstype;
                      const char *data; unsigned long flags; unsigned int mode; };
-    struct pspy_rlimit { int resource; unsigned long long soft; unsigned long long hard; };
+    struct pspy_rlimit { int resource; unsigned long long soft; unsigned long long hard; const char *name; };
     struct pspy_spawn {
         int rootless; int userns_fd; int template_fd; int ns_flags; const char *hostname;
         const unsigned char *netlink; size_t netlink_len; int proc_fd; int supervisor_pidfd;
@@ -37,11 +37,13 @@ ffibuilder.cdef("""
         unsigned int uid; unsigned int gid; const unsigned int *groups; int n_groups; int last_cap;
         const char *cwd; const char *init_name; char *const *argv; char *const *envp; const char *path;
         int stdio[3]; const int *keep; int n_keep; int init_exe_fd;
-        const struct pspy_rlimit *rlimits; int n_rlimits;
+        const struct pspy_rlimit *rlimits; int n_rlimits; const char *keyring_warning;
         int init_pid; unsigned long long pidns; int err; char step[512]; int p_err; char p_step[512]; int exec_err;
+        int keyring_kept;
         ...;
     };
     int pspy_spawn(struct pspy_spawn *spec);
+    int pspy_keyring_unreachable(void);
 
     #define CLONE_NEWNS ...
     #define CLONE_NEWUTS ...

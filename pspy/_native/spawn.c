@@ -98,32 +98,37 @@ static void format_int(char *out, size_t size, long value) {
 
 /* Record what failed (the first failure wins); returns -1. */
 static int fail_into(int *err, char *step, size_t size, const char *a, const char *b, const char *c,
-                     const char *d) {
-    int e = errno ? errno : EINVAL;
+                     const char *d, const char *e) {
+    int saved = errno ? errno : EINVAL;
     if (*err == 0) {
         step[0] = '\0';
         append(step, size, a);
         append(step, size, b);
         append(step, size, c);
         append(step, size, d);
-        *err = e;
+        append(step, size, e);
+        *err = saved;
     }
     return -1;
 }
 
-#define FAIL(s, a, b, c, d) fail_into(&(s)->err, (s)->step, sizeof (s)->step, a, b, c, d)
-#define PFAIL(s, a, b, c, d) fail_into(&(s)->p_err, (s)->p_step, sizeof (s)->p_step, a, b, c, d)
+#define FAIL(s, a, b, c, d) fail_into(&(s)->err, (s)->step, sizeof (s)->step, a, b, c, d, "")
+#define FAIL5(s, a, b, c, d, e) fail_into(&(s)->err, (s)->step, sizeof (s)->step, a, b, c, d, e)
+#define PFAIL(s, a, b, c, d) fail_into(&(s)->p_err, (s)->p_step, sizeof (s)->p_step, a, b, c, d, "")
 
 static char *stack_top(struct pspy_spawn *s, int which) {
     return s->stacks + (size_t) (which + 1) * (GUARD_SIZE + STACK_SIZE);
 }
+
+#define LOOPBACK_STEP "bringing up lo in the principal's network namespace (netlink RTM_NEWLINK)"
 
 /* Bring lo up in the new network namespace: send the RTM_NEWLINK request
  * pyroute2 encoded, and read the kernel's acknowledgement. */
 static int loopback_up(struct pspy_spawn *s) {
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0)
-        return FAIL(s, "open a netlink socket in the principal's network namespace", "", "", "");
+        return FAIL(s, "opening a netlink socket in the principal's network namespace (socket AF_NETLINK)",
+                    "", "", "");
     struct sockaddr_nl local;
     memset(&local, 0, sizeof local);
     local.nl_family = AF_NETLINK;
@@ -142,16 +147,16 @@ static int loopback_up(struct pspy_spawn *s) {
     close(fd);
     errno = saved;
     if (n < (ssize_t) (sizeof answer.header + sizeof (int)))
-        return FAIL(s, "bring up lo in the principal's network namespace", "", "", "");
+        return FAIL(s, LOOPBACK_STEP, "", "", "");
     if (answer.header.nlmsg_type != NLMSG_ERROR) {
         errno = EPROTO;
-        return FAIL(s, "bring up lo in the principal's network namespace", "", "", "");
+        return FAIL(s, LOOPBACK_STEP, "", "", "");
     }
     int code;
     memcpy(&code, answer.bytes + sizeof answer.header, sizeof code);
     if (code != 0) {
         errno = -code;
-        return FAIL(s, "bring up lo in the principal's network namespace", "", "", "");
+        return FAIL(s, LOOPBACK_STEP, "", "", "");
     }
     return 0;
 }
@@ -180,27 +185,27 @@ static int run_ops(struct pspy_spawn *s) {
         const struct pspy_op *op = &s->ops[i];
         if (op->kind == PSPY_OP_MOUNT) {
             if (mount(op->source, op->target, op->fstype, op->flags, op->data) != 0)
-                rc = FAIL(s, "mount ", op->fstype ? op->fstype : op->source, " on ", op->target);
+                rc = FAIL5(s, "mounting ", op->fstype ? op->fstype : op->source, " on ", op->target, " (mount)");
         } else if (op->kind == PSPY_OP_MKDIRS) {
             char path[4096];
             path[0] = '\0';
             append(path, sizeof path, op->target);
             if (mkdirs(path, op->mode) != 0)
-                rc = FAIL(s, "create the folder ", op->target, "", "");
+                rc = FAIL(s, "creating the folder ", op->target, " (mkdir)", "");
         } else if (op->kind == PSPY_OP_SAVE && op->slot >= 0 && op->slot < PSPY_MAX_SLOTS) {
             s->saved[op->slot] = open(op->target, O_PATH | O_CLOEXEC);
             if (s->saved[op->slot] < 0)
-                rc = FAIL(s, "open ", op->target, "", "");
+                rc = FAIL(s, "opening ", op->target, " (open)", "");
         } else if (op->kind == PSPY_OP_BIND_SAVED && op->slot >= 0 && op->slot < PSPY_MAX_SLOTS) {
             char source[64] = "/proc/self/fd/";
             char number[24];
             format_int(number, sizeof number, s->saved[op->slot]);
             append(source, sizeof source, number);
             if (mount(source, op->target, NULL, MS_BIND | MS_REC, NULL) != 0)
-                rc = FAIL(s, "bind-mount ", op->source, " onto ", op->target);
+                rc = FAIL5(s, "bind-mounting ", op->source, " onto ", op->target, " (mount MS_BIND)");
         } else {
             errno = EINVAL;
-            rc = FAIL(s, "run a mount step of unknown kind", "", "", "");
+            rc = FAIL(s, "running a mount step of unknown kind (mount)", "", "", "");
         }
     }
     for (int i = 0; i < PSPY_MAX_SLOTS; i++)
@@ -209,45 +214,74 @@ static int run_ops(struct pspy_spawn *s) {
     return rc;
 }
 
+int pspy_keyring_unreachable(void) {
+    int saved = errno;
+    /* Each call fails in the kernel on its arguments (a NULL type is
+       EFAULT; the session keyring's id is an answer): only a filter says
+       EPERM or ENOSYS before the kernel looks (or a kernel without keys). */
+#define DENIED(call) ((call) < 0 && (errno == EPERM || errno == ENOSYS))
+    int all = DENIED(syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* KEY_SPEC_SESSION_KEYRING */, 0))
+        && DENIED(syscall(SYS_add_key, (char *) 0, (char *) 0, (void *) 0, (size_t) 0, 0))
+        && DENIED(syscall(SYS_request_key, (char *) 0, (char *) 0, (char *) 0, 0));
+#undef DENIED
+    errno = saved;
+    return all;
+}
+
 /* Become the principal and keep nothing (see the top of this file). */
 static int drop(struct pspy_spawn *s, int *err, char *step, size_t size) {
+    char id[24];
     if (!s->rootless && setns(s->userns_fd, CLONE_NEWUSER) != 0)
-        return fail_into(err, step, size, "join the app's user namespace", "", "", "");
+        return fail_into(err, step, size, "joining the app's user namespace (setns CLONE_NEWUSER)", "", "", "", "");
     /* Joining a user namespace refills the bounding set: emptied with the
        CAP_SETPCAP the join gives, before the uid changes. */
     for (int cap = 0; cap <= s->last_cap; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0)
-            return fail_into(err, step, size, "empty the capability bounding set", "", "", "");
+            return fail_into(err, step, size, "emptying the capability bounding set (prctl PR_CAPBSET_DROP)",
+                             "", "", "", "");
     /* Rootless, setgroups is denied in the app's user namespace (the
        kernel's condition for mapping a gid without root), and a rootless
        plan has no supplementary groups. */
     if (!(s->rootless && s->n_groups == 0)
             && syscall(PSPY_SYS_SETGROUPS, (size_t) s->n_groups, (const gid_t *) s->groups) != 0)
-        return fail_into(err, step, size, "set the supplementary groups", "", "", "");
-    if (syscall(PSPY_SYS_SETRESGID, s->gid, s->gid, s->gid) != 0
-            || syscall(PSPY_SYS_SETRESUID, s->uid, s->uid, s->uid) != 0)
-        return fail_into(err, step, size, "change to the principal's uid and gid", "", "", "");
+        return fail_into(err, step, size, "setting the supplementary groups (setgroups)", "", "", "", "");
+    format_int(id, sizeof id, (long) s->gid);
+    if (syscall(PSPY_SYS_SETRESGID, s->gid, s->gid, s->gid) != 0)
+        return fail_into(err, step, size, "changing to gid ", id, " (setresgid)", "", "");
+    format_int(id, sizeof id, (long) s->uid);
+    if (syscall(PSPY_SYS_SETRESUID, s->uid, s->uid, s->uid) != 0)
+        return fail_into(err, step, size, "changing to uid ", id, " (setresuid)", "", "");
     if (getuid() != s->uid || geteuid() != s->uid || getgid() != s->gid) {
         errno = EPERM;
-        return fail_into(err, step, size, "change to the principal's uid and gid (they did not change)",
-                         "", "", "");
+        return fail_into(err, step, size, "changing to uid ", id, " (setresuid: the ids did not change)", "", "");
     }
-    /* A new, empty session keyring: whoever started the app may hold keys. */
-    if (syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, (char *) 0) < 0)
-        return fail_into(err, step, size, "join a new session keyring", "", "", "");
+    /* A new, empty session keyring: whoever started the app may hold keys.
+       Where keyctl is denied (a container's seccomp profile), the inherited
+       one stays only if no keyring call reaches the kernel: the filter that
+       denies them cannot be shed, so the principal cannot reach it either. */
+    if (syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, (char *) 0) < 0) {
+        int saved = errno;
+        if ((saved == EPERM || saved == ENOSYS) && pspy_keyring_unreachable()) {
+            s->keyring_kept = 1;
+        } else {
+            errno = saved;
+            return fail_into(err, step, size, "joining a fresh session keyring (keyctl KEYCTL_JOIN_SESSION_KEYRING)",
+                             "", "", "", "");
+        }
+    }
     struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &header, data) != 0)
-        return fail_into(err, step, size, "clear all capabilities", "", "", "");
+        return fail_into(err, step, size, "clearing all capabilities (capset)", "", "", "", "");
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
-        return fail_into(err, step, size, "clear the ambient capabilities", "", "", "");
+        return fail_into(err, step, size, "clearing the ambient capabilities (prctl PR_CAP_AMBIENT)", "", "", "", "");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        return fail_into(err, step, size, "set no_new_privs", "", "", "");
+        return fail_into(err, step, size, "setting no_new_privs (prctl PR_SET_NO_NEW_PRIVS)", "", "", "", "");
     umask(077);
     /* After the id change, which clears it. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        return fail_into(err, step, size, "set the parent-death signal", "", "", "");
+        return fail_into(err, step, size, "arming the parent-death signal (prctl PR_SET_PDEATHSIG)", "", "", "", "");
     return 0;
 }
 
@@ -351,7 +385,7 @@ static int principal_main(void *arg) {
         _exit(125);
     close(s->go[0]);
     if (chdir(s->cwd) != 0) {
-        PFAIL(s, "change into ", s->cwd, "", "");
+        PFAIL(s, "changing into ", s->cwd, " (chdir)", "");
         _exit(125);
     }
     if (drop(s, &s->p_err, s->p_step, sizeof s->p_step) != 0)
@@ -359,20 +393,26 @@ static int principal_main(void *arg) {
     if (getppid() != 1)
         _exit(125);
     if (place_fds(s->stdio, 3, s->keep, s->n_keep, s->done[1]) != 0) {
-        PFAIL(s, "set up the principal's descriptors", "", "", "");
+        PFAIL(s, "placing the principal's descriptors (dup2)", "", "", "");
         _exit(125);
     }
     for (int i = 0; i < s->n_rlimits; i++) {
         struct rlimit limit = {(rlim_t) s->rlimits[i].soft, (rlim_t) s->rlimits[i].hard};
         if (setrlimit(s->rlimits[i].resource, &limit) != 0) {
-            PFAIL(s, "set the principal's resource limits (setrlimit)", "", "", "");
+            char soft[24];
+            format_int(soft, sizeof soft, (long) s->rlimits[i].soft);
+            fail_into(&s->p_err, s->p_step, sizeof s->p_step, "setting ",
+                      s->rlimits[i].name ? s->rlimits[i].name : "a resource limit", " to ", soft, " (setrlimit)");
             _exit(125);
         }
     }
+    /* On its own stderr, where its log is: what keeping the keyring means. */
+    if (s->keyring_kept && s->keyring_warning != NULL)
+        (void) !write(2, s->keyring_warning, strlen(s->keyring_warning));
     reset_signals();
     exec_command(s);
     s->exec_err = errno;
-    PFAIL(s, "run ", s->argv[0], " (", "the command of the principal)");
+    PFAIL(s, "running ", s->argv[0], ", the command of the principal (execve)", "");
     _exit(127);
 }
 
@@ -383,12 +423,12 @@ static int init_main(void *arg) {
     if (run_ops(s) != 0)
         _exit(125);
     if (pipe2(s->go, O_CLOEXEC) != 0) {
-        FAIL(s, "make a pipe", "", "", "");
+        FAIL(s, "making a pipe (pipe2)", "", "", "");
         _exit(125);
     }
     int child = clone(principal_main, stack_top(s, 2), CLONE_VM | SIGCHLD, s);
     if (child < 0) {
-        FAIL(s, "start the principal (clone)", "", "", "");
+        FAIL(s, "starting the principal (clone)", "", "", "");
         _exit(125);
     }
     close(s->go[0]);
@@ -399,7 +439,7 @@ static int init_main(void *arg) {
     struct pollfd supervisor = {s->supervisor_pidfd, POLLIN, 0};
     if (poll(&supervisor, 1, 0) != 0) {
         errno = ESRCH;
-        FAIL(s, "start (the supervisor is gone)", "", "", "");
+        FAIL(s, "starting the principal (poll: the supervisor is gone)", "", "", "");
         goto failed;
     }
     char pid_text[24], go_text[24];
@@ -408,11 +448,11 @@ static int init_main(void *arg) {
        reads the principal's output sees its end when the principal ends. */
     int want[5] = {-1, -1, s->stdio[2], s->go[1], s->init_exe_fd};
     if (place_fds(want, 5, NULL, 0, -1) != 0) {
-        FAIL(s, "set up PID 1's descriptors", "", "", "");
+        FAIL(s, "placing PID 1's descriptors (dup2)", "", "", "");
         goto failed;
     }
     if (fcntl(4, F_SETFD, FD_CLOEXEC) != 0) {
-        FAIL(s, "set up PID 1's descriptors", "", "", "");
+        FAIL(s, "placing PID 1's descriptors (dup2)", "", "", "");
         goto failed;
     }
     format_int(go_text, sizeof go_text, 3);
@@ -420,7 +460,7 @@ static int init_main(void *arg) {
     char *init_envp[] = {NULL};
     reset_signals();
     syscall(SYS_execveat, 4, "", init_argv, init_envp, AT_EMPTY_PATH);
-    FAIL(s, "run pspy-init as PID 1", "", "", "");
+    FAIL(s, "running pspy-init as PID 1 (execveat)", "", "", "");
 failed:
     kill(child, SIGKILL);
     _exit(125);
@@ -429,11 +469,11 @@ failed:
 static int launcher_main(void *arg) {
     struct pspy_spawn *s = arg;
     if (s->rootless && setns(s->userns_fd, CLONE_NEWUSER) != 0) {
-        FAIL(s, "join the app's user namespace", "", "", "");
+        FAIL(s, "joining the app's user namespace (setns CLONE_NEWUSER)", "", "", "");
         _exit(1);
     }
     if (setns(s->template_fd, CLONE_NEWNS) != 0) {
-        FAIL(s, "enter the principal's template mount namespace", "", "", "");
+        FAIL(s, "entering the principal's template mount namespace (setns CLONE_NEWNS)", "", "", "");
         _exit(1);
     }
     /* Into the principal's cgroups ("0": the writer itself) before the cgroup
@@ -441,16 +481,16 @@ static int launcher_main(void *arg) {
        PID 1 and the principal inherit it. */
     for (int i = 0; i < s->n_cgroup_fds; i++) {
         if (write(s->cgroup_fds[i], "0", 1) != 1) {
-            FAIL(s, "move the principal into its cgroup", "", "", "");
+            FAIL(s, "moving the principal into its cgroup (write to cgroup.procs)", "", "", "");
             _exit(1);
         }
     }
     if (unshare(s->ns_flags) != 0) {
-        FAIL(s, "make the principal's namespaces (unshare)", "", "", "");
+        FAIL(s, "making the principal's namespaces (unshare)", "", "", "");
         _exit(1);
     }
     if (s->hostname != NULL && sethostname(s->hostname, strlen(s->hostname)) != 0) {
-        FAIL(s, "set the host name ", s->hostname, "", "");
+        FAIL(s, "setting the host name ", s->hostname, " (sethostname)", "");
         _exit(1);
     }
     if (s->netlink != NULL && loopback_up(s) != 0)
@@ -458,12 +498,12 @@ static int launcher_main(void *arg) {
     /* done: end of file once PID 1 and the principal have both exec'd (or
        died); only then may the supervisor go on and free the stacks. */
     if (pipe2(s->done, O_CLOEXEC) != 0) {
-        FAIL(s, "make a pipe", "", "", "");
+        FAIL(s, "making a pipe (pipe2)", "", "", "");
         _exit(1);
     }
     int init = clone(init_main, stack_top(s, 1), CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, s);
     if (init < 0) {
-        FAIL(s, "start PID 1 of the principal's PID namespace (clone)", "", "", "");
+        FAIL(s, "starting PID 1 of the principal's PID namespace (clone)", "", "", "");
         _exit(1);
     }
     s->init_pid = init;
@@ -480,7 +520,7 @@ static int launcher_main(void *arg) {
 }
 
 int pspy_spawn(struct pspy_spawn *s) {
-    s->err = s->p_err = s->exec_err = 0;
+    s->err = s->p_err = s->exec_err = s->keyring_kept = 0;
     s->step[0] = s->p_step[0] = '\0';
     s->init_pid = 0;
     s->pidns = 0;
@@ -488,7 +528,7 @@ int pspy_spawn(struct pspy_spawn *s) {
     s->stacks = mmap(NULL, s->stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
                      -1, 0);
     if (s->stacks == MAP_FAILED) {
-        FAIL(s, "allocate the launcher's stacks", "", "", "");
+        FAIL(s, "allocating the launcher's stacks (mmap)", "", "", "");
         return -1;
     }
     for (int i = 0; i < 3; i++)
@@ -501,7 +541,7 @@ int pspy_spawn(struct pspy_spawn *s) {
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (launcher < 0) {
         errno = saved;
-        FAIL(s, "start the launcher (clone)", "", "", "");
+        FAIL(s, "starting the launcher (clone)", "", "", "");
     } else {
         int status = 0;
         while (waitpid(launcher, &status, __WALL) < 0 && errno == EINTR)
@@ -513,7 +553,7 @@ int pspy_spawn(struct pspy_spawn *s) {
             if (s->init_pid > 0)
                 kill(s->init_pid, SIGKILL);
             errno = WIFSIGNALED(status) ? EINTR : EPROTO;
-            FAIL(s, "start the principal (the launcher died before it finished)", "", "", "");
+            FAIL(s, "starting the principal (waitpid: the launcher died before it finished)", "", "", "");
             return -1;
         }
     }

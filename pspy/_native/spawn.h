@@ -29,6 +29,7 @@ struct pspy_op {
 struct pspy_rlimit {
     int resource;
     unsigned long long soft, hard;
+    const char *name;           /* "RLIMIT_NOFILE": named if setting it fails */
 };
 
 struct pspy_spawn {
@@ -62,6 +63,7 @@ struct pspy_spawn {
     int init_exe_fd;            /* pspy-init, opened by the supervisor */
     const struct pspy_rlimit *rlimits;   /* set by the principal just before exec (only lowered) */
     int n_rlimits;
+    const char *keyring_warning;   /* written to the principal's stderr if it keeps the session keyring */
     /* results */
     int init_pid;               /* PID 1, as the supervisor's pid namespace numbers it */
     unsigned long long pidns;   /* inode of the principal's PID namespace */
@@ -70,6 +72,7 @@ struct pspy_spawn {
     int p_err;                  /* the principal failed before exec */
     char p_step[512];
     int exec_err;               /* ... in exec itself: errno (ENOENT: no such program) */
+    int keyring_kept;           /* keyctl is denied, and so is every keyring call: see pspy_keyring_unreachable */
     /* private to spawn.c */
     int go[2];
     int done[2];
@@ -79,5 +82,10 @@ struct pspy_spawn {
 };
 
 int pspy_spawn(struct pspy_spawn *spec);
+
+/* 1 if keyctl, add_key and request_key are all denied to this process
+ * (EPERM or ENOSYS before the kernel looks at their arguments): a seccomp
+ * filter it cannot shed, or a kernel without keys. */
+int pspy_keyring_unreachable(void);
 
 #endif

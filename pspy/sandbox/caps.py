@@ -7,11 +7,14 @@ import signal
 
 import prctl
 
+from .steps import step
+
 
 def arm_parent_death(parent_pid: int) -> None:
     """SIGKILL when the parent dies. Arm it after any id change (which clears
     it); the check after it closes the race where the parent died first."""
-    prctl.set_pdeathsig(signal.SIGKILL)
+    with step("arming the parent-death signal (prctl PR_SET_PDEATHSIG)"):
+        prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -19,7 +22,8 @@ def arm_parent_death(parent_pid: int) -> None:
 def lock_down(parent_pid: int | None) -> None:
     # no_new_privs: no setuid-root or file-capability binary in the jail can
     # give the principal more than it has now.
-    prctl.set_no_new_privs(1)
+    with step("setting no_new_privs (prctl PR_SET_NO_NEW_PRIVS)"):
+        prctl.set_no_new_privs(1)
     if parent_pid is not None:
         arm_parent_death(parent_pid)
 

@@ -32,8 +32,9 @@ import time
 
 from .. import _native as n
 from ..errors import SandboxError
+from ..limits import RLIMIT_NAMES
 from ..plan import APP_DIR, Plan
-from . import caps, net, pid, template
+from . import caps, net, pid, steps, template
 
 
 class Launched:
@@ -162,7 +163,9 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
     keepalive.append(limits)
     for i, (resource, soft, hard) in enumerate(rlimits):
         limits[i].resource, limits[i].soft, limits[i].hard = resource, soft, hard
+        limits[i].name = c_str(RLIMIT_NAMES.get(resource, f"resource limit {resource}"))
     spec.rlimits, spec.n_rlimits = limits, len(rlimits)
+    spec.keyring_warning = c_str(steps.keyring_warning(principal.name))
 
     pipes: list[int] = []
     own: list[int] = []
@@ -196,7 +199,7 @@ def launch(plan: Plan, principal, command: list[str], env: dict, userns_fd: int,
                                f"runs as 'python {command[0]}')")
         failed, err = (spec.p_step, spec.p_err) if spec.p_err else (spec.step, spec.err)
         step = ffi.string(failed).decode(errors="replace")
-        raise SandboxError(f"cannot start {principal.name}: {n.NativeError(step, err)}")
+        raise SandboxError(steps.describe(principal.name, step, err))
     if spec.init_pid <= 0:   # never: the launcher reports a start without PID 1 as a failure
         raise SandboxError(f"cannot start {principal.name}: the launcher reported no PID 1")
     return Launched(spec.init_pid, *streams, pidns=spec.pidns)

@@ -1,8 +1,10 @@
 """Start a principal: clean environment, chroot, ids, lock-down, exec.
 
-Order inside the child (between fork and exec): new session, chroot and
-chdir, groups/gid/uid, no_new_privs and parent-death signal. Only stdio and
-the descriptors the caller names survive exec (close_fds).
+Order inside the child (between fork and exec): new session, cgroups,
+chroot and chdir, groups/gid/uid, a session keyring, rlimits, no_new_privs
+and parent-death signal. Only stdio and the descriptors the caller names
+survive exec (close_fds). A step that fails is sent to the parent through a
+pipe of its own (sandbox/steps.py) and raised there by name, with errno.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import threading
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, filter_path, plan_path, STATE_DIR
 from ..runtime import ENV_CALLER_FDS, ENV_CONTROL_FD, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
-from ..limits import rlimits as rlimits_of
-from . import caps, cgroup, chroot, ids
+from ..limits import RLIMIT_NAMES, rlimits as rlimits_of
+from . import caps, cgroup, chroot, ids, steps
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -62,19 +64,51 @@ def provider_argv(plan: Plan) -> list[str]:
 
 
 def _preexec(plan: Plan, cwd: str, principal: PrincipalPlan | None, parent_pid: int | None,
-             cgroup_procs: list[str] = (), rlimits: list[tuple[int, int, int]] = ()):
+             cgroup_procs: list[str] = (), rlimits: list[tuple[int, int, int]] = (), report_fd: int = -1):
     def child():
-        # What a principal creates is its own unless it says otherwise; the
-        # set-up script (principal None) lays out app files like a developer.
-        os.umask(0o077 if principal is not None else 0o022)
-        cgroup.attach_self(cgroup_procs)   # before the chroot hides the host's /sys
-        chroot.enter(plan.jail, cwd)
-        if principal is not None:
-            ids.become(principal)
-        for resource_, soft, hard in rlimits:
-            resource.setrlimit(resource_, (soft, hard))   # only ever lowered: no privilege needed
-        caps.lock_down(parent_pid)
+        try:
+            # What a principal creates is its own unless it says otherwise; the
+            # set-up script (principal None) lays out app files like a developer.
+            os.umask(0o077 if principal is not None else 0o022)
+            for procs in cgroup_procs:   # before the chroot hides the host's /sys
+                with steps.step(f"joining the cgroup {os.path.dirname(procs)} (write to cgroup.procs)"):
+                    cgroup.attach_self([procs])
+            chroot.enter(plan.jail, cwd)
+            if principal is not None and not ids.become(principal):
+                try:
+                    os.write(2, steps.keyring_warning(principal.name).encode())   # the principal's own log
+                except OSError:
+                    pass   # no stderr: nowhere to say it
+            for resource_, soft, hard in rlimits:
+                # only ever lowered: no privilege needed
+                with steps.step(f"setting {RLIMIT_NAMES.get(resource_, resource_)} to {soft} (soft) and "
+                                f"{hard} (hard) (setrlimit)"):
+                    resource.setrlimit(resource_, (soft, hard))
+            caps.lock_down(parent_pid)
+        except steps.StepFailed as e:
+            steps.send(report_fd, e)
+            raise
+        except BaseException as e:
+            steps.send(report_fd, steps.StepFailed(f"setting up the child ({type(e).__name__}: {e})", 0))
+            raise
     return child
+
+
+def _popen(who: str, argv: list[str], run: bool = False, **kwargs):
+    """subprocess.Popen (or run) with a preexec step that reports failures:
+    a StepFailed raised in the child is raised here, naming the step."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    make = kwargs.pop("preexec")
+    try:
+        return (subprocess.run if run else subprocess.Popen)(argv, preexec_fn=make(report_w), **kwargs)
+    except subprocess.SubprocessError:
+        failure = steps.receive(report_r)   # written before the child gave up
+        if failure is None:
+            raise
+        raise SandboxError(steps.describe(who, *failure) if failure[1] else f"{who}: {failure[0]}") from None
+    finally:
+        os.close(report_r)
+        os.close(report_w)
 
 
 def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, stdout=None, stderr=None,
@@ -105,12 +139,11 @@ def spawn_principal(plan: Plan, principal: PrincipalPlan, argv: list[str], *, st
         from .launch import launch
         return launch(plan, principal, argv, env, userns_fd, stdin=stdin, stdout=stdout, stderr=stderr,
                       pass_fds=tuple(pass_fds), cgroup_procs=procs, rlimits=limits)
+    parent = os.getpid() if supervised else None
     try:
-        return subprocess.Popen(
-            argv, env=env, stdin=stdin, stdout=stdout,
-            stderr=stderr, close_fds=True, pass_fds=pass_fds, start_new_session=new_session,
-            preexec_fn=_preexec(plan, plan.app_dir, principal, os.getpid() if supervised else None,
-                                procs, limits))
+        return _popen(principal.name, argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
+                      pass_fds=pass_fds, start_new_session=new_session,
+                      preexec=lambda fd: _preexec(plan, plan.app_dir, principal, parent, procs, limits, fd))
     except FileNotFoundError:
         raise SandboxError(f"cannot run {argv[0]!r} as {principal.name}: no such program in the jail "
                            f"{plan.jail} (it holds the app, the Python interpreter and its libraries, "
@@ -188,8 +221,9 @@ def run_script(plan: Plan, script: str, cwd: str) -> None:
         proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
                               close_fds=True, cwd=host_cwd, preexec_fn=lambda: os.umask(0o022))
     else:
-        proc = subprocess.run([plan.interpreter, "-s", script], env=env, stdin=subprocess.DEVNULL,
-                              close_fds=True, preexec_fn=_preexec(plan, cwd, None, os.getpid()))
+        proc = _popen(f"the set-up script {script}", [plan.interpreter, "-s", script], run=True, env=env,
+                      stdin=subprocess.DEVNULL, close_fds=True,
+                      preexec=lambda fd: _preexec(plan, cwd, None, os.getpid(), report_fd=fd))
     if proc.returncode != 0:
         raise JailError(f"--script {script} exited with status {proc.returncode}; "
                         "nothing was changed in the jail's app folder")
