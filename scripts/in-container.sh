@@ -86,7 +86,8 @@ log "building $IMAGE: pspy and zoobank's needs from wheels built here"
 CONTEXT="$WORK/context"
 rm -rf "$CONTEXT"
 mkdir -p "$CONTEXT/wheels"
-.venv/bin/python -m pip wheel -q --disable-pip-version-check -w "$CONTEXT/wheels" ".[example]"
+.venv/bin/python -m pip wheel -q --disable-pip-version-check -w "$CONTEXT/wheels" ".[example]" \
+    >"$WORK/wheels.log" 2>&1 || { tail -n 20 "$WORK/wheels.log"; die "building the wheels failed"; }
 cp -r examples/zoobank "$CONTEXT/zoobank"
 rm -rf "$CONTEXT/zoobank/__pycache__"
 cat >"$CONTEXT/run.sh" <<'EOF'
@@ -126,12 +127,13 @@ COPY zoobank /src/zoobank
 COPY run.sh /run.sh
 ENV PATH=/opt/pspy/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
 EOF
-DOCKER_BUILDKIT=0 docker build -q --network none -t "$IMAGE" "$CONTEXT" >/dev/null
+DOCKER_BUILDKIT=0 docker build --network none -t "$IMAGE" "$CONTEXT" >"$WORK/build.log" 2>&1 ||
+    { tail -n 20 "$WORK/build.log"; die "docker build failed"; }
 
 log "docker run --rm --network none $IMAGE: Docker's default capabilities and seccomp profile"
 docker run --rm --network none "$IMAGE" /run.sh chroot namespaces
 
-ALLOW="--cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined"
+ALLOW="--cap-add SYS_ADMIN --cap-add NET_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined"
 log "docker run --rm --network none $ALLOW $IMAGE: what namespace mode's error asks for"
 # shellcheck disable=SC2086
 docker run --rm --network none $ALLOW "$IMAGE" /run.sh namespaces
