@@ -6,12 +6,12 @@
 
 ``docker``: what `docker run` gives a container by default, as far as one
 process can make it: the capability bounding set cut to Docker's default
-list (so root's exec gets those and no more) and a seccomp filter that
-denies what Docker's default profile denies to a container without
-CAP_SYS_ADMIN and that matters to pspy: the keyring calls, unshare,
-setns, mount, umount2, pivot_root, clone with a CLONE_NEW* flag (EPERM)
-and clone3 (ENOSYS, so that glibc falls back to clone). Like runc, the
-filter is loaded with CAP_SYS_ADMIN still held and without no_new_privs.
+list (so root's exec gets those and no more) and Docker's own default
+seccomp profile (tests/data/seccomp/docker-default.json), resolved as
+Docker resolves it for those capabilities: it denies among others the
+keyring calls, unshare, setns, mount, umount2, pivot_root and clone with a
+CLONE_NEW* flag (EPERM), and clone3 (ENOSYS). Like runc, the filter is
+loaded with CAP_SYS_ADMIN still held and without no_new_privs.
 
 ``kubernetes``: a pod's container with the runtime's default capabilities
 (the same list) and no seccomp profile (a pod is Unconfined unless it asks
@@ -35,36 +35,48 @@ loaded with seccomp(2); the capabilities are dropped with prctl(2).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import platform
 import sys
 
 # Docker's default capability list (moby's oci/caps/defaults.go; containerd's is the same).
-CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
-DOCKER_CAPS = {"chown": 0, "dac_override": 1, "fowner": 3, "fsetid": 4, "kill": 5, "setgid": 6, "setuid": 7,
-               "setpcap": 8, "net_bind_service": 10, "net_raw": 13, "sys_chroot": 18, "mknod": 27,
-               "audit_write": 29, "setfcap": 31}
-
-NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
-
-
-def docker_denials() -> dict:
-    """An OCI profile: everything allowed but what Docker's default profile
-    denies without CAP_SYS_ADMIN (the calls pspy's set-up uses)."""
-    eperm = {"action": "SCMP_ACT_ERRNO", "errnoRet": 1}
-    rules = [dict(eperm, names=["keyctl", "add_key", "request_key", "unshare", "setns", "mount", "umount2",
-                                "pivot_root"]),
-             {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
-    # Docker allows clone only when arg0 & 0x7E020000 == 0: denied here for each flag.
-    for flag in NAMESPACE_FLAGS:
-        rules.append(dict(eperm, names=["clone"], args=[{"index": 0, "value": flag, "valueTwo": flag,
-                                                           "op": "SCMP_CMP_MASKED_EQ"}]))
-    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
+DOCKER_CAPS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
+               "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13,
+               "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31}
+ADDED = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
+DOCKER_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "seccomp", "docker-default.json")
 
 
-def docker_sys_admin_denials() -> dict:
-    return {"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["keyctl", "add_key", "request_key", "pivot_root"], "action": "SCMP_ACT_ERRNO",
-                          "errnoRet": 1}]}
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (text.split("-")[0].split(".") + ["0"])[:2]
+    return int(major), int(minor)
+
+
+def docker_profile(held: set[str]) -> dict:
+    """Docker's default profile as Docker applies it to a container holding
+    the capabilities ``held``: an entry counts if it is for this
+    architecture, holds all its includes.caps and none of its excludes.caps,
+    and its minKernel is met (moby's profiles/seccomp setupSeccomp)."""
+    from pspy.seccomp import is_syscall, native_arch
+    go_arches = native_arch()[1]
+    kernel = _version(platform.release())
+    with open(DOCKER_PROFILE) as f:
+        data = json.load(f)
+    entries = []
+    for entry in data["syscalls"]:
+        inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+        if (inc.get("arches") and not set(inc["arches"]) & go_arches) \
+                or (exc.get("arches") and set(exc["arches"]) & go_arches) \
+                or not set(inc.get("caps", [])) <= held or set(exc.get("caps", [])) & held \
+                or (inc.get("minKernel") and kernel < _version(inc["minKernel"])):
+            continue
+        names = [n for n in entry["names"] if is_syscall(n)]
+        if names:
+            entries.append({"names": names, "action": entry["action"], "args": entry.get("args") or [],
+                            **({"errnoRet": entry["errnoRet"]} if "errnoRet" in entry else {})})
+    return {"defaultAction": data["defaultAction"], "defaultErrnoRet": data.get("defaultErrnoRet", 1),
+            "syscalls": entries}
 
 
 def keyctl_denial() -> dict:
@@ -72,10 +84,29 @@ def keyctl_denial() -> dict:
             "syscalls": [{"names": ["keyctl"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
 
 
+def compile_plain(profile: dict) -> bytes:
+    """The profile compiled by pspy's compiler, denials answered with their
+    errno as a container's filter answers them (pspy's compile_bpf traps
+    them for its reporter, whose handler only a principal installs)."""
+    from pspy import _native
+    from pspy.seccomp.compile import _build
+    ctx = _build(profile, trapping=False)
+    try:
+        fd = os.memfd_create("container-env-bpf")
+        try:
+            if _native.lib.seccomp_export_bpf(ctx, fd) != 0:
+                raise OSError("seccomp_export_bpf failed")
+            os.lseek(fd, 0, os.SEEK_SET)
+            return os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+    finally:
+        _native.lib.seccomp_release(ctx)
+
+
 def load_filter(profile: dict) -> None:
     """seccomp(SECCOMP_SET_MODE_FILTER) with CAP_SYS_ADMIN and without no_new_privs, as runc does."""
-    from pspy.seccomp import compile_bpf
-    program = compile_bpf(profile)
+    program = compile_plain(profile)
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -103,11 +134,12 @@ def limit_capabilities(keep: set[int]) -> None:
             raise OSError(err, f"dropping capability {cap} from the bounding set: {os.strerror(err)}")
 
 
+DOCKER = set(DOCKER_CAPS)
 KINDS = {   # kind: (seccomp profile or None, capabilities kept or None for all)
-    "docker": (docker_denials, set(DOCKER_CAPS.values())),
-    "kubernetes": (None, set(DOCKER_CAPS.values())),
-    "docker-sys-admin": (docker_sys_admin_denials, set(DOCKER_CAPS.values()) | {CAP_SYS_ADMIN}),
-    "docker-as-advised": (None, set(DOCKER_CAPS.values()) | {CAP_SYS_ADMIN, CAP_NET_ADMIN}),
+    "docker": (lambda: docker_profile(DOCKER), DOCKER),
+    "kubernetes": (None, DOCKER),
+    "docker-sys-admin": (lambda: docker_profile(DOCKER | {"CAP_SYS_ADMIN"}), DOCKER | {"CAP_SYS_ADMIN"}),
+    "docker-as-advised": (None, DOCKER | {"CAP_SYS_ADMIN", "CAP_NET_ADMIN"}),
     "keyctl-denied": (keyctl_denial, None),
 }
 
@@ -119,7 +151,7 @@ def main(argv: list[str]) -> None:
     if profile is not None:
         load_filter(profile())
     if caps is not None:
-        limit_capabilities(caps)
+        limit_capabilities({({**DOCKER_CAPS, **ADDED})[name] for name in caps})
     os.execvp(argv[2], argv[2:])
 
 
