@@ -5,6 +5,7 @@ Python imports it at start-up, before the app. For a principal it:
   runs (so neither the app nor whatever it imports runs unfiltered, and the
   launcher's own needs never widen the policy); if the filter cannot be
   loaded the process exits rather than run without it;
+- shuts itself in with Landlock to its plan's grants (pspy/_landlock.py);
 - makes it non-dumpable (exec resets that), so that no process of the same
   uid can ptrace it or take its descriptors (through python-prctl's C
   module: its Python wrapper costs a millisecond to import);
@@ -62,6 +63,21 @@ if _principal:
     except BaseException as _e:  # noqa: BLE001
         os.write(2, f"pspy: {_principal}: cannot make itself non-dumpable, not starting: {_e}\n".encode())
         os._exit(126)
+    # Landlock next, before the filter (which need not allow Landlock's own
+    # calls) and before any app code: bootstrap wrote the rules
+    # (pspy/sandbox/landlock.py); no file, no Landlock (pspy.toml landlock = false).
+    # A child the principal started under its filter (subprocess) already
+    # runs in its Landlock domain, which it cannot leave; the filter would
+    # refuse Landlock's calls anyway.
+    _rules = f"/.pspy/landlock/{_principal}.rules"   # pspy/_landlock.py rules_path
+    if os.path.exists(_rules) and not _prctl.prctl(_prctl.PR_GET_SECCOMP):
+        try:
+            import sys
+            from pspy import _landlock
+            _landlock.install(_rules, sys.stderr)
+        except BaseException as _e:  # noqa: BLE001 - never run a principal without its barrier
+            os.write(2, f"pspy: {_principal}: cannot apply its Landlock rules, not starting: {_e}\n".encode())
+            os._exit(126)
     _seccomp = os.environ.get("PSPY_SECCOMP")
     if _seccomp != "none":
         try:

@@ -103,6 +103,8 @@ def options_for(req: Request) -> Options:
         front_end_group=cfg.get("group", {}).get(FRONT_END_NAME),
         front_end_extra_groups=list(cfg.get("extra_groups", {}).get(FRONT_END_NAME, [])),
         exclude=list(cfg.get("exclude", [])),
+        landlock=cfg.get("landlock", {}).get("enabled", True),
+        landlock_execute={k: list(v) for k, v in cfg.get("landlock", {}).get("execute", {}).items()},
         limits=dict(cfg.get("limits", {})),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
@@ -218,6 +220,10 @@ def _build_jail(plan: Plan, say) -> None:
     for w in warnings:
         say(f"pspy: warning: {w}")
     jail.write_plan(plan)
+    from .sandbox import landlock
+    landlock.write_rules(plan)
+    if plan.mode == "chroot":
+        landlock.make_chroot_tmps(plan)
     # What analyze finds in the jail as built. A provider that may write a
     # file but not its folder bootstraps cleanly and then fails every write:
     # said here; the rest are counted, for pspy analyze to show.

@@ -29,6 +29,7 @@ KEYS = {
     "group": dict,
     "extra_groups": dict,
     "limits": dict,
+    "landlock": dict,  # enabled = false: no Landlock layer; execute.NAME: programs it may run
     "exclude": list,   # globs discovery does not read; see discover.is_excluded
 }
 # Settings the front end has no decorator for: it is the only principal they
@@ -70,6 +71,20 @@ def load(app_dir: str) -> dict:
         if not (isinstance(policy, str) and policy) and not isinstance(policy, dict):
             raise ConfigError(f"{path}: seccomp.{principal} must be a profile name, 'none', a .json file "
                               f"of the app, or a table {{allow, deny, default_action}}; got {policy!r}")
+    landlock = data.get("landlock", {})
+    for key, value in landlock.items():
+        if key == "enabled" and not isinstance(value, bool):
+            raise ConfigError(f"{path}: landlock.enabled must be true or false, got {value!r}")
+        if key == "execute":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: landlock.execute must be a table of principal = [program paths]")
+            for principal, programs in value.items():
+                if not isinstance(programs, list) or not all(isinstance(x, str) and x.startswith("/")
+                                                             and "\0" not in x for x in programs):
+                    raise ConfigError(f"{path}: landlock.execute.{principal} must be a list of absolute "
+                                      f"program paths, got {programs!r}")
+        if key not in ("enabled", "execute"):
+            raise ConfigError(f"{path}: unknown setting landlock.{key}; known: enabled, execute")
     for key in FRONT_END_ONLY:
         for principal in data.get(key, {}):
             if principal != FRONT_END:

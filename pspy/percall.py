@@ -35,54 +35,24 @@ import selectors
 import shutil
 import signal
 import socket
-import stat
 import tempfile
 import threading
 import time
 
-from . import errors
+from . import _landlock, errors
 from .errors import SandboxError
 from .rpc import codec, protocol
 from .rpc.server import flush_and_exit
 
 log = logging.getLogger("pspy.percall")
 
-# Landlock file system rights (linux/landlock.h), by ABI version.
-LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-LL_ABI1 = (1 << 13) - 1          # EXECUTE .. MAKE_SYM
-LL_REFER, LL_TRUNCATE = 1 << 13, 1 << 14
-LL_READ = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
-
-# Beyond files: TCP (ABI 4) and scopes (ABI 6). With no rule granting them,
-# a call binds and connects no TCP port, connects to no abstract Unix socket
-# and signals no process outside its own domain: not its zygote, not its
-# provider, though they run under its uid.
-LL_NET_BIND_TCP, LL_NET_CONNECT_TCP = 1 << 0, 1 << 1
-LL_SCOPE_ABSTRACT_UNIX_SOCKET, LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
+# A call shuts itself in with Landlock (pspy/_landlock.py's rights), under
+# the domain its provider already runs in. With no rule granting TCP or
+# scopes, a call binds and connects no TCP port, connects to no abstract
+# Unix socket and signals no process outside its own domain: not its
+# zygote, not its provider, though they run under its uid.
 
 EXIT_SETUP_FAILED = 70   # a call process that could not shut itself in: it never ran the call
-
-
-def landlock_handled(abi: int) -> int:
-    handled = LL_ABI1
-    if abi >= 2:
-        handled |= LL_REFER
-    if abi >= 3:
-        handled |= LL_TRUNCATE
-    return handled
-
-
-def landlock_net(abi: int) -> int:
-    return LL_NET_BIND_TCP | LL_NET_CONNECT_TCP if abi >= 4 else 0
-
-
-def landlock_scoped(abi: int) -> int:
-    return LL_SCOPE_ABSTRACT_UNIX_SOCKET | LL_SCOPE_SIGNAL if abi >= 6 else 0
-
-
-def file_rights(handled: int) -> int:
-    """The rights Landlock accepts on a rule for a file (not a folder)."""
-    return handled & (LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE)
 
 
 def describe_status(status: int) -> str:
@@ -223,8 +193,8 @@ class _Zygote:
         self.owner = owner
         self.control = control
         self.base = base
-        self.handled = landlock_handled(abi)
-        self.handled_net, self.scoped = landlock_net(abi), landlock_scoped(abi)
+        self.handled = _landlock.handled_fs(abi)
+        self.handled_net, self.scoped = _landlock.handled_net(abi), _landlock.scopes(abi)
         self.calls: dict[int, list] = {}   # pid -> [pidfd, status socket, deadline, timed out]
         for fd in owner.close_fds:
             try:
@@ -234,25 +204,26 @@ class _Zygote:
         _die_with_parent()
         self.rules = self._rules()
 
-    def _rules(self) -> list[tuple[int, int]]:
-        """(O_PATH descriptor, rights) of every Landlock rule but the call's own folder."""
+    def _rules(self) -> list[tuple[str, int, str]]:
+        """(path, rights, label) of every Landlock rule but the call's own folder."""
         wanted: list[tuple[str, int]] = []
-        for entry in sorted(os.listdir("/")):
-            if entry != "tmp":
-                wanted.append(("/" + entry, LL_READ))
-        wanted.append(("/dev", LL_READ | LL_WRITE_FILE | LL_TRUNCATE))
+        granted = _landlock.own_rules(self.owner.server.provider)
+        if granted is None:   # the provider runs without Landlock: the call reads its whole view but /tmp
+            for entry in sorted(os.listdir("/")):
+                if entry != "tmp":
+                    wanted.append(("/" + entry, _landlock.READ | _landlock.EXECUTE))
+        else:
+            # What the provider may read (its own Landlock rules), never its
+            # writes: a call writes its own folder and the provider's perms.
+            for letters, path in granted:
+                reads = letters.replace("w", "").replace("f", "")
+                if reads and path != "/tmp" and not path.startswith("/tmp/"):
+                    wanted.append((path, _landlock.rights(reads, self.handled)))
+        wanted.append(("/dev", _landlock.rights("rfd", self.handled)))
         wanted += [(path, self.handled) for path in self.owner.writable]
-        rules = []
-        for path, rights in wanted:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue   # a dangling symlink, or a perm not created yet: nothing to grant
-            rights &= self.handled
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):   # chroot mode has no /proc
-                rights &= file_rights(self.handled)
-            rules.append((fd, rights))
-        return rules
+        # chroot mode has no /proc; a perm not created yet grants nothing:
+        # restrict_paths skips what does not exist.
+        return [(path, rights & self.handled, "call") for path, rights in wanted]
 
     def loop(self) -> None:
         selector = selectors.DefaultSelector()
@@ -343,15 +314,8 @@ class _Zygote:
 
     def _shut_in(self, folder: str) -> None:
         from ._native import ffi, lib
-        own = os.open(folder, os.O_PATH | os.O_CLOEXEC)
-        rules = self.rules + [(own, self.handled)]
-        fds = ffi.new("int[]", [fd for fd, _ in rules])
-        rights = ffi.new("uint64_t[]", [r for _, r in rules])
-        if lib.pspy_landlock_restrict(self.handled, self.handled_net, self.scoped, fds, rights, len(rules)) != 0:
-            raise OSError(ffi.errno, f"Landlock: {os.strerror(ffi.errno)}")
-        os.close(own)
-        for fd, _ in self.rules:
-            os.close(fd)
+        _landlock.restrict_paths(self.handled, self.handled_net, self.scoped,
+                                 self.rules + [(folder, self.handled, "own folder")])
         if self.owner.call_bpf is not None:
             program = ffi.from_buffer(self.owner.call_bpf)
             if lib.pspy_load_bpf(program, len(self.owner.call_bpf), 0) != 0:

@@ -63,6 +63,24 @@ class PermPlan:
 
 @dataclass
 class PrincipalPlan:
+    """One principal's whole policy, one plain value decided here, once.
+
+    Every part is read, never re-derived, by what enforces, reports and
+    exports it:
+
+    ==============  =============================  =====================  ===========================
+    part            enforced by                    reported by            exported by
+    ==============  =============================  =====================  ===========================
+    uid/gid/groups  sandbox/ids.py, user.py        analyze/report.py      export/systemd, kubernetes
+    perms (files)   jail.py, sandbox/mount.py      analyze/access.py      export/systemd, kubernetes
+    network         sandbox/net.py, seccomp        analyze/report.py      export/systemd, kubernetes
+    seccomp         _filter.py (sitecustomize)     analyze (seccomp)      export/seccomp, systemd, k8s
+    landlock        _landlock.py (sitecustomize)   analyze (landlock)     (not carried: docs say so)
+    limits          sandbox/cgroup.py, limits.py   analyze (limits)       export/systemd, kubernetes
+    services        rpc/server.py (callers)        analyze (may_call)     (the runtime, unchanged)
+    ==============  =============================  =====================  ===========================
+    """
+
     name: str
     kind: str                    # "provider" or "front_end"
     uid: int
@@ -80,6 +98,11 @@ class PrincipalPlan:
     seccomp: dict | None = None  # {"source", "derived", "profile"}: its filter (pspy.seccomp); None: none
     limits: dict = field(default_factory=dict)   # pspy/limits.py's keys, plain numbers; {}: none
     isolation: str = "process"   # "per_call": every call in a fresh process forked from a ready copy
+    # The file barrier (pspy/sandbox/landlock.py): {"rules": [[letters, path], ...] in its view,
+    # "app": the app folder, resolved against the jail at bootstrap, "tcp": "deny" or "allow",
+    # "scoped": abstract Unix sockets and signals kept to its own processes, "tmpdir": chroot
+    # mode's own /tmp folder}. None: off (pspy.toml landlock = false).
+    landlock: dict | None = None
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -222,6 +245,8 @@ class Options:
     limits: dict = field(default_factory=dict)    # principal -> limits, from pspy.toml (over the decorator)
     learn: bool = False          # pspy learn: every principal records its syscalls instead
     exclude: list[str] = field(default_factory=list)   # pspy.toml globs discovery skips
+    landlock: bool = True        # pspy.toml landlock.enabled = false: no Landlock layer for any principal
+    landlock_execute: dict[str, list[str]] = field(default_factory=dict)   # principal -> programs it may run
 
 
 MAX_ID = 2**31 - 2
@@ -252,10 +277,10 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                             "principals must not share ids with system accounts")
     provider_names = sorted(manifest.providers)
     names = [FRONT_END_NAME] + provider_names
-    for setting in ("env", "seccomp", "limits"):
+    for setting in ("env", "seccomp", "limits", "landlock_execute"):
         for principal in getattr(options, setting):
             if principal not in names:
-                raise PlanError(f"{setting} is configured for {principal!r}, which is not a principal "
+                raise PlanError(f"{setting.replace('_', '.')} is configured for {principal!r}, which is not a principal "
                                 f"of this app ({', '.join(names)})")
 
     reuse = previous is not None and previous.uid_base == options.uid_base and not previous.rootless
@@ -288,6 +313,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         groups=[] if options.rootless else [gids[g] for g in front_extra],
         env=list(options.env.get(FRONT_END_NAME, [])), perms=front_perms,
         argv=list(options.front_end), network=True, limits=_limits(options, FRONT_END_NAME, None, None),
+        landlock=_landlock(options, FRONT_END_NAME, network=True),
         seccomp=policy(FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
         spec = manifest.providers[name]
@@ -310,6 +336,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             network=bool(spec.network),
             limits=_limits(options, name, spec.limits, spec.limits_location),
             isolation=spec.isolation or "process",
+            landlock=_landlock(options, name, network=bool(spec.network)),
             seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network),
                            per_call=spec.isolation == "per_call")))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
@@ -337,6 +364,13 @@ def _limits(options: Options, name: str, decorated: dict | None, location: str |
     if problems:
         raise PlanError("\n".join(problems))
     return limits
+
+
+def _landlock(options: Options, name: str, *, network: bool) -> dict | None:
+    if not options.landlock:
+        return None
+    from .sandbox.landlock import grants
+    return grants(options.mode, name, network, list(options.files), options.landlock_execute.get(name, []))
 
 
 def _front_end_perms(manifest: Manifest, options: Options) -> list[PermPlan]:

@@ -92,8 +92,9 @@ ffibuilder.cdef("""
     int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
     int pspy_load_bpf(const unsigned char *program, size_t length, unsigned int flags);
     int pspy_landlock_abi(void);
-    int pspy_landlock_restrict(uint64_t handled, uint64_t handled_net, uint64_t scoped,
-                               const int *fds, const uint64_t *rights, int n);
+    int pspy_landlock_create(uint64_t handled, uint64_t handled_net, uint64_t scoped);
+    int pspy_landlock_add(int ruleset, int fd, uint64_t rights);
+    int pspy_landlock_enforce(int ruleset);
     #define SECCOMP_FILTER_FLAG_TSYNC ...
     int pspy_learn_load(scmp_filter_ctx ctx);
     void pspy_learn_set_service(int tid, int service);
@@ -301,7 +302,8 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
         return (int) syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, flags, &fprog);
     }
 
-    /* Landlock (isolation="per_call": a call process's own folder). The
+    /* Landlock (every principal at start-up, pspy/_landlock.py, and each
+       call process of isolation="per_call"). The
        structs are spelled out here, so older kernel headers build it too. */
     #ifndef SYS_landlock_create_ruleset
     #define SYS_landlock_create_ruleset 444
@@ -316,31 +318,25 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
     }
 
     /* handled_net needs ABI 4 and scoped ABI 6: the attribute is passed as
-       long as the fields in use, so an older kernel takes the rest. */
-    int pspy_landlock_restrict(uint64_t handled, uint64_t handled_net, uint64_t scoped,
-                               const int *fds, const uint64_t *rights, int n) {
+       long as the fields in use, so an older kernel takes the rest. Rules
+       are added one at a time (pspy/_landlock.py restrict_paths), so a
+       process with a small open_files limit never holds more than the
+       ruleset and one path open. */
+    int pspy_landlock_create(uint64_t handled, uint64_t handled_net, uint64_t scoped) {
         struct pspy_ll_ruleset attr = { handled, handled_net, scoped };
         size_t size = scoped ? sizeof attr : handled_net ? 2 * sizeof(uint64_t) : sizeof(uint64_t);
-        int ruleset = (int) syscall(SYS_landlock_create_ruleset, &attr, size, 0);
-        if (ruleset < 0)
+        return (int) syscall(SYS_landlock_create_ruleset, &attr, size, 0);
+    }
+
+    int pspy_landlock_add(int ruleset, int fd, uint64_t rights) {
+        struct pspy_ll_beneath rule = { rights, fd };
+        return (int) syscall(SYS_landlock_add_rule, ruleset, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &rule, 0);
+    }
+
+    int pspy_landlock_enforce(int ruleset) {
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
             return -1;
-        for (int i = 0; i < n; i++) {
-            struct pspy_ll_beneath rule = { rights[i], fds[i] };
-            if (syscall(SYS_landlock_add_rule, ruleset, 1 /* LANDLOCK_RULE_PATH_BENEATH */, &rule, 0) != 0) {
-                int saved = errno;
-                close(ruleset);
-                errno = saved;
-                return -1;
-            }
-        }
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_landlock_restrict_self, ruleset, 0) != 0) {
-            int saved = errno;
-            close(ruleset);
-            errno = saved;
-            return -1;
-        }
-        close(ruleset);
-        return 0;
+        return (int) syscall(SYS_landlock_restrict_self, ruleset, 0);
     }
 
     int pspy_learn_start(int out_fd) {

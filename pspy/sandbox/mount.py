@@ -27,6 +27,7 @@ from ..errors import SandboxError
 from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, plan_path
 from ..sharing import view_of
 from . import cgroup
+from .landlock import rules_path
 
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
@@ -208,6 +209,9 @@ def _build_state(plan: Plan, principal: PrincipalPlan, root: str, pspy_dir: str,
         # Its own filter only (jail.write_filters wrote one per principal; a
         # jail bootstrapped before has none, and the plan serves instead).
         _bind(root, mounts, source, own)
+    rules = rules_path(principal.name)
+    if principal.landlock and os.path.isfile(plan.host_path(rules)):
+        _bind(root, mounts, plan.host_path(rules), rules)
     # Only the sockets of providers this principal may call are in its view.
     callees = {q.name for q in plan.providers if q.name != principal.name
                and any(principal.name in s.callers for s in q.services)}

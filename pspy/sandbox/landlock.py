@@ -1,0 +1,202 @@
+"""Landlock: a principal's file barrier, from its plan.
+
+The plan holds each principal's grants as one value (``PrincipalPlan.landlock``,
+built by ``grants`` below): paths in the principal's own view, each with the
+letters of pspy/_landlock.py (r read, l list, x execute, w write, d device
+ioctls), whether TCP is denied, and whether abstract Unix sockets and signals
+are scoped to the principal's own processes. ``write_rules`` turns it into
+one small rules file per principal at bootstrap, resolving the app folder
+against the jail as built: the app read-only and executable, the
+principal's own data read-write, another principal's data only as its mode
+bits share it (pspy/sharing.py, the same answer namespace mode mounts), and
+the rest of their data not granted at all. The principal applies its file
+at start-up (pspy/_landlock.py), before any app code.
+
+What a principal is granted, in its view:
+- read and execute: the interpreter's prefixes, pspy (/.pspy/lib), the app;
+  execute also on the interpreter's ELF loader (a principal may start Python);
+- read: the system library folders, the few /etc files the interpreter reads
+  (and for principals with network, name resolution and CA certificates), the
+  plan, its own seccomp filter, its /proc and its own cgroups (namespace mode);
+- read-write: its own data, its private /tmp and /dev/shm; reading and writing the devices of /dev (null, zero,
+  full, random, urandom), creating nothing there;
+- nothing else: no other program to execute, no other principal's data,
+  no log, no socket folder to write in.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .. import _landlock
+from ..errors import JailError
+from ..plan import APP_DIR, LIB_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path
+
+RULES_DIR = _landlock.RULES_DIR
+rules_path = _landlock.rules_path
+SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
+SYSTEM_PREFIXES = ("/", "/usr", "/usr/local")
+ETC_EVERYONE = ("/etc/ld.so.cache", "/etc/localtime", "/etc/mime.types")
+ETC_NETWORK = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/ssl",
+               "/etc/gai.conf")
+
+
+def chroot_tmp(name: str) -> str:
+    """chroot mode: the principal's own folder in the jail's shared /tmp."""
+    return f"/tmp/pspy-{name}"
+
+
+def interpreter_prefixes() -> list[str]:
+    return sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)})
+
+
+def elf_loader(path: str) -> str | None:
+    """The program interpreter (PT_INTERP) of an ELF executable: the kernel
+    opens it for execution too, so starting Python needs execute on it."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:   # 64-bit ELF only
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            for i in range(phnum):
+                f.seek(phoff + i * phentsize)
+                p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack("<IIQQQQ", f.read(40))
+                if p_type == 3:   # PT_INTERP
+                    f.seek(p_offset)
+                    return f.read(p_filesz).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def grants(plan_mode: str, name: str, network: bool, files: list[str], programs: list[str] = ()) -> dict:
+    """A principal's Landlock value for the plan (paths in its view).
+    ``programs``: pspy.toml's landlock.execute for it, the host programs it may run."""
+    rules: list[list[str]] = [["r", p] for p in SYSTEM_PATHS]
+    for prefix in interpreter_prefixes():
+        # A system Python's prefix is /usr (or /usr/local): readable, but
+        # executable only for the interpreter itself, not every program there.
+        rules.append(["r" if prefix in SYSTEM_PREFIXES else "rx", prefix])
+    rules.append(["x", os.path.realpath(sys.executable)])
+    loader = elf_loader(os.path.realpath(sys.executable))
+    if loader:
+        rules.append(["x", os.path.realpath(loader)])
+        rules.append(["x", loader])
+    for program in programs:
+        rules.append(["rx", program])
+        loader = elf_loader(os.path.realpath(program))
+        if loader:
+            rules.append(["x", os.path.realpath(loader)])
+    rules += [["r", p] for p in ETC_EVERYONE + (ETC_NETWORK if network else ())]
+    # Its own rules too: a Python it starts applies them again (a layer more).
+    rules += [["rx", LIB_DIR], ["r", f"{STATE_DIR}/plan.json"], ["r", filter_path(name)], ["r", rules_path(name)]]
+    rules += [["rfd", "/dev"], ["rw", "/dev/shm"]]
+    if plan_mode == "namespaces":
+        rules += [["r", "/proc"], ["r", "/sys/fs/cgroup"], ["rw", "/tmp"]]
+        tmpdir = None
+    else:
+        tmpdir = chroot_tmp(name)
+        rules.append(["rw", tmpdir])
+        rules += [["r", f] for f in files]   # --files: host files the app asked for
+    return {"rules": rules, "app": APP_DIR, "tcp": "allow" if network else "deny", "scoped": True,
+            "tmpdir": tmpdir}
+
+
+def app_rules(plan: Plan, principal: PrincipalPlan, app_root: str) -> list[tuple[str, str]]:
+    """The app folder's rules for ``principal``: what namespace mode would
+    mount for it, as grants (sandbox/mount.py reads the same view)."""
+    from ..sharing import READ_ONLY, view_of
+    view = view_of(plan, principal, app_root)
+    hidden, writable = set(view.hidden), set(view.writable)
+    shared_ro = {rel for rel, (_, how) in view.shared.items() if how == READ_ONLY}
+    special = hidden | writable | shared_ro
+    out = [("l", APP_DIR)]
+
+    def walk(src: str, rel: str) -> None:
+        for entry in sorted(os.listdir(src)):
+            r = f"{rel}{entry}"
+            s = os.path.join(src, entry)
+            st = os.lstat(s)
+            target = f"{APP_DIR}/{r}"
+            if r in hidden or stat.S_ISLNK(st.st_mode):
+                continue   # a link is checked where it leads
+            if r in writable:
+                out.append(("rw", target))
+            elif r in shared_ro:
+                out.append(("r", target))
+            elif stat.S_ISDIR(st.st_mode) and any(p.startswith(r + "/") for p in special):
+                # Folders on the way to data are listed (names only): the
+                # import system lists every folder on sys.path.
+                out.append(("l", target))
+                walk(s, r + "/")
+            else:
+                out.append(("rx", target))
+
+    walk(app_root, "")
+    return out
+
+
+def rules_text(plan: Plan, principal: PrincipalPlan, app_root: str) -> str:
+    value = principal.landlock
+    head = [_landlock.MAGIC, f"tcp={value['tcp']}", f"scoped={int(bool(value['scoped']))}"]
+    if value.get("tmpdir"):
+        head.append(f"tmpdir={value['tmpdir']}")
+    lines = [" ".join(head)]
+    lines += [f"{letters} {path}" for letters, path in value["rules"]]
+    lines += [f"{letters} {path}" for letters, path in app_rules(plan, principal, app_root)]
+    return "\n".join(lines) + "\n"
+
+
+def write_rules(plan: Plan) -> None:
+    """Each principal's rules file, in a folder of pspy's own; files of
+    principals without Landlock (or no longer in the plan) are removed."""
+    folder = plan.host_path(RULES_DIR)
+    if os.path.islink(folder):
+        raise JailError(f"{folder} is a symlink where pspy expects its own folder; refusing to follow it")
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    st = os.lstat(folder)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not stat.S_ISDIR(st.st_mode):
+        raise JailError(f"{folder} is not pspy's own folder (owner uid {st.st_uid}, mode "
+                        f"{oct(st.st_mode & 0o7777)}); refusing to write Landlock rules there")
+    app_root = plan.host_path(APP_DIR)
+    wanted = {os.path.basename(rules_path(p.name)): rules_text(plan, p, app_root)
+              for p in plan.principals if p.landlock}
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for entry in os.listdir(dfd):
+            if entry not in wanted:
+                os.unlink(entry, dir_fd=dfd)
+        for entry, text in wanted.items():
+            tmp = f".{entry}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dfd)
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o644)
+                f.write(text)
+            os.rename(tmp, entry, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def make_chroot_tmps(plan: Plan) -> None:
+    """chroot mode: each principal's own folder in the jail's /tmp, made
+    afresh (whatever a principal left there under that name is removed; the
+    app is not running while bootstrap builds)."""
+    import shutil
+    for p in plan.principals:
+        if not p.landlock or not p.landlock.get("tmpdir"):
+            continue
+        path = plan.host_path(p.landlock["tmpdir"])
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        os.mkdir(path, 0o700)
+        os.chown(path, p.uid, p.gid, follow_symlinks=False)
+        os.chmod(path, 0o700, follow_symlinks=False)
