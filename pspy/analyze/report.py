@@ -169,6 +169,7 @@ def report(plan: Plan, include_seccomp: bool = True) -> dict:
             "isolation": p.isolation,
             **limits_report(plan, p),
             "seccomp": seccomp_report(plan, p),
+            "landlock": landlock_report(plan, p),
         })
         principals[-1]["network"] = network_of(plan, p, principals[-1]["seccomp"])
     for entry in principals:
@@ -178,8 +179,9 @@ def report(plan: Plan, include_seccomp: bool = True) -> dict:
             "uid_separation": False,
             "warning": f"rootless: uid separation is NOT in effect. Every principal runs as your own uid "
                        f"{plan.uid_base} (gid {plan.gid_base}); principals are kept apart only by "
-                       "namespaces and mounts, and hold no capability. Unix permissions do not separate "
-                       "them, so anything of yours mounted into a principal's view is open to it as "
+                       "namespaces, mounts and Landlock (each principal's landlock: line), and hold no "
+                       "capability. Unix permissions do not separate them, so anything of yours "
+                       "mounted into a principal's view and granted is open to it as "
                        "it is to you (app files that are 0600 included), and principals on the host "
                        "network (the front end, network=True) are you to local services that trust "
                        "your uid. Bootstrap as root for separate uids.",
@@ -210,6 +212,31 @@ def report(plan: Plan, include_seccomp: bool = True) -> dict:
             "uid_base": plan.uid_base, "isolation": isolation, "findings": [], "principals": principals}
     data["findings"] = findings.all_findings(data, modes, recorded_calls(plan), owned)
     return data
+
+
+def landlock_report(plan: Plan, p) -> dict:
+    """The Landlock layer as it holds on this kernel: its ABI, and the
+    principal's rules as bootstrap wrote them (pspy/sandbox/landlock.py)."""
+    from .. import _landlock
+    from ..sandbox.landlock import rules_path
+    abi = _landlock.abi()
+    if not p.landlock:
+        return {"in_force": False, "abi": abi, "summary": "off (pspy.toml landlock = false)"}
+    if abi < 1:
+        return {"in_force": False, "abi": 0,
+                "summary": "not in force: this kernel has no Landlock (Linux 5.13 or later, landlock in lsm=)"}
+    try:
+        with open(plan.host_path(rules_path(p.name))) as f:
+            settings, rules = _landlock.parse(f.read(), rules_path(p.name))
+    except OSError:
+        return {"in_force": False, "abi": abi, "summary": "not in force: no rules file (bootstrap again)"}
+    tcp = ("not enforced" if abi < 4 else "denied") if settings.get("tcp") == "deny" else "allowed"
+    scoped = settings.get("scoped") == "1" and abi >= 6
+    parts = [f"ABI {abi}: files ({len(rules)} rules)", f"TCP {tcp}"]
+    parts.append("abstract Unix sockets and signals scoped to its own processes" if scoped
+                 else "no scoping (ABI 6)" if abi < 6 else "no scoping")
+    return {"in_force": True, "abi": abi, "summary": "; ".join(parts), "tcp": tcp, "scoped": scoped,
+            "rules": [[letters, path] for letters, path in rules]}
 
 
 def limits_report(plan: Plan, p) -> dict:

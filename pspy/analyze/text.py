@@ -184,6 +184,8 @@ def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list
     out.extend(_files(p, paint))
     if p.get("symlinks"):
         out.append(f"  symlinks (not followed): {', '.join(p['symlinks'])}")
+    if "landlock" in p:
+        out.append(f"  landlock:  {p['landlock']['summary']}")
     if "seccomp" in p:
         sc = p["seccomp"]
         learned = sc.get("learned")
