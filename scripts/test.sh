@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PSPY_EXTRAS=test . scripts/setup.sh
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+# The slowest tests are listed: the whole run must stay under 30 minutes.
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@" || status=$?
 if [ $# -eq 0 ] && [ -n "${PSPY_OTHER_PYTHONS-3.12 3.13}" ]; then
     bash scripts/other-pythons.sh || status=1
 fi
