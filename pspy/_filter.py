@@ -66,10 +66,12 @@ def install_program(program: bytes, trapping: bool, denial_errno: int, stream, a
     from ._native import ffi, lib
     if trapping:
         start_reporter(stream, denial_errno, app_dir, tkill_allowed)
-    if _prctl.prctl(_prctl.PR_GET_SECCOMP):
+    if os.environ.get("PSPY_CONFINED") and _prctl.prctl(_prctl.PR_GET_SECCOMP):
         # A child the principal started (subprocess): it runs under the filter
         # it inherited, which no process can remove or loosen; only the
-        # reporting above is its own to set up again.
+        # reporting above is its own to set up again. (A filter from outside
+        # pspy, a container's or systemd's, is no such reason: pspy's own is
+        # loaded on top of it.)
         return
     buf = ffi.from_buffer(program)
     if lib.pspy_load_bpf(buf, len(program), lib.SECCOMP_FILTER_FLAG_TSYNC) != 0:

@@ -63,14 +63,20 @@ if _principal:
     except BaseException as _e:  # noqa: BLE001
         os.write(2, f"pspy: {_principal}: cannot make itself non-dumpable, not starting: {_e}\n".encode())
         os._exit(126)
+    # A process this principal started (subprocess) carries PSPY_CONFINED,
+    # set below once its own barriers were up: it runs under the Landlock
+    # domain and the filter it inherited, which it cannot leave or loosen.
+    # No one else can set it: pspy builds a principal's environment, and
+    # refuses to pass PSPY_ variables through (bootstrap.UNSAFE_ENV_PREFIXES).
+    # An outer filter (a container's, systemd's) is no reason to skip: pspy's
+    # own layers go on top of it.
+    _inherited = os.environ.get("PSPY_CONFINED") == _principal
     # Landlock next, before the filter (which need not allow Landlock's own
     # calls) and before any app code: bootstrap wrote the rules
-    # (pspy/sandbox/landlock.py); no file, no Landlock (pspy.toml landlock = false).
-    # A child the principal started under its filter (subprocess) already
-    # runs in its Landlock domain, which it cannot leave; the filter would
-    # refuse Landlock's calls anyway.
-    _rules = f"/.pspy/landlock/{_principal}.rules"   # pspy/_landlock.py rules_path
-    if os.path.exists(_rules) and not _prctl.prctl(_prctl.PR_GET_SECCOMP):
+    # (pspy/sandbox/landlock.py) and pspy names them in PSPY_LANDLOCK; a
+    # missing file stops the principal, as a missing filter does.
+    _rules = os.environ.get("PSPY_LANDLOCK")
+    if _rules and not _inherited:
         try:
             import sys
             from pspy import _landlock
@@ -90,4 +96,5 @@ if _principal:
         except BaseException as _e:  # noqa: BLE001 - never run a principal without its filter
             os.write(2, f"pspy: {_principal}: cannot load its seccomp filter, not starting: {_e}\n".encode())
             os._exit(126)
+    os.environ["PSPY_CONFINED"] = _principal
 

@@ -247,7 +247,10 @@ def serve_provider() -> int:
         print("pspy.runtime: run by the pspy supervisor as a provider only", file=sys.stderr)
         return 2
     import prctl
-    if rt.me.seccomp and not prctl.get_seccomp():   # PR_GET_SECCOMP: 0 without a filter
+    # PR_GET_SECCOMP is 0 without a filter; PSPY_CONFINED is set by the
+    # sitecustomize once it loaded this principal's own (an outer filter, a
+    # container's, would fool the first check alone).
+    if rt.me.seccomp and (not prctl.get_seccomp() or os.environ.get("PSPY_CONFINED") != rt.me.name):
         # sitecustomize loads it before anything else; if it did not run
         # (python -S), the provider refuses to import the app unfiltered.
         print(f"pspy.runtime: {rt.me.name}'s seccomp filter is not loaded; not serving", file=sys.stderr)

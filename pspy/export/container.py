@@ -48,6 +48,10 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as e:
             print(f"pspy.export.container: {name}: cannot set rlimit {which} to {soft}: {e}", file=sys.stderr)
             return 2
+    # The container runtime loaded this principal's exported profile
+    # (seccompProfile: Localhost) before this process started, as runc does:
+    # the runtime's check for its own filter (pspy/runtime.py) reads this.
+    os.environ["PSPY_CONFINED"] = name
     try:
         os.execvp(argv[0], argv)
     except OSError as e:

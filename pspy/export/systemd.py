@@ -563,6 +563,7 @@ def service_unit(export: Export, principal: PrincipalPlan) -> str:
                               "principal's PATH; give its absolute path in pspy.toml's front_end")
         argv = [found, *argv[1:]]
     env = principal_env(plan, principal, host_env={})
+    env.pop("PSPY_LANDLOCK", None)   # Landlock's rules are paths in a jail's view: not carried over
     env["PYTHONPATH"] = posixpath.join(export.install_dir, "lib")
     env[ENV_PLAN] = posixpath.join(export.install_dir, "plan.json")
     if principal.seccomp:
@@ -876,16 +877,9 @@ def write(export: Export, out: str) -> None:
 
 
 def _write_file(out: str, rel: str, data: bytes, mode: int) -> None:
-    path = os.path.join(out, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if rel.startswith("runtime/env/") and os.path.exists(path):
-        return   # may hold filled-in secrets: kept
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-    os.replace(tmp, path)
+    from .common import write_file
+    # runtime/env/ files may hold filled-in secrets: kept
+    write_file(out, rel, data, mode, keep_existing=rel.startswith("runtime/env/"))
 
 
 __all__ = ["add_parser", "run", "build", "write", "syscall_filter", "quote", "account"]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 
+from .._landlock import rules_path
 from ..plan import APP_DIR, LIB_DIR, Plan, PrincipalPlan, filter_path, plan_path, STATE_DIR
 from ..runtime import ENV_CALLER_FDS, ENV_CONTROL_FD, ENV_DEBUG, ENV_LISTEN_FD, ENV_PLAN, ENV_PRINCIPAL, ENV_SECCOMP
 from ..errors import JailError, SandboxError
@@ -44,6 +45,8 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
         env[ENV_SECCOMP] = "none"
     elif not principal.seccomp.get("learn"):
         env[ENV_SECCOMP] = filter_path(principal.name)   # jail.write_filters
+    if principal.landlock:
+        env["PSPY_LANDLOCK"] = rules_path(principal.name)   # sandbox/landlock.py write_rules
     if host_env.get(ENV_DEBUG) == "1":
         env[ENV_DEBUG] = "1"
     for name in principal.env:
