@@ -96,7 +96,7 @@ def abi() -> int:
 
 def parse(text: str, where: str) -> tuple[dict, list[tuple[str, str]]]:
     """A rules file: its header's settings and (letters, path) rules."""
-    lines = text.splitlines()
+    lines = text.rstrip("\n").split("\n")   # "\n" only: a path may hold any other character
     head = lines[0].split() if lines else []
     if not head or head[0] != MAGIC:
         raise RuntimeError(f"{where} is not a pspy Landlock rules file")
@@ -118,9 +118,13 @@ def restrict(settings: dict, rules: list[tuple[str, str]], kernel_abi: int) -> N
     restrict_paths(fs, net, scoped, [(path, rights(letters, fs), letters) for letters, path in rules])
 
 
+REQUIRED = "required"   # a grant's label: its path must exist
+
+
 def restrict_paths(fs: int, net: int, scoped: int, grants: list[tuple]) -> None:
     """Restrict this process to ``grants`` ((path, rights, label) each).
-    A path that does not exist in this view is skipped: it grants nothing.
+    A path that does not exist in this view is skipped: it grants nothing
+    (unless its label is REQUIRED); any other failure to open one raises.
     Paths are opened one at a time, so a small open_files limit holds."""
     from ._native import ffi, lib
     ruleset = lib.pspy_landlock_create(fs, net, scoped)
@@ -130,7 +134,9 @@ def restrict_paths(fs: int, net: int, scoped: int, grants: list[tuple]) -> None:
         for path, mask, label in grants:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
+            except FileNotFoundError:
+                if label == REQUIRED:
+                    raise
                 continue
             try:
                 if not stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -164,8 +170,10 @@ def install(path: str, stream) -> None:
     try:
         restrict(settings, rules, kernel_abi)
     except OSError as e:
-        # Over 16 layers (a principal's Python starting Python starting ...):
-        # the process already runs under every layer it inherited.
+        # Over 16 layers: the process already runs under every layer it
+        # inherited, none of which it can leave.
         import errno
         if e.errno != errno.E2BIG:
             raise
+        stream.write("pspy: warning: Landlock refuses a 17th layer; this process keeps the 16 it inherited\n")
+        stream.flush()

@@ -315,7 +315,7 @@ class _Zygote:
     def _shut_in(self, folder: str) -> None:
         from ._native import ffi, lib
         _landlock.restrict_paths(self.handled, self.handled_net, self.scoped,
-                                 self.rules + [(folder, self.handled, "own folder")])
+                                 self.rules + [(folder, self.handled, _landlock.REQUIRED)])
         if self.owner.call_bpf is not None:
             program = ffi.from_buffer(self.owner.call_bpf)
             if lib.pspy_load_bpf(program, len(self.owner.call_bpf), 0) != 0:

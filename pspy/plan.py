@@ -98,8 +98,8 @@ class PrincipalPlan:
     seccomp: dict | None = None  # {"source", "derived", "profile"}: its filter (pspy.seccomp); None: none
     limits: dict = field(default_factory=dict)   # pspy/limits.py's keys, plain numbers; {}: none
     isolation: str = "process"   # "per_call": every call in a fresh process forked from a ready copy
-    # The file barrier (pspy/sandbox/landlock.py): {"rules": [[letters, path], ...] in its view,
-    # "app": the app folder, resolved against the jail at bootstrap, "tcp": "deny" or "allow",
+    # The file barrier (pspy/sandbox/landlock.py): {"rules": [[letters, path], ...] in its view
+    # (the app folder's are added from the jail at bootstrap), "tcp": "deny" or "allow",
     # "scoped": abstract Unix sockets and signals kept to its own processes, "tmpdir": chroot
     # mode's own /tmp folder}. None: off (pspy.toml landlock = false).
     landlock: dict | None = None

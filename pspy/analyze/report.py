@@ -221,7 +221,9 @@ def landlock_report(plan: Plan, p) -> dict:
     from ..sandbox.landlock import rules_path
     abi = _landlock.abi()
     if not p.landlock:
-        return {"in_force": False, "abi": abi, "summary": "off (pspy.toml landlock = false)"}
+        return {"in_force": False, "abi": abi,
+                "summary": "off (pspy.toml's landlock.enabled = false, or a jail bootstrapped before pspy "
+                           "had Landlock: bootstrap it again)"}
     if abi < 1:
         return {"in_force": False, "abi": 0,
                 "summary": "not in force: this kernel has no Landlock (Linux 5.13 or later, landlock in lsm=)"}

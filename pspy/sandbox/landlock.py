@@ -31,16 +31,15 @@ import stat
 import sys
 
 from .. import _landlock
+from . import mount
 from ..errors import JailError
 from ..plan import APP_DIR, LIB_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path
 
 RULES_DIR = _landlock.RULES_DIR
 rules_path = _landlock.rules_path
-SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
 SYSTEM_PREFIXES = ("/", "/usr", "/usr/local")
-ETC_EVERYONE = ("/etc/ld.so.cache", "/etc/localtime", "/etc/mime.types")
-ETC_NETWORK = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/ssl",
-               "/etc/gai.conf")
+ETC_EVERYONE = tuple(f"/etc/{name}" for name in mount.ETC_EVERYONE)
+ETC_NETWORK = tuple(f"/etc/{name}" for name in mount.ETC_NETWORK)
 
 
 def chroot_tmp(name: str) -> str:
@@ -77,7 +76,7 @@ def elf_loader(path: str) -> str | None:
 def grants(plan_mode: str, name: str, network: bool, files: list[str], programs: list[str] = ()) -> dict:
     """A principal's Landlock value for the plan (paths in its view).
     ``programs``: pspy.toml's landlock.execute for it, the host programs it may run."""
-    rules: list[list[str]] = [["r", p] for p in SYSTEM_PATHS]
+    rules: list[list[str]] = [["r", p] for p in mount.SYSTEM_PATHS]
     for prefix in interpreter_prefixes():
         # A system Python's prefix is /usr (or /usr/local): readable, but
         # executable only for the interpreter itself, not every program there.
@@ -103,7 +102,7 @@ def grants(plan_mode: str, name: str, network: bool, files: list[str], programs:
         tmpdir = chroot_tmp(name)
         rules.append(["rw", tmpdir])
         rules += [["r", f] for f in files]   # --files: host files the app asked for
-    return {"rules": rules, "app": APP_DIR, "tcp": "allow" if network else "deny", "scoped": True,
+    return {"rules": rules, "tcp": "allow" if network else "deny", "scoped": True,
             "tmpdir": tmpdir}
 
 
@@ -146,10 +145,12 @@ def rules_text(plan: Plan, principal: PrincipalPlan, app_root: str) -> str:
     head = [_landlock.MAGIC, f"tcp={value['tcp']}", f"scoped={int(bool(value['scoped']))}"]
     if value.get("tmpdir"):
         head.append(f"tmpdir={value['tmpdir']}")
-    lines = [" ".join(head)]
-    lines += [f"{letters} {path}" for letters, path in value["rules"]]
-    lines += [f"{letters} {path}" for letters, path in app_rules(plan, principal, app_root)]
-    return "\n".join(lines) + "\n"
+    rules = [tuple(rule) for rule in value["rules"]] + app_rules(plan, principal, app_root)
+    for _, path in rules:
+        if any(c in path for c in "\n\r\0"):
+            raise JailError(f"{path!r}: a path with a line break cannot be a Landlock rule of {principal.name}; "
+                            "rename it")
+    return "\n".join([" ".join(head)] + [f"{letters} {path}" for letters, path in rules]) + "\n"
 
 
 def write_rules(plan: Plan) -> None:
@@ -169,11 +170,13 @@ def write_rules(plan: Plan) -> None:
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for entry in os.listdir(dfd):
+            if not stat.S_ISREG(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise JailError(f"{folder}/{entry} is not a rules file of pspy's; remove it and bootstrap again")
             if entry not in wanted:
                 os.unlink(entry, dir_fd=dfd)
         for entry, text in wanted.items():
             tmp = f".{entry}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=dfd)
             with os.fdopen(fd, "w") as f:
                 os.fchmod(fd, 0o644)

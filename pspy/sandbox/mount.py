@@ -27,11 +27,14 @@ from ..errors import SandboxError
 from ..plan import APP_DIR, LIB_DIR, SOCKET_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, plan_path
 from ..sharing import view_of
 from . import cgroup
-from .landlock import rules_path
+from .._landlock import rules_path
 
+# What every view holds of the host's system (sandbox/landlock.py grants the
+# same names, so the view and the Landlock rules cannot drift apart).
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
-ETC_FILES = ("ld.so.cache", "localtime", "hosts", "resolv.conf", "nsswitch.conf", "host.conf",
-             "mime.types", "ssl")
+ETC_EVERYONE = ("ld.so.cache", "localtime", "mime.types")
+ETC_NETWORK = ("hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "ssl")   # Landlock: network only
+ETC_FILES = ETC_EVERYONE + ETC_NETWORK
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RO = n.MS_NOSUID | n.MS_NODEV
 TMP_OPTIONS = "mode=1777,size=64m"
