@@ -142,6 +142,12 @@ def test_capabilities_and_min_kernel_decide_as_docker_would_for_a_principal(tmp_
     ({"defaultAction": "SCMP_ACT_ERRNO", "archMap": [{"architecture": "x86_64"}]}, "archMap[0]"),
     ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
                                                         "includes": {"kernelFlavour": "rt"}}]}, "only arches"),
+    # A misspelt field would be ignored and widen the profile: an error, not a warning.
+    ({"defaultAction": "SCMP_ACT_ALLOW", "sycalls": [{"names": ["mount"], "action": "SCMP_ACT_ERRNO"}]},
+     "did you mean 'syscalls'"),
+    ({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_ALLOW",
+                                                        "include": {"caps": ["CAP_SYS_ADMIN"]}}]},
+     "did you mean 'includes'"),
 ])
 def test_what_docker_or_podman_would_refuse_or_read_differently_is_refused(tmp_path, profile, complaint):
     with pytest.raises(SeccompError) as info:
@@ -257,3 +263,38 @@ def test_export_of_a_principal_under_dockers_profile_loads_back_unchanged(intero
     assert again["profile"] == exported              # the derived rules hold already: nothing to change
     assert seccomp.compile_bpf(again["profile"])
     assert "keyctl" not in seccomp.allowed_names(exported) and "read" in seccomp.allowed_names(exported)
+
+
+def test_without_network_a_permissive_profile_still_refuses_inet_sockets_and_io_uring(tmp_path):
+    """A profile users already have may allow everything by default, or allow
+    io_uring (Docker's does): network=False still leaves AF_UNIX only."""
+    import base64
+    import socket
+    from pspy._native import ffi, lib
+    for profile in ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []},
+                    {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+                        {"names": ["socket", "io_uring_setup"], "action": "SCMP_ACT_ALLOW"}]}):
+        policy = seccomp.compiled(_effective(tmp_path, _profile_file(tmp_path, profile)))
+        names = {n for e in policy["profile"]["syscalls"] if e["action"] == "SCMP_ACT_ALLOW" for n in e["names"]}
+        assert "io_uring_setup" not in names
+        if profile["defaultAction"] != "SCMP_ACT_ALLOW":
+            continue   # this one allows too little to run the check below; its allow list is the point
+        program = base64.b64decode(policy["bpf"])
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the filter goes into a child of the test, never the test itself
+            os.close(read)
+            result = []
+            if lib.pspy_load_bpf(ffi.from_buffer(program), len(program), 0) == 0:
+                for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+                    try:
+                        socket.socket(family).close()
+                        result.append("ok")
+                    except OSError as e:
+                        result.append(e.errno)
+            os.write(write, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        assert json.loads(os.read(read, 1000)) == ["ok", 1, 1], profile   # EPERM for inet
+        os.close(read)

@@ -19,7 +19,8 @@ DERIVATIONS = {
     "provider": "gets 'default' unless its decorator (seccomp=) or pspy.toml names another",
     "network=True": "a provider that keeps the host's network gets 'web' unless seccomp= names another",
     "network=False": "socket() and socketpair() only for AF_UNIX: an allow of them for any other domain "
-                     "(or for all) becomes AF_UNIX only; AF_INET, AF_INET6, AF_PACKET (and netlink) sockets fail",
+                     "(or for all) becomes AF_UNIX only; AF_INET, AF_INET6, AF_PACKET (and netlink) sockets fail, "
+                     "and so does io_uring (it can make sockets without socket())",
     "inline policy": "starts from 'default'; 'allow' adds names, 'deny' removes them, "
                      "'default_action' replaces the default action",
     "other ABIs": "only this machine's native ABI is allowed: i386 (int 0x80) and x32 calls on "
@@ -84,7 +85,7 @@ def effective(spec, *, network: bool, front_end: bool, app_root: str, where: str
     if note:
         derived.append(note)
     if not network:
-        resolved, note = _no_inet_sockets(resolved)
+        resolved, note = _no_inet_sockets(resolved, profile["defaultAction"])
         if note:
             derived.append(note)
     arch_name, _ = native_arch()
@@ -184,16 +185,34 @@ def _no_namespace_clones(resolved: list[dict]) -> tuple[list[dict], str | None]:
     return out, (DERIVATIONS["clone"] if changed else None)
 
 
-def _no_inet_sockets(resolved: list[dict]) -> tuple[list[dict], str | None]:
-    """network=False: socket() and socketpair() may create Unix sockets only."""
+IO_URING = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+PERMISSIVE = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+
+
+def _no_inet_sockets(resolved: list[dict], default_action: str = "SCMP_ACT_ERRNO") -> tuple[list[dict], str | None]:
+    """network=False: socket() and socketpair() may create Unix sockets only,
+    and io_uring (whose IORING_OP_SOCKET makes sockets without socket()) is
+    refused. Under a permissive default action both are refused explicitly."""
     out, changed, allowed = [], False, set()
     for rule in resolved:
-        if rule["name"] not in ("socket", "socketpair") or rule["action"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG"):
+        if rule["name"] in IO_URING and rule["action"] in PERMISSIVE:
+            changed = True
+            continue
+        if rule["name"] not in ("socket", "socketpair") or rule["action"] not in PERMISSIVE:
             out.append(rule)
             continue
         allowed.add(rule["name"])
         if rule["args"] != [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]:
             changed = changed or rule["name"] == "socket" or rule["args"] != []
+    if default_action in PERMISSIVE:
+        allowed |= {"socket", "socketpair"}
+        changed = True
+        out = [r for r in out if r["name"] not in ("socket", "socketpair") + IO_URING]
+        for name in ("socket", "socketpair"):
+            out.append({"name": name, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+                        "args": [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_NE"}]})
+        out += [{"name": name, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM, "args": []} for name in IO_URING]
+        return out, DERIVATIONS["network=False"]
     for name in sorted(allowed):
         out.append({"name": name, "action": "SCMP_ACT_ALLOW",
                     "args": [{"index": 0, "value": AF_UNIX, "op": "SCMP_CMP_EQ"}]})

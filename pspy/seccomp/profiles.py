@@ -44,7 +44,8 @@ ARG_KEYS = {"index", "value", "valueTwo", "op"}
 CONDITION_KEYS = {"arches", "caps", "minKernel"}
 ARCH_MAP_KEYS = {"architecture", "subArchitectures"}
 # Fields runtimes know that pspy does not act on, and why; any other unknown
-# field is ignored too. Either way the warning names it: never silently.
+# field is ignored too, unless it looks like a known one misspelt (an error).
+# Either way the warning names it: never silently.
 IGNORED = {"flags": "pspy loads every filter with the flags it needs (TSYNC) and no others",
            "listenerPath": "pspy runs no seccomp listener (SCMP_ACT_NOTIFY is refused)",
            "listenerMetadata": "pspy runs no seccomp listener (SCMP_ACT_NOTIFY is refused)"}
@@ -117,6 +118,25 @@ def ignored_fields(data: dict) -> list[tuple[str, str]]:
     return list(out.items())
 
 
+def _refuse_misspelt_fields(data: dict, bad) -> None:
+    """An unknown field is warned about, but one that looks like a known
+    field misspelt ("include", "sycalls") is an error: ignoring it would
+    silently change what the profile allows."""
+    import difflib
+
+    def check(keys, known, where):
+        for key in sorted(set(keys) - known - set(IGNORED)):
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            if close:
+                bad(f"unknown field {where}{key!r}: did you mean {close[0]!r}? (a misspelt field would be "
+                    "ignored and change what the profile allows)")
+    check(data, PROFILE_KEYS, "")
+    for i, item in enumerate(data.get("syscalls") or []):
+        check(item, ENTRY_KEYS, f"syscalls[{i}].")
+    for i, item in enumerate(data.get("archMap") or []):
+        check(item, ARCH_MAP_KEYS, f"archMap[{i}].")
+
+
 def check_profile(data, label: str) -> list[tuple[str, str]]:
     """The OCI fields, their types and values; unknown names are checked by
     ``rules``. Returns the fields pspy will not act on (``ignored_fields``)."""
@@ -183,6 +203,7 @@ def check_profile(data, label: str) -> list[tuple[str, str]]:
                     bad(f"{where}.{key}.{list_key} must be a list of names")
             if cond.get("minKernel") and _kernel_version(cond["minKernel"]) is None:
                 bad(f"{where}.{key}.minKernel {cond['minKernel']!r}: expected \"<kernel>.<major>\", as \"4.8\"")
+    _refuse_misspelt_fields(data, bad)
     return ignored_fields(data)
 
 
