@@ -34,3 +34,47 @@ def plan_for_export(app_dir: str, *, uid_base: int | None = None, gid_base: int 
     if not manifest.providers:
         raise PspyError(f"{app_dir}: no @pspy.service found; nothing to export")
     return build_plan(manifest, options)
+
+
+def write_file(out: str, rel: str, data: bytes, mode: int, keep_existing: bool = False) -> None:
+    """Write ``out/rel`` without following a symlink below ``out``: each
+    folder is opened (or made) through the descriptor of the one above, and
+    the file is written under a fresh name there, then renamed over. An
+    export run as root into a folder others can write must not be turned
+    into a write elsewhere. ``keep_existing``: a file already there is kept."""
+    parts = [p for p in rel.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"not a relative path inside the export: {rel!r}")
+    dfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=dfd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as e:
+                raise ConfigError(f"{os.path.join(out, *parts[:parts.index(part) + 1])}: not a folder of the "
+                                  f"export ({e.strerror}); remove it and export again") from None
+            os.close(dfd)
+            dfd = child
+        name = parts[-1]
+        if keep_existing:
+            try:
+                os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                return
+            except FileNotFoundError:
+                pass
+        tmp = f".{name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)

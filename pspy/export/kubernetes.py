@@ -438,8 +438,11 @@ def _seccomp_installer(app: str, image: str, profiles: dict[str, str], labels: d
     kubelet's seccomp folder on every node (write to a temporary name, then
     rename: the kubelet never reads half a profile)."""
     name = f"{app}-seccomp"
-    target = f"/host/{SECCOMP_FOLDER}"
-    script = (f"set -e; mkdir -p {target}; for f in /profiles/*.json; do "
+    # Only pspy's folder of the kubelet's seccomp folder is mounted: the
+    # installer runs the app's image as root, and must not be able to
+    # rewrite other workloads' profiles.
+    target = "/host"
+    script = (f"set -e; for f in /profiles/*.json; do "
               f'cp "$f" {target}/.new && mv {target}/.new "{target}/$(basename "$f")"; done; '
               "echo installed; exec sleep 2147483647")
     installer_labels = dict(labels, **{"app.kubernetes.io/name": name})
@@ -467,7 +470,8 @@ def _seccomp_installer(app: str, image: str, profiles: dict[str, str], labels: d
                                          {"name": "kubelet-seccomp", "mountPath": "/host"}]}],
                     "volumes": [{"name": "profiles", "configMap": {"name": name}},
                                 {"name": "kubelet-seccomp",
-                                 "hostPath": {"path": KUBELET_SECCOMP, "type": "DirectoryOrCreate"}}],
+                                 "hostPath": {"path": f"{KUBELET_SECCOMP}/{SECCOMP_FOLDER}",
+                                              "type": "DirectoryOrCreate"}}],
                 },
             },
         },
@@ -614,8 +618,8 @@ def write(export: Export, app_root: str, out: str) -> None:
         raise ConfigError(f"--out {out}: the folder holds files pspy export kubernetes did not write; "
                           "choose a new or empty folder")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, MARKER), "w") as f:
-        f.write("written by pspy export kubernetes; it may write over this folder again\n")
+    from .common import write_file
+    write_file(out, MARKER, b"written by pspy export kubernetes; it may write over this folder again\n", 0o644)
     for folder in ("app", "seccomp", "kubernetes"):
         path = os.path.join(out, folder)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -629,7 +633,4 @@ def write(export: Export, app_root: str, out: str) -> None:
         raise ConfigError(str(e).replace("refusing to bootstrap; nothing in the jail was changed",
                                          "refusing to export")) from None
     for rel, text in export.files.items():
-        path = os.path.join(out, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
+        write_file(out, rel, text.encode(), 0o644)
