@@ -263,7 +263,8 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert "ZOOBANK_SECRET_KEY" not in env
         assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
-                            "PSPY_CALLER_FDS", "PSPY_CONTROL_FD", "PYTHONNOUSERSITE", "PSPY_SECCOMP"}, env
+                            "PSPY_CALLER_FDS", "PSPY_CONTROL_FD", "PYTHONNOUSERSITE", "PSPY_SECCOMP",
+                            "PSPY_LANDLOCK", "PSPY_CONFINED"}, env
     # Nor does any other process of the app (PID 1 of namespace mode included);
     # rootless, the supervisor and its keeper have the user's uid, but they
     # are the user's own processes, outside.

@@ -116,7 +116,7 @@ def app_rules(plan: Plan, principal: PrincipalPlan, app_root: str) -> list[tuple
     special = hidden | writable | shared_ro
     out = [("l", APP_DIR)]
 
-    def walk(src: str, rel: str) -> None:
+    def walk(src: str, rel: str, default: str) -> None:
         for entry in sorted(os.listdir(src)):
             r = f"{rel}{entry}"
             s = os.path.join(src, entry)
@@ -126,17 +126,19 @@ def app_rules(plan: Plan, principal: PrincipalPlan, app_root: str) -> list[tuple
                 continue   # a link is checked where it leads
             if r in writable:
                 out.append(("rw", target))
-            elif r in shared_ro:
-                out.append(("r", target))
             elif stat.S_ISDIR(st.st_mode) and any(p.startswith(r + "/") for p in special):
                 # Folders on the way to data are listed (names only): the
-                # import system lists every folder on sys.path.
+                # import system lists every folder on sys.path. What lies
+                # in them gets rules of its own, as sandbox/mount.py mounts it
+                # (another principal's data nested in a shared folder too).
                 out.append(("l", target))
-                walk(s, r + "/")
+                walk(s, r + "/", "r" if r in shared_ro else default)
+            elif r in shared_ro:
+                out.append(("r", target))
             else:
-                out.append(("rx", target))
+                out.append((default, target))
 
-    walk(app_root, "")
+    walk(app_root, "", "rx")
     return out
 
 
