@@ -701,20 +701,27 @@ def write_filters(plan: Plan) -> None:
     are removed."""
     from ._filter import file_bytes
     from .plan import FILTER_DIR, filter_path
-    folder = os.path.join(plan.jail, FILTER_DIR.lstrip("/"))
+    wanted = {os.path.basename(filter_path(p.name)): file_bytes(p.seccomp, plan.app_dir)
+              for p in plan.principals if p.seccomp and not p.seccomp.get("learn")}
+    write_principal_files(os.path.join(plan.jail, FILTER_DIR.lstrip("/")), wanted, "filter")
+
+
+def write_principal_files(folder: str, wanted: dict[str, bytes], what: str) -> None:
+    """Files principals read at start-up (their filters, their Landlock
+    rules), one per principal, in a folder that must be pspy's own. Written
+    through a descriptor on the folder; anything in it but regular files is
+    refused, files of principals the plan no longer has are removed."""
     _mkdir(folder, 0o755)
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(dfd)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
             raise JailError(f"{folder} is not pspy's own folder (owner uid {st.st_uid}, mode "
-                            f"{oct(st.st_mode & 0o7777)}); refusing to write filters there")
-        wanted = {os.path.basename(filter_path(p.name)): file_bytes(p.seccomp, plan.app_dir)
-                  for p in plan.principals if p.seccomp and not p.seccomp.get("learn")}
+                            f"{oct(st.st_mode & 0o7777)}); refusing to write {what}s there")
         for name in os.listdir(dfd):
             entry = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISREG(entry.st_mode):
-                raise JailError(f"{folder}/{name} is not a filter file of pspy's; remove it and bootstrap again")
+                raise JailError(f"{folder}/{name} is not a {what} file of pspy's; remove it and bootstrap again")
             if name not in wanted:
                 os.unlink(name, dir_fd=dfd)
         for name, data in wanted.items():

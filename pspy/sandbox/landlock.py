@@ -156,36 +156,13 @@ def rules_text(plan: Plan, principal: PrincipalPlan, app_root: str) -> str:
 
 
 def write_rules(plan: Plan) -> None:
-    """Each principal's rules file, in a folder of pspy's own; files of
-    principals without Landlock (or no longer in the plan) are removed."""
-    folder = plan.host_path(RULES_DIR)
-    if os.path.islink(folder):
-        raise JailError(f"{folder} is a symlink where pspy expects its own folder; refusing to follow it")
-    os.makedirs(folder, mode=0o755, exist_ok=True)
-    st = os.lstat(folder)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not stat.S_ISDIR(st.st_mode):
-        raise JailError(f"{folder} is not pspy's own folder (owner uid {st.st_uid}, mode "
-                        f"{oct(st.st_mode & 0o7777)}); refusing to write Landlock rules there")
+    """Each principal's rules file, written as its filter is (jail.py):
+    files of principals without Landlock (or no longer in the plan) are removed."""
+    from ..jail import write_principal_files
     app_root = plan.host_path(APP_DIR)
-    wanted = {os.path.basename(rules_path(p.name)): rules_text(plan, p, app_root)
+    wanted = {os.path.basename(rules_path(p.name)): rules_text(plan, p, app_root).encode()
               for p in plan.principals if p.landlock}
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for entry in os.listdir(dfd):
-            if not stat.S_ISREG(os.stat(entry, dir_fd=dfd, follow_symlinks=False).st_mode):
-                raise JailError(f"{folder}/{entry} is not a rules file of pspy's; remove it and bootstrap again")
-            if entry not in wanted:
-                os.unlink(entry, dir_fd=dfd)
-        for entry, text in wanted.items():
-            tmp = f".{entry}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=dfd)
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(fd, 0o644)
-                f.write(text)
-            os.rename(tmp, entry, src_dir_fd=dfd, dst_dir_fd=dfd)
-    finally:
-        os.close(dfd)
+    write_principal_files(plan.host_path(RULES_DIR), wanted, "Landlock rules")
 
 
 def make_chroot_tmps(plan: Plan) -> None:
