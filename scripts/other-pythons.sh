@@ -40,6 +40,7 @@ for v in $VERSIONS; do
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     # One at a time: each editable install builds the native helper in the tree.
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+    bash scripts/test-tools.sh "$venv/bin/python"
     ready="$ready $v"
 done
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Test-only tools (kubernetes-validate) live beside the virtualenv, out of the
+# site-packages that chroot mode copies into every jail (scripts/test-tools.sh).
+TEST_TOOLS = sys.prefix + "-tools"
+if os.path.isdir(TEST_TOOLS):
+    sys.path.append(TEST_TOOLS)
 ZOOBANK = os.path.join(REPO, "examples", "zoobank")
 IS_ROOT = os.geteuid() == 0
 
