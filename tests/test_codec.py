@@ -293,3 +293,153 @@ def test_tuples_nested_beyond_the_limit_from_the_wire_are_a_protocol_error():
         data = msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, data))
     with pytest.raises(ProtocolError):
         codec.decode(data)
+
+
+# --- bounds on what one frame may decode into (issue 16) -------------------
+#
+# A hostile frame is built with raw msgpack, as a peer would; codec.decode
+# with limits measures it before building anything.
+
+def _array(items: list[bytes]) -> bytes:
+    return b"\xdd" + len(items).to_bytes(4, "big") + b"".join(items)
+
+
+def _map(count: int) -> bytes:
+    return b"\xdf" + count.to_bytes(4, "big") + b"".join(b"\xce" + i.to_bytes(4, "big") + b"\xc0"
+                                                         for i in range(count))
+
+
+SMALL = codec.limits_for(64 * 1024)      # 1,024 elements a container, 128 KiB of objects
+MEDIUM = codec.limits_for(1024 * 1024)   # 8,192 elements a container
+
+
+def test_a_list_at_the_element_limit_decodes_and_one_more_is_refused_naming_the_limit():
+    n = MEDIUM.max_container
+    assert codec.decode(_array([b"\xc0"] * n), limits=MEDIUM) == [None] * n
+    with pytest.raises(codec.FrameRefused, match=f"a list of {n + 1} elements is over the limit of {n}"):
+        codec.decode(_array([b"\xc0"] * (n + 1)), limits=MEDIUM)
+
+
+def test_a_map_at_the_entry_limit_decodes_and_one_more_is_refused_naming_the_limit():
+    n = MEDIUM.max_container
+    assert len(codec.decode(_map(n), limits=MEDIUM)) == n
+    with pytest.raises(codec.FrameRefused, match=f"a map of {n + 1} entries is over the limit of {n}"):
+        codec.decode(_map(n + 1), limits=MEDIUM)
+
+
+def test_a_count_announced_past_the_limit_is_refused_before_its_elements_arrive():
+    # Four bytes announce 2**32-1 elements: refused by the count, not after building any.
+    with pytest.raises(codec.FrameRefused, match="a list of 4294967295 elements"):
+        codec.decode(b"\xdd\xff\xff\xff\xff", limits=MEDIUM)
+    # (A frame this small is not measured: msgpack finds it cut short. A measured one is refused by its length.)
+    with pytest.raises(codec.FrameRefused, match=f"a str of {2**32 - 1} bytes is over the limit of 1048576"):
+        codec.measure(b"\xdb\xff\xff\xff\xff", MEDIUM)
+
+
+def test_objects_up_to_the_frames_bound_decode_and_past_it_are_refused():
+    # An empty map costs codec._DICT bytes and its pointer: a list of them fills the bound exactly.
+    fits = (SMALL.max_decoded - codec._CALL - codec._LIST) // (8 + codec._DICT)
+    assert fits < SMALL.max_container   # so the bound on the total is what is tested
+    assert codec.decode(_array([b"\x80"] * fits), limits=SMALL) == [{}] * fits
+    with pytest.raises(codec.FrameRefused, match=f"more than {SMALL.max_decoded} bytes of objects"):
+        codec.decode(_array([b"\x80"] * (fits + 1)), limits=SMALL)
+
+
+def test_many_containers_each_under_the_element_limit_are_refused_by_the_total():
+    inner = _array([b"\xe0"] * (MEDIUM.max_container - 1))   # -32: a fresh int object each
+    with pytest.raises(codec.FrameRefused, match="bytes of objects"):
+        codec.decode(_array([inner] * 8), limits=MEDIUM)
+
+
+def test_lists_nested_while_still_open_are_counted_before_the_innermost_closes():
+    # Each level holds its ints while the next is read: measured up front, nothing is built.
+    level = b"\xdd" + MEDIUM.max_container.to_bytes(4, "big") + b"\xe0" * (MEDIUM.max_container - 1)
+    with pytest.raises(codec.FrameRefused, match="bytes of objects"):
+        codec.decode(level * 200 + b"\xc0", limits=MEDIUM)
+
+
+def test_extension_payloads_count_against_the_bound():
+    # Empty sets, three bytes each, cost codec._SET bytes once built.
+    empty_set = msgpack.packb(msgpack.ExtType(codec.EXT_SET, msgpack.packb([])))
+    with pytest.raises(codec.FrameRefused):
+        codec.decode(_array([empty_set] * 1000), limits=SMALL)
+    # Each nested tuple's payload is a copy of what it holds: 60 levels of a large one are refused.
+    data = msgpack.packb([b"x" * 20_000])
+    for _ in range(60):
+        data = msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, data))
+    with pytest.raises(codec.FrameRefused):
+        codec.decode(data, limits=SMALL)
+
+
+def test_attachments_count_against_the_bound_once_each():
+    body = msgpack.packb(["echo", [msgpack.ExtType(codec.EXT_ATTACHMENT, b"\0\0\0\0")], {}])
+    fits = bytes(SMALL.max_decoded - 4096)
+    assert codec.decode(body, [memoryview(fits)], limits=SMALL) == ["echo", [fits], {}]
+    with pytest.raises(codec.FrameRefused):
+        codec.decode(body, [memoryview(fits + bytes(8192))], limits=SMALL)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_any_allowed_value_round_trips_exactly_within_the_bounds(value):
+    assert_same(value, codec.decode(codec.encode(value), limits=SMALL))
+
+
+def test_a_realistic_large_value_is_within_the_default_bounds():
+    limits = codec.limits_for(16 * 1024 * 1024)
+    rows = [{"id": i, "name": f"user{i}", "balance": decimal.Decimal(i) / 100, "seen": datetime.date(2026, 1, 1),
+             "tags": ("a", "b")} for i in range(5_000)]
+    assert codec.decode(codec.encode(rows), limits=limits) == rows
+
+
+@pytest.mark.parametrize("item", [b"\xc0", b"\xe0", b"\xcb" + bytes(8), b"\x80", b"\x90", b"\x81\x00\x00",
+                                  b"\xa2ab", b"\xa4\xf0\x9f\x98\x80", b"\xc4\x01x",
+                                  msgpack.packb(msgpack.ExtType(codec.EXT_SET, msgpack.packb([1, 2]))),
+                                  msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, msgpack.packb([None]))),
+                                  msgpack.packb(msgpack.ExtType(codec.EXT_DECIMAL, b"1.5")),
+                                  msgpack.packb(msgpack.ExtType(codec.EXT_UUID, bytes(16))),
+                                  msgpack.packb(msgpack.ExtType(codec.EXT_DATE, b"2026-12-07")),
+                                  codec.encode(datetime.datetime(2026, 12, 7, tzinfo=IST))])
+def test_what_a_frame_is_measured_to_cost_is_at_least_what_it_costs(item):
+    # The bound is only as good as the measure: the memory really allocated
+    # while decoding (tracemalloc's peak) never exceeds it.
+    import tracemalloc
+    data = _array([item] * 1000)
+    estimate, _ = codec.measure(data, MEDIUM)
+    tracemalloc.start()
+    try:
+        value = codec.decode(data, limits=MEDIUM)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(value) == 1000
+    assert peak <= estimate, f"{item!r}: decoding allocated {peak} bytes, measured {estimate}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=200), values.map(codec.encode).flatmap(
+    lambda data: st.integers(0, len(data)).map(lambda cut: data[:cut]))))
+def test_any_bytes_decode_within_the_bounds_to_a_value_or_a_protocol_error(data):
+    for attempt in (lambda: codec.measure(data, SMALL), lambda: codec.decode(data, limits=SMALL)):
+        try:
+            attempt()
+        except ProtocolError:
+            pass
+
+
+def test_frames_too_small_to_pass_the_bound_are_not_measured_and_larger_ones_are():
+    # A body of measured_above bytes cannot decode past max_decoded even at the worst
+    # a byte can cost: measuring it would cost the call and prove nothing.
+    worst = codec.limits_for(16 * 1024 * 1024)
+    assert codec._CALL + worst.measured_above * codec._MOST_PER_BYTE <= worst.max_decoded
+    assert worst.measured_above < worst.max_container
+    empty_maps = _array([b"\x80"] * (worst.measured_above - 5))
+    assert len(empty_maps) == worst.measured_above
+    codec.measure(empty_maps, worst)   # within, as the threshold claims
+
+
+def test_a_frame_cut_short_is_refused_before_what_precedes_the_cut_is_built():
+    # 100,000 fresh ints announced as 100,001: refused by the measure, not after building them.
+    limits = codec.limits_for(16 * 1024 * 1024)
+    with pytest.raises(ProtocolError, match="malformed message"):
+        codec.decode(b"\xdd" + (100_001).to_bytes(4, "big") + b"\xe0" * 100_000, limits=limits)

@@ -15,15 +15,22 @@ import collections
 import errno
 import os
 import socket
-import struct
+import time
 
 from ..errors import (CallInterrupted, PermissionDenied, ProtocolError, RemoteError,
                       SerializationError, ServiceTimeout, ServiceUnavailable)
 from . import codec, protocol
-from .server import builtin_exception
+from .protocol import set_kernel_timeout
+from .server import IDLE_TIMEOUT, builtin_exception
 
 _NOT_DELIVERED = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 _POOL_SIZE = 32
+# A pooled connection idle longer than this is closed rather than reused:
+# the provider closes it at IDLE_TIMEOUT, and a request sent just as it
+# does would be lost in flight (CallInterrupted) instead of never sent.
+_REUSE_WITHIN = IDLE_TIMEOUT / 2
+_monotonic = time.monotonic
+_CONNECT_RETRY = 0.002   # first pause when the provider's listening queue is full; doubles up to 50 ms
 
 # Bumped in every forked child: a pool made before the fork belongs to the
 # parent, and sharing its sockets would interleave two processes' frames.
@@ -47,40 +54,74 @@ class Client:
         self.timeout = timeout          # default for calls that give none; None: wait forever
         self.max_frame = max_frame
         # deque.append and deque.pop are atomic: the pool needs no lock.
-        self._idle: collections.deque[protocol.Connection] = collections.deque()
+        # Entries: (connection, when the call that last used it began).
+        self._idle: collections.deque[tuple[protocol.Connection, float]] = collections.deque()
         self._generation = _fork_generation
 
     # --- connections ----------------------------------------------------------
-    def _connect(self) -> protocol.Connection:
+    def _connect(self, timeout: float | None = None) -> protocol.Connection:
+        """A new connection, within ``timeout`` seconds (None: this client's default)."""
+        if timeout is None:
+            timeout = self.timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Non-blocking: a Unix socket whose listening queue is full blocks
+        # connect() with no end (a caller flooding the provider, or one that
+        # stopped accepting); non-blocking it fails with EAGAIN at once, and
+        # is tried again until the deadline, so rpc_timeout and the
+        # health check always fire.
+        sock.setblocking(False)
+        deadline = time.monotonic() + timeout if timeout is not None else float("inf")
+        pause = _CONNECT_RETRY
         try:
-            sock.connect(self.path)
+            while True:
+                try:
+                    sock.connect(self.path)
+                    break
+                except (BlockingIOError, InterruptedError) as e:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ServiceUnavailable(
+                            f"provider {self.provider!r} at {self.path} did not accept the connection within "
+                            f"{timeout:g}s (its queue is full: {e.strerror or e}); the request was not sent") from None
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, 0.05)
         except OSError as e:
             sock.close()
             raise ServiceUnavailable(f"provider {self.provider!r} is not reachable at {self.path}: "
                                      f"{e.strerror or e}; the request was not sent") from None
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(True)
         return protocol.Connection(sock, self.max_frame)
 
-    def _take(self) -> tuple[protocol.Connection, bool]:
+    def _take(self, timeout: float | None, now: float) -> tuple[protocol.Connection, bool]:
         """A connection, and whether it came from the pool (and may be stale)."""
         if self._generation != _fork_generation:
             self._idle = collections.deque()   # the parent's; never closed here, never used
             self._generation = _fork_generation
-        try:
-            return self._idle.pop(), True
-        except IndexError:
-            return self._connect(), False
+        while True:
+            try:
+                conn, since = self._idle.pop()
+            except IndexError:
+                return self._connect(timeout), False
+            if now - since < _REUSE_WITHIN:
+                return conn, True
+            conn.close()   # the provider may be closing it: a fresh one is safe
 
-    def _give_back(self, conn: protocol.Connection) -> None:
+    def _give_back(self, conn: protocol.Connection, since: float) -> None:
+        # ``since``: when the call that used it began, a little before its
+        # idle time did, so the pool errs on the side of a fresh connection
+        # (and the clock is read once per call, not twice).
         if self._generation == _fork_generation and len(self._idle) < _POOL_SIZE:
-            self._idle.append(conn)
+            self._idle.append((conn, since))
         else:
             conn.close()
 
     def close(self) -> None:
         while True:
             try:
-                self._idle.pop().close()
+                self._idle.pop()[0].close()
             except IndexError:
                 return
 
@@ -94,7 +135,8 @@ class Client:
         # here, with nothing sent; the same bytes serve the one allowed retry.
         packer, payload = codec.pack_into_buffer([service, args, kwargs or {}])
         try:
-            conn, pooled = self._take()
+            began = _monotonic()
+            conn, pooled = self._take(timeout, began)
             try:
                 if conn.timeout != timeout:
                     _set_timeout(conn, timeout)
@@ -102,16 +144,18 @@ class Client:
                     conn.send_with_attachments(payload, attachments) if attachments else conn.send(payload)
                 except OSError as e:
                     if not (pooled and e.errno in _NOT_DELIVERED):
+                        _raise_refusal(self.provider, service, conn)
                         raise ServiceUnavailable(f"could not send to {self.provider!r}: {e}; "
                                                  "the request was not delivered") from None
                     # A pooled connection the provider had closed (it restarted, say):
                     # nothing reached a live server, so one fresh attempt is safe.
                     conn.close()
-                    conn, pooled = self._connect(), False
+                    conn, pooled = self._connect(timeout), False
                     _set_timeout(conn, timeout)
                     try:
                         conn.send_with_attachments(payload, attachments) if attachments else conn.send(payload)
                     except OSError as e2:
+                        _raise_refusal(self.provider, service, conn)
                         raise ServiceUnavailable(f"could not send to {self.provider!r}: {e2}; "
                                                  "the request was not delivered") from None
             except BaseException:
@@ -134,12 +178,12 @@ class Client:
             conn.close()
             raise
         if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
-            self._give_back(conn)
+            self._give_back(conn, began)
             return response[1]
         if _never_reuse(response):
             conn.close()
         else:
-            self._give_back(conn)
+            self._give_back(conn, began)
         return _result(self.provider, service, response)
 
     def ping(self) -> str:
@@ -147,16 +191,24 @@ class Client:
 
 
 def _set_timeout(conn: protocol.Connection, timeout: float | None) -> None:
-    # A kernel timeout (SO_RCVTIMEO/SO_SNDTIMEO) instead of Python's socket
-    # timeout: the latter polls before every recv, a syscall per call. Set
-    # only when it changes, so steady-state calls pay nothing for it.
-    seconds = timeout or 0.0
-    tv = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
-    if timeout is not None and tv == struct.pack("ll", 0, 0):
-        tv = struct.pack("ll", 0, 1)   # 0 would mean "forever"
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    # Set only when it changes, so steady-state calls pay nothing for it.
+    set_kernel_timeout(conn.sock, socket.SO_RCVTIMEO, timeout)
+    set_kernel_timeout(conn.sock, socket.SO_SNDTIMEO, timeout)
     conn.timeout = timeout
+
+
+def _raise_refusal(provider: str, service: str, conn: protocol.Connection) -> None:
+    """A provider that refuses a connection (past the caller's connection
+    cap, or a caller it does not serve at all) answers before closing; if
+    the request could not be written because it closed, that answer is
+    what the caller should see, not a bare EPIPE."""
+    try:
+        conn.sock.setblocking(False)
+        response = conn.recv_message()
+    except (OSError, protocol.PeerClosed, ProtocolError):
+        return
+    if type(response) is list and len(response) == 2 and response[0] in (protocol.DENIED, protocol.NOT_SERVED):
+        _result(provider, service, response)
 
 
 def _result(provider: str, service: str, response):

@@ -13,16 +13,29 @@ object with one sendmsg(), never copied into the body.
     response: [status, payload]
 
 Reads go through a per-connection buffer, so a small frame costs one
-recv(); a large frame is read straight into the buffer kept from the last
-one, or gathered in pieces that grow only with what arrives (a length
-announced is not yet a reason to allocate). Large frames are written with
-one sendmsg() of header and body, without joining them first.
+recv(). A frame too large for it is read into an anonymous mapping of its
+announced length, whose pages become resident only as bytes arrive (a
+length announced is not yet a reason to commit memory). Large frames are
+written with one sendmsg() of header and body, without joining them first.
+
+What a frame costs its receiver is bounded (see codec.limits_for): the
+frame and the objects it decodes into, measured before they are built. Frames
+above SMALL_FRAME reserve that worst case from one budget shared by every
+connection of the process (FRAME_MEMORY) before any byte of their body is
+read, and give it back once decoded; a frame past the bounds is refused
+with a codec.FrameRefused naming the bound. So however many connections
+send their worst frames at once, the frames being received and decoded hold
+at most FRAME_MEMORY_FACTOR x max_frame between them: the rest wait, their
+bytes left in the socket.
 """
 
 from __future__ import annotations
 
+import mmap
 import socket
 import struct
+import threading
+import time
 
 from ..errors import ProtocolError
 from . import codec
@@ -32,6 +45,17 @@ _HEADER = struct.Struct(">I")
 _HAS_ATTACHMENTS = 1 << 31
 _BUFFER = 64 * 1024
 _JOIN_BELOW = 64 * 1024   # below this, header + body are joined and sent with one send()
+# Frames up to this many bytes are decoded without the bounds and outside the
+# shared budget (the small-call path): at msgpack's worst, about 80 bytes of
+# objects a byte, one is under 100 KiB of objects.
+SMALL_FRAME = 1024
+# The frames being received and decoded in one process hold at most this many
+# times the largest max_frame of its connections, all together. One frame's
+# worst case (codec.Limits.frame_cost: the frame, its objects, one dict's
+# table while it grows) is under 2.3 x max_frame, so a frame of any size
+# fits, and the whole stays under 4 x max_frame with room for the
+# connections' own 64 KiB buffers and threads.
+FRAME_MEMORY_FACTOR = 2.5
 
 OK = 0          # payload: the return value
 ERROR = 1       # payload: {"type", "message", "args", "traceback"}
@@ -48,20 +72,116 @@ class PeerClosed(Exception):
     """The peer closed the connection before a frame started."""
 
 
+class _FrameMemory:
+    """Bytes that frames being received and decoded may hold, shared by every
+    connection of the process. A frame reserves its worst case at once, before
+    reading its body, and waits while it does not fit: a waiting frame holds
+    nothing, so frames cannot deadlock one another, and its sender is held
+    back by the socket (its frame deadline, if any, keeps running)."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self.capacity = 0
+        self.used = 0
+        self._waiting = 0
+
+    def admit(self, max_frame: int) -> None:
+        """A connection whose frames may be up to ``max_frame`` bytes exists."""
+        need = int(FRAME_MEMORY_FACTOR * max_frame)
+        if need > self.capacity:
+            with self._cond:
+                self.capacity = max(self.capacity, need)
+                self._cond.notify_all()
+
+    def reserve(self, size: int) -> None:
+        with self._cond:
+            # A frame alone always goes ahead, so none can wait forever for room it will never get.
+            while self.used and self.used + size > self.capacity:
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.used -= size
+            if self._waiting:
+                self._cond.notify_all()
+
+
+FRAME_MEMORY = _FrameMemory()
+
+
+class _BufferPool:
+    """Mappings of large frames, kept for the next ones: a fresh mapping
+    page-faults on every page a frame is written into, which costs a 1 MiB
+    frame several times its copy. What is kept, all connections together, is
+    at most KEPT_FRACTION of the frame budget, so it adds to no caller's reach."""
+
+    KEPT_FRACTION = 0.1
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._free: list[mmap.mmap] = []
+        self._kept = 0
+
+    def take(self, length: int) -> mmap.mmap:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= length:
+                    self._kept -= len(buf)
+                    return self._free.pop(i)
+        # Rounded up to a power of two so that it fits the next frames too: pages
+        # never written to are never made resident.
+        return mmap.mmap(-1, 1 << (length - 1).bit_length())
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            if self._kept + len(buf) <= self.KEPT_FRACTION * FRAME_MEMORY.capacity:
+                self._free.append(buf)
+                self._kept += len(buf)
+                return
+        try:
+            buf.close()
+        except BufferError:   # a view of it is still alive (an exception's frame): freed with it
+            pass
+
+
+BUFFERS = _BufferPool()
+
+
 class Connection:
     """A socket with frame-level send and receive. Not thread-safe: one user at a time."""
 
-    __slots__ = ("sock", "max_frame", "_buf", "_view", "_start", "_end", "_large", "timeout")
+    __slots__ = ("sock", "max_frame", "limits", "_small", "_buf", "_view", "_start", "_end", "timeout",
+                 "idle_timeout", "frame_timeout", "_frame_deadline", "_frame_wait")
 
     def __init__(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME):
         self.sock = sock
         self.max_frame = max_frame
+        self.limits = codec.limits_for(max_frame)
+        self._small = min(SMALL_FRAME, max_frame)
+        FRAME_MEMORY.admit(max_frame)
         self._buf = bytearray(_BUFFER)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
-        self._large: bytearray | None = None   # kept for the next large frame: no fresh allocation
         self.timeout: float | None = None   # the receive timeout currently set on the socket
+        self.idle_timeout: float | None = None    # see hold_frames_to
+        self.frame_timeout: float | None = None
+        self._frame_deadline = 0.0   # when the frame being received must be whole; 0: none started
+        self._frame_wait = 0.0
+
+    def hold_frames_to(self, idle_timeout: float, frame_timeout: float) -> None:
+        """Receive waits at most ``idle_timeout`` for a frame to begin, and a
+        frame that needs more than one recv must be whole within
+        ``frame_timeout`` of its second: a peer trickling bytes cannot hold
+        the connection longer. Kernel timeouts (SO_RCVTIMEO), so a frame that
+        arrives whole, the small-call path, pays nothing for it."""
+        self.idle_timeout, self.frame_timeout = idle_timeout, frame_timeout
+        set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, idle_timeout)
 
     def close(self) -> None:
         self.sock.close()
@@ -97,7 +217,11 @@ class Connection:
                 views[0] = views[0][sent:]
 
     def recv_message(self):
-        """Receive and decode one message, attachments included."""
+        """Receive and decode one message, attachments included; a frame past
+        the bounds is a codec.FrameRefused (a ProtocolError) naming the bound."""
+        if self._frame_deadline:   # the last frame took several recvs: back to waiting idle
+            self._frame_deadline = 0.0
+            set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, self.idle_timeout)
         if self._start == self._end:
             # The common case, one small frame arriving whole into an empty
             # buffer, costs a single recv() and no bookkeeping.
@@ -106,14 +230,31 @@ class Connection:
                 raise PeerClosed()
             if n >= 4:
                 (length,) = _HEADER.unpack_from(self._buf, 0)
-                if length == n - 4 and length <= self.max_frame:
+                if length == n - 4 and length <= self._small:
                     return codec.decode(self._view[4:n])
             self._start, self._end = 0, n
-        frame = self.recv(attachments_allowed=True)
-        if type(frame) is not tuple:
-            return codec.decode(frame)
-        body, attachments = frame
-        return codec.decode(body, attachments)
+        while self._end - self._start < 4:
+            self._fill()
+        (length,) = _HEADER.unpack_from(self._buf, self._start)
+        body_length = length & ~_HAS_ATTACHMENTS
+        if body_length <= self._small and not length & _HAS_ATTACHMENTS:
+            return codec.decode(self.recv())
+        if body_length > self.max_frame:
+            self.recv(attachments_allowed=True)   # raises the ProtocolError naming the limit
+        cost = self.limits.frame_cost(body_length)
+        FRAME_MEMORY.reserve(cost)
+        mapping = None
+        try:
+            frame = self.recv(attachments_allowed=True)
+            body, attachments = frame if type(frame) is tuple else (frame, None)
+            mapping = body.obj if type(body.obj) is mmap.mmap else None
+            return codec.decode(body, attachments, limits=self.limits)
+        finally:
+            # Decoding copied what it needed: the frame's mapping may serve another.
+            frame = body = attachments = None
+            if mapping is not None:
+                BUFFERS.give(mapping)
+            FRAME_MEMORY.release(cost)
 
     def send(self, payload) -> None:
         n = len(payload)
@@ -168,7 +309,7 @@ class Connection:
             pending = self._end - self._start
             self._buf[:pending] = self._buf[self._start:self._end]
             self._start, self._end = 0, pending
-        n = self.sock.recv_into(self._view[self._end:])
+        n = self._recv_more(self._view[self._end:])
         if n == 0:
             if self._start == self._end:
                 raise PeerClosed()
@@ -176,44 +317,64 @@ class Connection:
         self._end += n
 
     def _recv_large(self, begin: int, length: int) -> memoryview:
-        have = min(self._end - begin, length)
-        out = self._large
-        if out is not None and len(out) >= length:
-            # The buffer kept from an earlier frame, which the peer did send: filled in place.
-            out[:have] = self._view[begin:begin + have]
-            self._start = self._end = 0
-            view = memoryview(out)[:length]
-            self._recv_exactly(view, have)
-            return view
-        # Otherwise the frame is gathered in pieces that grow with the bytes
-        # received, never ahead of them: a bare 4-byte header announcing a
-        # 16 MiB frame must not make this side allocate (and zero, touching
-        # every page) 16 MiB, or a caller holding 256 such connections makes a
-        # provider commit 4 GiB for 1 KiB sent. Each piece is no larger than
-        # what came before it (or the 64 KiB of the connection's own buffer),
-        # so memory stays under twice what arrived; the pieces are joined
-        # once, at the end.
-        self._large = None
-        pieces = [bytes(self._view[begin:begin + have])]
+        # An anonymous mapping of (at least) the announced length: its pages
+        # are made resident only as bytes are written into them, so a bare
+        # 4-byte header announcing 16 MiB commits nothing, and a mapping is
+        # returned to the system whole (no heap it stays in). recv_message
+        # gives it back to BUFFERS once decoded; recv() leaves it to its caller.
+        have = self._end - begin
+        out = memoryview(BUFFERS.take(length))[:length]
+        out[:have] = self._view[begin:self._end]
         self._start = self._end = 0
-        got = have
-        while got < length:
-            piece = bytearray(min(max(got, _BUFFER), length - got))
-            self._recv_exactly(memoryview(piece), 0)
-            pieces.append(piece)
-            got += len(piece)
-        out = bytearray().join(pieces)
-        # Keep buffers up to a few MiB for the next frame; larger ones are one-offs.
-        self._large = out if length <= 4 * 1024 * 1024 else None
-        return memoryview(out)
+        self._recv_exactly(out, have)
+        return out
 
     def _recv_exactly(self, view: memoryview, got: int) -> None:
         """Fill ``view`` from ``got`` on, straight from the socket."""
         while got < len(view):
-            n = self.sock.recv_into(view[got:])
+            n = self._recv_more(view[got:])
             if n == 0:
                 raise ProtocolError("connection closed in the middle of a frame")
             got += n
+
+
+    def _recv_more(self, view: memoryview) -> int:
+        """recv_into for a frame that did not arrive in one piece, within its deadline."""
+        if self.frame_timeout is None:
+            return self.sock.recv_into(view)
+        now = time.monotonic()
+        if not self._frame_deadline:
+            self._frame_deadline = now + self.frame_timeout
+            self._frame_wait = self.frame_timeout
+            set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, self.frame_timeout)
+        left = self._frame_deadline - now
+        if left <= 0:
+            raise ProtocolError(f"a frame that started to arrive was not whole within {self.frame_timeout:g}s")
+        if left < self._frame_wait / 2:
+            # Shortened by halves, not at every recv (a large frame takes
+            # many): no recv waits past the deadline by more than the time
+            # left, so a frame ends within twice frame_timeout at worst.
+            self._frame_wait = left
+            set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, left)
+        try:
+            return self.sock.recv_into(view)
+        except (BlockingIOError, socket.timeout):
+            raise ProtocolError(f"a frame that started to arrive was not whole within "
+                                f"{self.frame_timeout:g}s") from None
+
+
+def set_kernel_timeout(sock: socket.socket, option: int, seconds: float | None) -> None:
+    """SO_RCVTIMEO or SO_SNDTIMEO: a blocked recv/send fails with EAGAIN
+    after ``seconds`` (None: never). Unlike Python's socket timeout it costs
+    no poll() before each call."""
+    seconds = seconds or 0.0
+    tv = struct.pack("ll", int(seconds), int((seconds - int(seconds)) * 1_000_000))
+    if seconds and tv == _NO_TIMEOUT:
+        tv = struct.pack("ll", 0, 1)   # 0 would mean "forever"
+    sock.setsockopt(socket.SOL_SOCKET, option, tv)
+
+
+_NO_TIMEOUT = struct.pack("ll", 0, 0)
 
 
 def _split_attachments(frame: memoryview) -> tuple[memoryview, list[memoryview]]:

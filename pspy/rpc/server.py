@@ -7,11 +7,22 @@ listening socket the connection came in on (each caller's view holds only
 its own). Nothing the caller sends is trusted for it. A thread serves each
 connection, so a slow call does not hold up other callers. A malformed
 frame closes that connection only.
+
+No caller can starve the others. The socket's folder admits only the
+provider's callers (sockets.py); at accept, a peer that may call no service
+here (a principal outside every ``callers``, a uid no principal has) is
+answered DENIED and closed before it holds anything, and each caller may
+hold at most MAX_CONNECTIONS_PER_CALLER connections: past that, the new one
+is answered NOT_SERVED (the client raises ServiceUnavailable) and closed.
+Accepting never waits on a slot, so one caller's connections never queue
+another's. A connection idle for IDLE_TIMEOUT, or a frame that started and
+is not whole within FRAME_TIMEOUT, is closed.
 """
 
 from __future__ import annotations
 
 import builtins
+import errno
 import inspect
 import logging
 import os
@@ -28,12 +39,16 @@ from typing import Callable
 
 from ..errors import ProtocolError, SerializationError
 from . import codec, protocol
+from .protocol import set_kernel_timeout
 
 log = logging.getLogger("pspy.rpc")
 
 SUPERVISOR = "pspy-supervisor"   # the name given to uid 0 peers: allowed to ping only
 _PEERCRED = struct.Struct("3i")
-MAX_CONNECTIONS = 256            # beyond this, accept() waits for a connection to end
+MAX_CONNECTIONS_PER_CALLER = 128   # per principal (the supervisor counts as one); past it, refused
+IDLE_TIMEOUT = 10.0              # seconds a connection may wait for its next request (client.py reuses below half)
+FRAME_TIMEOUT = 5.0              # seconds for a frame that started to arrive whole; and for each blocked send
+_REFUSAL_LOG_EVERY = 10.0        # seconds between log lines about one caller's refused connections
 UNAUTHORISED_MAX_FRAME = 4096    # a caller who may call nothing cannot make us buffer more
 ACTIVE: dict[int, str] = {}      # native thread id -> "Provider.service" it ran last (kept: read later)
 ON_CALL: Callable[[int, str], None] | None = None   # pspy learn: told (thread id, service) before each call
@@ -59,6 +74,45 @@ def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     return _PEERCRED.unpack(raw)
 
 
+_ACCEPT_LATER = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO)
+
+
+def refuse(sock: socket.socket, status: int, message: str) -> None:
+    """Answer a connection that will not be served with one [status, message]
+    frame, then close it. A request that already came is read and dropped
+    first, so the caller gets this answer rather than a reset; nothing here
+    waits on the caller."""
+    try:
+        sock.setblocking(False)
+        try:
+            sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            pass
+        protocol.Connection(sock, protocol.DEFAULT_MAX_FRAME).send_message([status, message])
+    except (OSError, ProtocolError):
+        pass
+    finally:
+        sock.close()
+
+
+def _outsider_uid() -> int | None:
+    """The uid a process outside this process's user namespace shows as
+    (namespace mode: the overflow uid, the supervisor and ``pspy status``
+    included); None where root is mapped (chroot mode: root is uid 0)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            ranges = [tuple(map(int, line.split())) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return None
+    if any(inside <= 0 < inside + count for inside, _, count in ranges):
+        return None
+    try:
+        with open("/proc/sys/kernel/overflowuid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534   # the kernel's default
+
+
 class Server:
     def __init__(self, provider: str, endpoints: dict[str, Endpoint],
                  principal_of_uid: Callable[[int], str | None], *,
@@ -73,7 +127,10 @@ class Server:
         self.max_frame = max_frame
         self._listeners: list[tuple[socket.socket, str | None]] = []   # (socket, identity or None: by uid)
         self._loop_local = threading.local()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._held: dict[str, int] = {}          # caller -> connections it holds now
+        self._held_lock = threading.Lock()
+        self._refusals_logged: dict[str, float] = {}   # caller -> when its last refusal was logged
+        self._outsider_uid = _outsider_uid()
         self._may_call_something = frozenset().union(*(e.callers for e in endpoints.values()))
         self.per_call = None   # isolation="per_call": the pspy.percall.Zygote that runs every call
         self._watchdog = _Watchdog(self, call_timeout) if call_timeout else None
@@ -88,7 +145,8 @@ class Server:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        # Anyone who can reach the socket may connect; authorisation is per call, by uid.
+        # Whoever reaches the socket may connect (its folder decides who can:
+        # sockets.py); whoever may call nothing here is closed at accept.
         os.chmod(path, 0o666)
         sock.listen(128)
         self._listeners.append((sock, None))
@@ -116,36 +174,87 @@ class Server:
                 selector.register(self._stop_pipe[0], selectors.EVENT_READ, _STOP)
         listener, identity = self._listeners[0]
         while True:
-            self._slots.acquire()   # a bounded number of connection threads
-            try:
-                if selector is not None:
-                    listener, identity = self._ready(selector)
-                with self._accepting:
-                    if not (identity is _STOP or self._stopped):
-                        self._accept(listener, identity)
-                        continue
-                threading.Event().wait()   # the process is ending: accept nothing more
-            except BaseException:
-                self._slots.release()
-                raise
+            if selector is not None:
+                listener, identity = self._ready(selector)
+            with self._accepting:
+                if not (identity is _STOP or self._stopped):
+                    self._accept(listener, identity)
+                    continue
+            threading.Event().wait()   # the process is ending: accept nothing more
 
     def _accept(self, listener: socket.socket, identity: str | None) -> None:
+        """Take one connection, and either refuse it at once or give it a
+        thread. Never waits on the peer: one caller's connections cannot
+        keep this loop from another's."""
         try:
             sock, _ = listener.accept()
-        except BlockingIOError:   # another accept took it first
-            self._slots.release()
+        except (BlockingIOError, InterruptedError):   # another accept took it first
             return
-        sock.setblocking(True)
+        except OSError as e:
+            if e.errno not in _ACCEPT_LATER:
+                raise   # the listening socket itself is gone
+            # Out of descriptors or memory: the callers wait in the queue; no busy loop.
+            log.warning("cannot accept a connection now: %s", e)
+            time.sleep(0.01)
+            return
         try:
-            threading.Thread(target=self._serve_connection, args=(sock, identity), daemon=True).start()
+            pid, uid, _gid = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        caller = identity if identity is not None else self.caller_of_uid(uid)
+        if caller != SUPERVISOR and caller not in self._may_call_something:
+            who = caller or f"uid {uid}"
+            self._log_refusal(who, "refused a connection from %s (uid %d, pid %d): it may call no service of %s",
+                              who, uid, pid, self.provider)
+            refuse(sock, protocol.DENIED, f"{who} may call no service of {self.provider}; connection refused")
+            return
+        with self._held_lock:
+            held = self._held.get(caller, 0)
+            if held < MAX_CONNECTIONS_PER_CALLER:
+                self._held[caller] = held + 1
+        if held >= MAX_CONNECTIONS_PER_CALLER:
+            self._log_refusal(caller, "refused a connection from %s (uid %d, pid %d): it holds %d already, "
+                              "the most one caller may", caller, uid, pid, held)
+            refuse(sock, protocol.NOT_SERVED,
+                   f"{caller} already holds {held} connections to provider {self.provider!r}, the most one "
+                   "caller may; this one was refused and the request was not delivered (close idle "
+                   "connections, or share a pool)")
+            return
+        try:
+            threading.Thread(target=self._serve_connection, args=(sock, caller, uid, pid), daemon=True).start()
         except RuntimeError as e:
             # No thread to be had (its processes or memory limit is reached,
             # a call's fork bomb say): this caller is turned away, the
             # provider keeps serving.
             log.warning("turning a connection away: %s", e)
-            sock.close()
-            self._slots.release()
+            self._release(caller)
+            refuse(sock, protocol.NOT_SERVED, f"provider {self.provider!r} has no thread to serve this "
+                                              "connection now; the request was not delivered")
             time.sleep(0.01)
+
+    def caller_of_uid(self, uid: int) -> str | None:
+        """The principal a peer uid is, SUPERVISOR for root, or None."""
+        if uid == 0:
+            return SUPERVISOR
+        name = self.principal_of_uid(uid)
+        if name is None and uid == self._outsider_uid:
+            # Namespace mode: a process outside the app's user namespace,
+            # which the kernel shows as the overflow uid. The socket's folder
+            # admits no one from outside but root (sockets.admit_only).
+            return SUPERVISOR
+        return name
+
+    def _release(self, caller: str) -> None:
+        with self._held_lock:
+            self._held[caller] -= 1
+
+    def _log_refusal(self, key: str, message: str, *args) -> None:
+        # A peer that reconnects in a loop must not flood the provider's log.
+        now = time.monotonic()
+        if now - self._refusals_logged.get(key, -_REFUSAL_LOG_EVERY) >= _REFUSAL_LOG_EVERY:
+            self._refusals_logged[key] = now
+            log.warning(message, *args)
 
     def stop_accepting(self) -> None:
         """Accept no more connections (the process is about to end); returns
@@ -160,20 +269,20 @@ class Server:
             for key, _ in selector.select():
                 return key.fileobj, key.data
 
-    def _serve_connection(self, sock: socket.socket, identity: str | None = None) -> None:
+    def _serve_connection(self, sock: socket.socket, caller: str, uid: int, pid: int) -> None:
         try:
-            pid, uid, _gid = peer_credentials(sock)
-            if identity is not None:
-                caller = identity
-            else:
-                caller = SUPERVISOR if uid == 0 else self.principal_of_uid(uid)
+            sock.setblocking(True)
+            # Kernel timeouts, not Python's (which polls before every recv):
+            # the small-call path pays nothing for them.
+            set_kernel_timeout(sock, socket.SO_SNDTIMEO, FRAME_TIMEOUT)
             # Refusals still get an answer (PermissionDenied), but a caller that
-            # may call nothing cannot make this provider buffer large frames.
+            # may call nothing (the supervisor) cannot make this provider buffer large frames.
             allowed = caller in self._may_call_something
             conn = protocol.Connection(sock, self.max_frame if allowed else UNAUTHORISED_MAX_FRAME)
+            conn.hold_frames_to(IDLE_TIMEOUT, FRAME_TIMEOUT)
         except BaseException:
             sock.close()
-            self._slots.release()
+            self._release(caller)
             raise
         try:
             while True:
@@ -188,16 +297,25 @@ class Server:
                         # and is ending the process: never touch the socket again.
                         threading.Event().wait()
                     self.send_response(conn, request[0], response)
+                    request = response = None   # an idle connection keeps no decoded request alive
                 except protocol.PeerClosed:
                     return
                 except ProtocolError as e:
+                    if isinstance(e, codec.FrameRefused):
+                        # Read whole, so the stream is in step: the caller learns which bound
+                        # (as a value that could not cross), then the connection closes.
+                        try:
+                            conn.send_message(self._error("pspy.SerializationError",
+                                                          f"provider {self.provider!r} refused the request: {e}"))
+                        except (OSError, ProtocolError):
+                            pass
                     log.warning("closing connection from %s (uid %d, pid %d): %s", caller, uid, pid, e)
                     return
-                except OSError:
+                except OSError:   # idle past IDLE_TIMEOUT (EAGAIN), a send that could not finish, a reset
                     return
         finally:
             conn.close()
-            self._slots.release()
+            self._release(caller)
 
     def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict,
                 conn: protocol.Connection | None = None) -> list | None:
