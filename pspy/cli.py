@@ -269,12 +269,15 @@ def _dispatch(args, tail: list[str]) -> int:
         alive = running.supervisor_alive(plan)
         if args.format == "json":
             print(json.dumps({"app": plan.app_name, "jail": plan.jail, "mode": plan.mode,
-                              "supervisor": alive, "principals": rows}, indent=2))
+                              "supervisor": alive, "principals": rows,
+                              "lost_writes": running.lost_writes(plan)}, indent=2))
             return 0 if alive else 3
         print(f"{plan.app_name} in {plan.jail}: "
               f"{'running, supervisor pid ' + str(alive) if alive else 'supervisor not running'}")
         for r in rows:
             print("  " + _status_line(r))
+        for line in running.describe_lost_writes(running.lost_writes(plan)):
+            print("  " + line)
         return 0 if alive else 3
 
     if args.command == "stop":

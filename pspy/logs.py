@@ -81,6 +81,7 @@ class LogWriter:
         self.dropped = 0             # bytes lost to failed writes, in all
         self._unreported = 0         # of those, bytes not yet noted in the log
         self._reason = ""
+        self.last_error: Exception | None = None   # the latest failure, for the supervisor's count of lost writes
         self._fd: int | None = None
         self._size = 0
         self._at_line_start = True
@@ -97,7 +98,7 @@ class LogWriter:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 os.close(self._dir_fd)
                 raise LogError(f"cannot open the log {path}: {e.strerror}") from None
-            self._reason = e.strerror   # disk full: start by dropping, the next writes try again
+            self._reason, self.last_error = e.strerror, e   # disk full: start by dropping, the next writes try again
         except LogError:
             os.close(self._dir_fd)
             raise
@@ -195,6 +196,7 @@ class LogWriter:
                 self._at_line_start = data[pos - 1] == 0x0A
         except (OSError, LogError) as e:
             self._reason = getattr(e, "strerror", None) or str(e)
+            self.last_error = e
             return len(data) - pos
         return 0
 

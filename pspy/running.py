@@ -2,7 +2,8 @@
 file, the app's processes, and acting on them (``pspy status``, ``pspy stop``).
 
 The state file, ``<jail>/.pspy/run/state.json``, is written by the
-supervisor alone (root only, or the rootless user's) and read here.
+supervisor alone (root only, or the rootless user's; supervisor_writes.StateFile)
+and read here.
 """
 
 from __future__ import annotations
@@ -23,14 +24,6 @@ def state_path(plan: Plan) -> str:
     return os.path.join(plan.host_path(RUN_DIR), "state.json")
 
 
-def write_state(plan: Plan, state: dict) -> None:
-    """Replace the state file whole (rename), so a reader never sees half of it."""
-    tmp = state_path(plan) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.rename(tmp, state_path(plan))
-
-
 def still_running(pid: int) -> bool:
     """Alive and not a zombie; a supervisor that is our own child (pspy learn
     forks it and stays) is reaped here, or it would stay a zombie."""
@@ -39,9 +32,16 @@ def still_running(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
+    return is_live(pid)
+
+
+def is_live(pid: int) -> bool:
+    """The process exists and has not exited. A zombie (state Z, or X while it
+    is reaped) has exited: it runs nothing and holds nothing, and only waits
+    for its parent, which for an orphan is the host's init, reaping in its own time."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
 
@@ -62,7 +62,7 @@ def jail_processes(jail: str) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry}/root") == jail:
+            if os.readlink(f"/proc/{entry}/root") == jail and is_live(int(entry)):
                 pids.append(int(entry))
         except OSError:
             continue
@@ -98,7 +98,9 @@ def app_processes(plan: Plan) -> list[int]:
         uids = {p.uid for p in plan.principals}
         found |= {pid for pid in _processes_in(pidns, "pid") if uid_of(pid) in uids}
     found.discard(os.getpid())
-    return sorted(found)
+    # Zombies are left out: right after a supervisor is killed, its principals
+    # are dead but wait for the host's init to reap them (seconds, on some hosts).
+    return sorted(pid for pid in found if is_live(pid))
 
 
 def userns_processes(userns: str) -> list[int]:
@@ -173,6 +175,8 @@ def supervisor_alive(plan: Plan) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
+    if not is_live(pid):
+        return None   # killed, not yet reaped
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if b"pspy" not in f.read():
@@ -218,6 +222,37 @@ def stop(plan: Plan, timeout: float = 15.0) -> bool:
     except FileNotFoundError:
         pass
     return was_running
+
+
+def lost_writes(plan: Plan) -> dict:
+    """The running supervisor's writes lost to a full disk (or a quota, an
+    I/O error), per kind: {"logs": {"writes", "since", "errno", "error",
+    "failing"}, ...}; empty if none were lost, or nothing runs."""
+    if supervisor_alive(plan) is None:
+        return {}
+    lost = (read_state(plan) or {}).get("lost_writes")
+    return {kind: loss for kind, loss in lost.items() if isinstance(loss, dict) and loss.get("writes")} \
+        if isinstance(lost, dict) else {}
+
+
+_CAUSES = {"ENOSPC": "a full disk", "EDQUOT": "a disk quota"}
+
+
+def describe_lost_writes(lost: dict) -> list[str]:
+    """``pspy status``'s lines for ``lost_writes(plan)``, such as
+    "logs: 12 writes lost to a full disk since 18:40 (still failing)"."""
+    lines = []
+    now = time.localtime()
+    for kind, loss in sorted(lost.items()):
+        count, since = loss.get("writes", 0), loss.get("since")
+        cause = _CAUSES.get(loss.get("errno") or "") or (loss.get("error") or "failed writes").lower()
+        when = ""
+        if isinstance(since, (int, float)):
+            at = time.localtime(since)
+            when = " since " + time.strftime("%H:%M" if at[:3] == now[:3] else "%Y-%m-%d %H:%M", at)
+        lines.append(f"{kind}: {count} write{'s' if count != 1 else ''} lost to {cause}{when}"
+                     + (" (still failing)" if loss.get("failing") else ""))
+    return lines
 
 
 def status(plan: Plan) -> list[dict]:

@@ -30,16 +30,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .errors import ProtocolError, SandboxError
+from .errors import SandboxError
 from .logs import LineBuffer, LogWriter, log_file_name, printable, tail_lines
 from .plan import LOG_DIR, Plan, PrincipalPlan
 from .rpc import protocol
-from .rpc.server import EXIT_CALL_TIMEOUT
-from .running import children_of, remove_cgroups, status_field, sweep_jail, write_state
+from .rpc.server import EXIT_CALL_TIMEOUT, refuse
+from .running import children_of, remove_cgroups, status_field, sweep_jail
 from .runtime import CONTROL_GO, CONTROL_READY
 from .sandbox import cgroup
 from .sandbox.spawn import provider_argv, spawn_principal
 from .sockets import caller_listeners, listen, remove
+from .supervisor_writes import LostWrites, StateFile, append_log, open_log
 
 READY_TIMEOUT = 20.0     # a provider's first copy must be ready by then, or bootstrap fails
 STOP_GRACE = 5.0         # SIGTERM, then this long, then SIGKILL
@@ -96,6 +97,10 @@ class Supervisor:
         # Foreground: echo(principal, line) shows each line a principal logs.
         self.echo = echo
         self.logs: dict[str, LogWriter] = {}
+        # Its writes to disk (logs, messages, run state) fail soft: counted
+        # here, never raised into the loop (supervisor_writes).
+        self.lost = LostWrites(say)
+        self.state_file = StateFile(plan)
         self._keeper, self._keeper_w = 0, -1   # the keeper's pid, and the pipe it waits on
         # False only in bench/restart.py: a fresh fork+exec at each death, the
         # systemd-style restart that ready copies are measured against.
@@ -134,7 +139,7 @@ class Supervisor:
         # log file: a principal never holds its log, so it can neither
         # truncate nor rewrite what it logged, and rotation bounds its size.
         log_r, log_w = os.pipe2(os.O_CLOEXEC)
-        self._log(principal.name).note(f"--- pspy: starting {principal.name} at {time.ctime()} ---")
+        self._note_log(principal.name, f"--- pspy: starting {principal.name} at {time.ctime()} ---")
         try:
             proc = spawn_principal(self.plan, principal, self._argv(principal), stdout=log_w, stderr=log_w,
                                    pass_fds=pass_fds, caller_fds=caller_fds, userns_fd=self.userns_fd,
@@ -173,12 +178,25 @@ class Supervisor:
                 copy.pidns = ns
         return copy
 
-    def _log(self, name: str) -> LogWriter:
+    def _log(self, name: str) -> LogWriter | None:
+        """The principal's log writer; None (counted) while its file cannot be opened."""
         writer = self.logs.get(name)
         if writer is None:
-            writer = self.logs[name] = LogWriter(log_path(self.plan, name), self.plan.log_max_bytes,
-                                                 self.plan.log_keep)
+            writer = open_log(log_path(self.plan, name), self.plan.log_max_bytes, self.plan.log_keep, self.lost)
+            if writer is not None:
+                self.logs[name] = writer
         return writer
+
+    def _write_log(self, name: str, data: bytes) -> None:
+        writer = self._log(name)
+        if writer is not None:
+            append_log(writer, self.lost, data)
+
+    def _note_log(self, name: str, text: str) -> None:
+        """A line of the supervisor's own in a principal's log, on a line of its own."""
+        writer = self._log(name)
+        if writer is not None:
+            append_log(writer, self.lost, note=text)
 
     def _drain_log(self, copy: Copy, reads: int = 1) -> None:
         """Move what the copy wrote into its log: at most ``reads`` reads of
@@ -198,7 +216,7 @@ class Supervisor:
             if not data:
                 self._close_log(copy)
                 return
-            self._log(copy.name).write(data)
+            self._write_log(copy.name, data)
             if self.echo is not None:
                 if copy.echo_lines is None:
                     copy.echo_lines = LineBuffer()
@@ -232,8 +250,10 @@ class Supervisor:
         """The supervisor's own message; a full disk or a closed terminal is no reason to stop the app."""
         try:
             self.say(text)
-        except (OSError, ValueError, UnicodeError):
-            pass
+        except (OSError, ValueError, UnicodeError) as e:
+            self.lost.lost("messages", e)
+        else:
+            self.lost.ok("messages")
 
     def _go(self, child: Child, copy: Copy) -> None:
         """Make ``copy`` the one that serves."""
@@ -661,11 +681,7 @@ class Supervisor:
             self.userns_fd = None
         sweep_jail(self.plan)
         remove_cgroups(self.plan, self.cgroups)
-        from .running import state_path
-        try:
-            os.unlink(state_path(self.plan))
-        except FileNotFoundError:
-            pass
+        self.state_file.remove()
         for writer in self.logs.values():
             writer.close()
         self.logs.clear()
@@ -684,36 +700,24 @@ class Supervisor:
                 "spare_ready": bool(c.spare and c.spare.ready),
                 "serving_since": active.serving_since_wall if active else None,
                 "restarts": c.restarts, "failures": c.failures, "last_exit": c.last_exit}
-        try:
-            self._put_state(pidns, principals)
-        except OSError as e:   # a full disk: status is stale for a while, the app runs on
-            self._say(f"pspy: cannot write the run state: {e.strerror or e}")
-
-    def _put_state(self, pidns: list[str], principals: dict) -> None:
-        write_state(self.plan, {
+        state = {
             "supervisor": os.getpid(), "keeper": self._keeper or None, "jail": self.plan.jail, "pidns": pidns[-64:],
             "cgroups": sorted(self.cgroups),
             "userns": os.readlink(f"/proc/self/fd/{self.userns_fd}") if self.userns_fd is not None else None,
-            "principals": principals})
+            "principals": principals, "lost_writes": self.lost.summary()}
+        try:
+            self.state_file.write(state)
+        except OSError as e:   # status is stale until a write works again; the app runs on
+            self.lost.lost("state", e)
+        else:
+            self.lost.ok("state")
 
 
 def refuse_connection(conn: socket.socket, provider: str) -> None:
-    """Answer one caller that no copy of ``provider`` can serve now. The
-    request, if it came, is read and dropped, so the caller gets this answer
-    rather than a reset; nothing here waits on the caller."""
-    try:
-        conn.setblocking(False)
-        try:
-            conn.recv(65536)   # one read: what came is dropped, nothing is waited for
-        except (BlockingIOError, InterruptedError):
-            pass
-        protocol.Connection(conn, protocol.DEFAULT_MAX_FRAME).send_message(
-            [protocol.NOT_SERVED, f"no copy of provider {provider!r} is running (it failed to start and is "
-                                  "being started again); the request was not delivered"])
-    except (OSError, ProtocolError):
-        pass
-    finally:
-        conn.close()
+    """Answer one caller that no copy of ``provider`` can serve now; nothing
+    here waits on the caller."""
+    refuse(conn, protocol.NOT_SERVED, f"no copy of provider {provider!r} is running (it failed to start and is "
+                                      "being started again); the request was not delivered")
 
 
 def describe_exit(code: int | None, plan: Plan, oom: bool = False) -> str:
