@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import posixpath
+import stat
 import sys
 from dataclasses import dataclass, field
 
 from . import config, jail, registry
-from .discover import FRONT_END_NAME, discover
-from .errors import ConfigError, PlanError, PspyError
+from .discover import FRONT_END_NAME, Manifest, discover, python_files
+from .errors import ConfigError, DiscoveryError, PlanError, PspyError
 from .plan import (DEFAULT_GID_BASE, DEFAULT_JAIL, DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_FRAME,
                    DEFAULT_RPC_TIMEOUT, DEFAULT_UID_BASE, Options, Plan, build_plan, check_ids_free, plan_path)
 from .sandbox.spawn import run_script
@@ -94,7 +95,9 @@ def options_for(req: Request) -> Options:
         uid_base = req.uid_base if req.uid_base is not None else cfg.get("uid_base", DEFAULT_UID_BASE)
         gid_base = req.gid_base if req.gid_base is not None else cfg.get("gid_base", DEFAULT_GID_BASE)
     return Options(
-        jail=os.path.abspath(jail_dir or DEFAULT_JAIL),
+        # Not made absolute here: a relative jail would be built under the
+        # current folder (often the checkout); check_jail_path refuses it.
+        jail=jail_dir or DEFAULT_JAIL,
         uid_base=uid_base, gid_base=gid_base, rootless=rootless,
         front_end=front_end,
         env={k: list(v) for k, v in cfg.get("env", {}).items()},
@@ -105,6 +108,7 @@ def options_for(req: Request) -> Options:
         exclude=list(cfg.get("exclude", [])),
         landlock=cfg.get("landlock", {}).get("enabled", True),
         landlock_execute={k: list(v) for k, v in cfg.get("landlock", {}).get("execute", {}).items()},
+        shared_tmp=cfg.get("tmp", {}).get("shared", False),
         limits=dict(cfg.get("limits", {})),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
@@ -133,13 +137,14 @@ def build(req: Request, say=print) -> Plan:
         raise PspyError("bootstrap in chroot mode needs root (it creates the principals' files, "
                         "chroots and changes uids); run it with sudo, or use --namespaces, which "
                         "works without root (all principals then run under your uid)")
+    check_app_sources(manifest, options)
+    jail.check_jail_path(options.jail, req.app_dir)   # first: nothing is read from a jail it refuses
     previous = None
     if os.path.exists(plan_path(options.jail)):
         try:
             previous = Plan.load(options.jail)
         except PspyError:
             previous = None
-    jail.check_jail_path(options.jail, req.app_dir)
     jail.check_trusted(options.jail)
     if (previous and (supervisor_alive(previous) or app_processes(previous))) or \
             (os.path.isdir(options.jail) and jail_processes(options.jail)):
@@ -157,6 +162,61 @@ def build(req: Request, say=print) -> Plan:
         _build_jail(plan, say)
         registry.record(plan, jails)
     return plan
+
+
+def check_app_sources(manifest: Manifest, options: Options) -> None:
+    """Refuse, before anything is built, what the app folder holds that the
+    jail would turn into silence (a perms pattern matching nothing) or into
+    a provider's traceback at start (a module no principal may read)."""
+    app_root = manifest.app_root
+    patterns = [(pattern, spec.location) for provider in manifest.providers.values()
+                for pattern, spec in provider.perms.items()]
+    patterns += [(pattern, f"pspy.toml perms.{FRONT_END_NAME}") for pattern in options.front_end_perms]
+    for pattern, where in patterns:
+        link = _symlink_on_the_way(app_root, pattern)
+        if link is not None:
+            raise DiscoveryError([(where, f"perms {pattern!r} goes through {link}, a symlink of the app (to "
+                                          f"{os.readlink(os.path.join(app_root, link))}); perms are never "
+                                          "followed through a link, so it would match nothing: name the real "
+                                          "path or replace the link by a folder")])
+    if options.rootless:
+        return   # every principal is the caller, who owns the app's files
+    given = [rel for pattern, _ in patterns for rel in jail.match_pattern(app_root, pattern)]
+    unreadable = []
+    for rel in python_files(app_root, options.exclude):
+        if rel == options.script or any(rel == g or rel.startswith(g + "/") for g in given):
+            continue   # run by root, or owned by the principal its perms name
+        why = _unreadable_by_others(app_root, rel)
+        if why:
+            unreadable.append(f"{rel} ({why})")
+    if unreadable:
+        # The jail keeps what others may not read root-only (jail.app_mode).
+        raise PspyError(f"no principal can read {', '.join(unreadable)}: principals import the app's modules "
+                        "as themselves, not as root; make them readable by others (chmod o+r, folders o+x) "
+                        "or, if no principal imports them, list them in pspy.toml's exclude")
+
+
+def _symlink_on_the_way(app_root: str, pattern: str) -> str | None:
+    """The first symlink of the app a perms pattern would have to walk
+    through (a folder it names or globs before its last part), if any."""
+    parts = [p for p in pattern.rstrip("/").split("/") if p and p != "."]
+    for depth in range(1, len(parts)):
+        for rel in jail.match_pattern(app_root, "/".join(parts[:depth])):
+            if os.path.islink(os.path.join(app_root, rel)):
+                return rel
+    return None
+
+
+def _unreadable_by_others(app_root: str, rel: str) -> str | None:
+    """Why an app file is out of a principal's reach in the jail, if it is."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        folder = "/".join(parts[:depth])
+        mode = os.stat(os.path.join(app_root, folder)).st_mode
+        if not mode & 0o001:
+            return f"folder {folder} is {oct(stat.S_IMODE(mode))}"
+    mode = os.stat(os.path.join(app_root, rel)).st_mode
+    return None if mode & 0o004 else f"mode {oct(stat.S_IMODE(mode))}"
 
 
 ID_BLOCK = 100
@@ -211,7 +271,7 @@ def _build_jail(plan: Plan, say) -> None:
             say(f"pspy: running set-up script {plan.script} in the jail")
             run_script(plan, plan.script, cwd=staging.jail_path)
         jail.carry_over_data(plan, staging)
-        changes, warnings = jail.plan_ownership(plan, staging.path)
+        changes, warnings = jail.plan_ownership(plan, staging.path, carried=staging.carried_rels())
         jail.apply_ownership(staging.path, changes)
         jail.commit_app(plan, staging)
     except BaseException:
@@ -219,11 +279,18 @@ def _build_jail(plan: Plan, say) -> None:
         raise
     for w in warnings:
         say(f"pspy: warning: {w}")
+    first = not os.path.exists(plan_path(plan.jail))
     jail.write_plan(plan)
+    if first and not any((p.seccomp or {}).get("learn") for p in plan.principals):
+        # Which host files an app needs shows only in a run, and seeing it
+        # takes pspy learn's listener on every syscall: too slow for every
+        # start, so a new jail points there once.
+        say(f"pspy: a new jail: a host file a principal needs but is not in its view fails there as 'not "
+            f"found'; 'pspy learn {plan.app_source} -- WORKLOAD' lists those it looked for")
     from .sandbox import landlock
     landlock.write_rules(plan)
-    if plan.mode == "chroot":
-        landlock.make_chroot_tmps(plan)
+    from .private_dirs import make_private_dirs
+    make_private_dirs(plan)   # chroot mode: each principal's HOME and TMPDIR, Landlock or not
     # What analyze finds in the jail as built. A provider that may write a
     # file but not its folder bootstraps cleanly and then fails every write:
     # said here; the rest are counted, for pspy analyze to show.
@@ -282,6 +349,15 @@ def run_detached(plan: Plan, say=print, announce: bool = True, ready_copies: boo
             code = 1
             if write_fd >= 0:
                 os.write(write_fd, f"{e}\n".encode())
+            elif not isinstance(e, KeyboardInterrupt):
+                # A bug: everything stops, and supervisor.log says why (if the disk lets it).
+                import traceback
+                try:
+                    traceback.print_exc()
+                    print(f"pspy: the supervisor stops every principal after this unexpected error: {e!r}",
+                          file=sys.stderr, flush=True)
+                except OSError:
+                    pass
         finally:
             sup.stop_all()
             os._exit(code)

@@ -113,15 +113,16 @@ def discover(app_root: str, exclude: Sequence[str] = ()) -> Manifest:
     if not os.path.isdir(app_root):
         raise DiscoveryError([(app_root, "not a directory")])
     problems: list[tuple[str, str]] = []
+    root_causes: list[tuple[str, str]] = []   # files not read or not parsed: said first
     warnings: list[str] = []
     found: list[tuple[ServiceSpec, dict, str]] = []
-    for rel in _python_files(app_root, exclude):
+    for rel in python_files(app_root, exclude):
         path = os.path.join(app_root, rel)
         try:
             with open(path, "rb") as f:
                 source = f.read()
         except OSError as e:
-            problems.append((rel, f"cannot read: {e}"))
+            root_causes.append((rel, f"cannot read: {e}"))
             continue
         try:
             tree = ast.parse(source, filename=rel)
@@ -131,15 +132,19 @@ def discover(app_root: str, exclude: Sequence[str] = ()) -> Manifest:
             loc = f"{rel}:{_error_line(e, source)}"
             reason = e.msg if isinstance(e, SyntaxError) else str(e)
             if b"pspy" in source:
-                problems.append((loc, f"cannot parse: {reason} (if the file is not part of the app, "
-                                      "list it in pspy.toml's exclude)"))
+                root_causes.append((loc, f"cannot parse: {reason} (if the file is not part of the app, "
+                                         "list it in pspy.toml's exclude)"))
             else:
                 warnings.append(f"{loc}: skipped: not Python 3 source ({reason}) and it does not mention pspy")
             continue
         found.extend(_services_in_module(tree, rel, problems))
     providers = _merge(found, problems)
-    if problems:
-        raise DiscoveryError(sorted(set(problems), key=_location_key))
+    if problems or root_causes:
+        # A module that cannot be parsed declares none of its services, so
+        # others naming its providers (callers=, ...) fail too: the cause
+        # comes first, its consequences after.
+        raise DiscoveryError(sorted(set(root_causes), key=_location_key)
+                             + sorted(set(problems), key=_location_key))
     return Manifest(app_root=app_root, providers=providers, warnings=warnings)
 
 
@@ -159,7 +164,7 @@ def _location_key(problem: tuple[str, str]) -> tuple:
     return (file, int(line)) if line.isdigit() else (loc, 0)
 
 
-def _python_files(app_root: str, exclude: Sequence[str] = ()) -> list[str]:
+def python_files(app_root: str, exclude: Sequence[str] = ()) -> list[str]:
     """The app's ``.py`` files, minus those ``is_excluded`` skips (an excluded
     folder is not walked at all)."""
     patterns = [_normalize_glob(p) for p in exclude]

@@ -4,15 +4,15 @@ Rules every function here keeps:
 - a symlink is never followed when writing: changes of owner and mode go
   through file descriptors opened with O_NOFOLLOW, walked from a directory
   fd, so a path cannot be redirected outside the jail;
-- a regular file with more than one hard link is refused (it may be a link
-  to a host file such as /etc/shadow);
+- a regular file of the app source with more than one hard link is refused
+  (it may be a link to a host file such as /etc/shadow); in a principal's
+  own data, links are left as they are (pspy/ownership.py);
 - the app is assembled in a root-only staging folder, checked in full, and
   only then swapped in, so a refused bootstrap leaves the old jail as it was.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import stat
@@ -21,13 +21,14 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import JailError
+from .ownership import (  # noqa: F401 - app-file ownership lives there; these names were jail's
+    Change, _parents_within, app_mode, apply_ownership, data_paths, match_pattern, plan_ownership)
+from . import runtime_store
 from .plan import APP_DIR, LIB_DIR, LOG_DIR, RUN_DIR, SOCKET_DIR, STATE_DIR, Plan, plan_path
 
 # Parts of the standard library no service needs; leaving them out keeps the copy small.
 STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
-_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 # --- the jail root ---------------------------------------------------------------
@@ -35,7 +36,8 @@ _NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.
 def check_jail_path(jail: str, app_source: str) -> None:
     """Refuse jail locations that would damage the host or the app."""
     if not os.path.isabs(jail):
-        raise JailError(f"jail {jail!r} must be an absolute path")
+        raise JailError(f"jail {jail!r} must be an absolute path (pspy does not build a jail under the "
+                        "current folder)")
     real = os.path.realpath(jail)
     if real == "/" or real in ("/usr", "/etc", "/bin", "/lib", "/var", "/home", "/root", "/boot", "/proc", "/sys", "/dev"):
         raise JailError(f"refusing to use {jail} as a jail: it is a system folder")
@@ -110,16 +112,20 @@ def prepare_root(plan: Plan) -> None:
     for p in plan.providers:
         # The supervisor creates each provider's listening socket and hands it
         # over, so these folders stay root's: no principal can swap a socket
-        # (or a link to a host socket) under the supervisor's feet.
-        _mkdir(plan.host_path(os.path.dirname(p.socket)), 0o755)
+        # (or a link to a host socket) under the supervisor's feet. Closed to
+        # all: sockets.admit_only opens each to its provider's callers alone.
+        _mkdir(plan.host_path(os.path.dirname(p.socket)), 0o700)
         if plan.rootless:
             for caller in plan.callers_of(p):
-                _mkdir(plan.host_path(os.path.dirname(plan.caller_socket(p, caller))), 0o755)
+                _mkdir(plan.host_path(os.path.dirname(plan.caller_socket(p, caller))), 0o700)
     if plan.mode == "namespaces":
         _mkdir(plan.host_path(STATE_DIR + "/root"), 0o700)   # mount point of each principal's new root
         return
     tmp = os.path.join(jail, "tmp")
-    _mkdir(tmp, 0o1777)
+    # Root's, so no principal can plant a file or link there for another:
+    # each writes its own TMPDIR (pspy/private_dirs.py), unless the app asks
+    # for a shared /tmp (pspy.toml tmp.shared).
+    _mkdir(tmp, 0o1777 if plan.shared_tmp else 0o755)
     dev = os.path.join(jail, "dev")
     _mkdir(dev, 0o755)
     for name, (major, minor) in DEVICES.items():
@@ -127,6 +133,7 @@ def prepare_root(plan: Plan) -> None:
         if not os.path.lexists(path):
             os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(path, 0o666, follow_symlinks=True) if not os.path.islink(path) else None
+    runtime_store.prune()
     copy_interpreter(plan)
     copy_pspy(plan)
     for extra in plan.files:
@@ -187,6 +194,10 @@ def copy_interpreter(plan: Plan) -> None:
                                        skip=STDLIB_SKIP if stdlib else set()))
     for lib in shared_libraries([p for p in copied if _is_elf(p)]):
         mirror_host_path(plan.jail, lib, recursive=False)
+    from .sandbox.mount import SYSTEM_DATA   # here: sandbox.mount imports this module
+    for path in SYSTEM_DATA:
+        if os.path.exists(path):   # a host without it: see SYSTEM_DATA
+            mirror_host_path(plan.jail, path, recursive=True)
 
 
 def copy_pspy(plan: Plan) -> None:
@@ -304,9 +315,10 @@ def _copy_file(src: str, dst: str) -> None:
             return   # unchanged since the last bootstrap
         if stat.S_ISLNK(dst_st.st_mode) or not stat.S_ISREG(dst_st.st_mode):
             raise JailError(f"{dst} in the jail is not a regular file; refusing to overwrite it")
+        os.unlink(dst)   # replaced, never written into: it may be a link to the runtime store
     except FileNotFoundError:
         pass
-    shutil.copy2(src, dst, follow_symlinks=False)
+    runtime_store.place(src, st, dst)
 
 
 def _copy_tree(jail: str, root: str, skip: set[str], keep_modes: bool = False) -> list[str]:
@@ -334,6 +346,10 @@ class Staging:
     path: str          # host path of the staging app folder
     jail_path: str     # the same folder seen from inside the jail
     carried: list[tuple[str, str]] = field(default_factory=list)   # (old, new) provider data moved in
+
+    def carried_rels(self) -> list[str]:
+        """App-relative paths of the principals' data moved in (for plan_ownership)."""
+        return [os.path.relpath(new, self.path) for _, new in self.carried]
 
 
 def stage_app(plan: Plan) -> Staging:
@@ -421,244 +437,6 @@ def carry_over_data(plan: Plan, result: Staging) -> None:
                 os.unlink(new)
         os.rename(old, new)   # rename moves the entry itself, links included
         result.carried.append((old, new))
-
-
-def _parents_within(root: str, path: str) -> list[str]:
-    rel = os.path.relpath(path, root)
-    if rel == ".":
-        return []
-    out, current = [], root
-    for part in rel.split(os.sep):
-        current = os.path.join(current, part)
-        out.append(current)
-    return out
-
-
-def match_pattern(root: str, pattern: str) -> list[str]:
-    """App paths (relative) matching a perms pattern, walking without following symlinks.
-
-    A symlink can be matched (and is then refused by the caller) but is never
-    walked through.
-    """
-    parts = [p for p in pattern.rstrip("/").split("/") if p]
-    results = [""]
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        nxt = []
-        for base in results:
-            folder = os.path.join(root, base) if base else root
-            if os.path.islink(folder) or not os.path.isdir(folder):
-                continue
-            if not any(ch in part for ch in "*?["):
-                candidates = [part] if os.path.lexists(os.path.join(folder, part)) else []
-            else:
-                candidates = sorted(n for n in os.listdir(folder)
-                                    if fnmatch.fnmatchcase(n, part) and not (n.startswith(".") and not part.startswith(".")))
-            for name in candidates:
-                rel = f"{base}/{name}" if base else name
-                if not last and os.path.islink(os.path.join(root, rel)):
-                    nxt.append(rel)   # kept so the caller can refuse it with its name
-                    continue
-                nxt.append(rel)
-        results = nxt
-    return results
-
-
-def data_paths(plan: Plan, app_root: str) -> dict[str, set[str]]:
-    """Each principal's data paths (app-relative), as its perms match them in
-    the jail: the providers' from their decorators, the front end's from pspy.toml."""
-    return {p.name: {rel for perm in p.perms for rel in match_pattern(app_root, perm.pattern)}
-            for p in plan.principals if p.perms}
-
-
-@dataclass
-class Change:
-    rel: str
-    uid: int
-    gid: int
-    mode: int
-    cause: str
-
-
-def app_mode(source_mode: int) -> int:
-    """Mode of an app file not named by perms: root's, never writable by a principal,
-    and readable by principals only if the source was readable by others."""
-    if stat.S_ISDIR(source_mode):
-        return 0o755 if source_mode & 0o001 else 0o700
-    executable = source_mode & 0o100
-    if source_mode & 0o004:
-        return 0o755 if executable else 0o644
-    return 0o700 if executable else 0o600
-
-
-def plan_ownership(plan: Plan, app_root: str) -> tuple[list[Change], list[str]]:
-    """Every owner/mode change for the app, checked in full before any is made.
-
-    Returns (changes, warnings). Raises JailError naming every refused path.
-    """
-    problems: list[str] = []
-    warnings: list[str] = []
-    owners: dict[str, Change] = {}
-
-    def visit(rel: str, uid: int, gid: int, mode: int, cause: str, recursive: bool):
-        path = os.path.join(app_root, rel) if rel else app_root
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISLNK(st.st_mode):
-            if cause != "app":
-                problems.append(f"{rel}: is a symlink to {os.readlink(path)}; perms from {cause} "
-                                "would apply to its target, which may be outside the app: "
-                                "refusing (remove the link or narrow the pattern)")
-            return
-        if stat.S_ISREG(st.st_mode):
-            if st.st_nlink > 1:
-                problems.append(f"{rel}: has {st.st_nlink} hard links; it may be a host file linked "
-                                "into the app: refusing to change its owner")
-                return
-            if cause != "app" and not st.st_mode & 0o100:
-                mode &= ~0o111   # a data file does not become executable because its folder is searchable
-            owners[rel] = Change(rel, uid, gid, mode, cause)
-        elif stat.S_ISDIR(st.st_mode):
-            # A folder's read bit without its search bit is useless: read implies search.
-            dmode = mode | ((mode & 0o444) >> 2) if cause != "app" else mode
-            owners[rel] = Change(rel, uid, gid, dmode, cause)
-            if recursive:
-                for name in sorted(os.listdir(path)):
-                    child = f"{rel}/{name}" if rel else name
-                    child_mode = mode
-                    if cause == "app":
-                        child_mode = app_mode(os.lstat(os.path.join(path, name)).st_mode)
-                    visit(child, uid, gid, child_mode, cause, True)
-        else:
-            problems.append(f"{rel}: special file in the app; refusing")
-
-    # Everything starts owned by root and writable by no principal (rootless:
-    # by the caller, whom every principal is; mounts keep the app read-only).
-    owner = (plan.uid_base, plan.gid_base) if plan.rootless else (0, 0)
-    visit("", owner[0], owner[1], 0o755, "app", True)
-    ordered = []
-    for principal in plan.principals:
-        for perm in principal.perms:
-            ordered.append((perm.pattern.rstrip("/").count("/"), principal, perm))
-    # Shallow patterns first, so a deeper, more specific pattern wins.
-    granted: list[tuple[object, str, str]] = []
-    for _, principal, perm in sorted(ordered, key=lambda t: (t[0], t[2].pattern)):
-        matches = match_pattern(app_root, perm.pattern)
-        if not matches and perm.pattern.endswith("/") and not any(c in perm.pattern for c in "*?["):
-            problems.extend(_create_data_dir(app_root, perm.pattern.rstrip("/")))
-            matches = match_pattern(app_root, perm.pattern)
-        if not matches:
-            warnings.append(f"perms {perm.pattern!r} ({perm.location}) matches no file of the app")
-        for rel in matches:
-            parent_links = [p for p in _parents_within(app_root, os.path.dirname(os.path.join(app_root, rel)))
-                            if os.path.islink(p)]
-            if parent_links:
-                problems.append(f"{rel}: reached through the symlink "
-                                f"{os.path.relpath(parent_links[0], app_root)}; refusing")
-                continue
-            visit(rel, principal.uid, principal.gid, perm.mode, f"{principal.name} ({perm.location})", True)
-            granted.append((principal, rel, perm.location))
-    # The app root is first on every principal's sys.path: a provider-owned
-    # entry there that others can read and that is named like a module would
-    # let that provider plant code other principals import.
-    for principal, rel, location in granted:
-        if "/" in rel:
-            continue
-        change = owners.get(rel)
-        name = rel[:-3] if rel.endswith(".py") else rel
-        if change is not None and name.isidentifier() and change.mode & 0o055:
-            problems.append(f"{rel}: given to {principal.name} at {location} with mode {oct(change.mode)}, "
-                            f"but a readable {rel!r} at the app root is importable by every principal, "
-                            f"so {principal.name} could plant code in them; use 0o700 or a path below a "
-                            "folder (e.g. 'data/" + rel + "/')")
-    # Namespace mode mounts each principal's data paths as a whole; a path
-    # inside another principal's would be mounted with it where it is not meant to be.
-    if plan.mode == "namespaces":
-        for principal, rel, location in granted:
-            for other, other_rel, other_location in granted:
-                if other is principal or not other_rel.startswith(rel + "/"):
-                    continue
-                problems.append(f"{other_rel}: given to {other.name} at {other_location} inside {rel}, "
-                                f"given to {principal.name} at {location}; namespace mode mounts each "
-                                "principal's data as a whole, so data paths of two principals must not nest")
-    # A principal must be able to reach what it was given: every folder above
-    # must let it search, after all changes (another principal's 0o700 folder
-    # around it would make its perms useless, and its calls fail at run time).
-    for principal, rel, location in granted:
-        parts = rel.split("/")
-        for depth in range(len(parts)):
-            folder = "/".join(parts[:depth])
-            change = owners.get(folder)
-            if change is None:
-                continue
-            if change.uid == principal.uid:
-                bit = 0o100
-            elif change.gid == principal.gid or change.gid in principal.groups:
-                bit = 0o010
-            else:
-                bit = 0o001
-            if not change.mode & bit:
-                problems.append(f"{rel}: given to {principal.name} at {location}, but {principal.name} "
-                                f"cannot reach it: folder {folder or '.'} is {oct(change.mode)} "
-                                f"for {change.cause}; let others search it (e.g. 0o711) or move the path")
-                break
-    if problems:
-        raise JailError("refusing to bootstrap; nothing in the jail was changed:\n  " + "\n  ".join(problems))
-    return sorted(owners.values(), key=lambda c: c.rel), warnings
-
-
-def _create_data_dir(app_root: str, rel: str) -> list[str]:
-    current = app_root
-    for part in rel.split("/"):
-        current = os.path.join(current, part)
-        if os.path.islink(current):
-            return [f"{os.path.relpath(current, app_root)}: symlink on the way to {rel}; refusing"]
-        if not os.path.exists(current):
-            os.mkdir(current, 0o755)
-    return []
-
-
-def apply_ownership(app_root: str, changes: list[Change]) -> None:
-    """Apply changes through O_NOFOLLOW descriptors opened from the app root's fd."""
-    root_fd = os.open(app_root, _NOFOLLOW_DIR)
-    try:
-        for change in changes:
-            fd = _open_beneath(root_fd, change.rel)
-            try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    raise JailError(f"{change.rel}: gained hard links during bootstrap; refusing")
-                os.fchown(fd, change.uid, change.gid)
-                os.fchmod(fd, change.mode)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(root_fd)
-
-
-def _open_beneath(root_fd: int, rel: str) -> int:
-    """Open rel under root_fd one component at a time, refusing symlinks anywhere."""
-    if not rel:
-        return os.dup(root_fd)
-    parts = rel.split("/")
-    fd = os.dup(root_fd)
-    try:
-        for i, part in enumerate(parts):
-            if part in ("", ".", ".."):
-                raise JailError(f"{rel}: unexpected path component {part!r}")
-            flags = _NOFOLLOW_DIR if i < len(parts) - 1 else _NOFOLLOW_FILE
-            try:
-                nfd = os.open(part, flags, dir_fd=fd)
-            except OSError as e:
-                raise JailError(f"{rel}: cannot open without following links: {e.strerror}") from None
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def commit_app(plan: Plan, staging: Staging) -> None:

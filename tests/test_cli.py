@@ -1,6 +1,10 @@
 """The CLI answers user mistakes with one clear line, never a traceback."""
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 from conftest import pspy, write_app
 
@@ -116,3 +120,37 @@ def test_pspy_toml_exclude_that_is_not_a_list_of_relative_globs_is_refused_with_
         assert proc.returncode == 1 and message in proc.stderr and toml in proc.stderr, (text, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert not os.path.exists(tmp_path / "jail")
+
+
+SERVICE_APP = {"svc.py": "import pspy\n\n@pspy.service(service_provider='Bank')\ndef balance():\n    return 1\n"}
+
+
+@pytest.mark.parametrize("where", ["--jail", "pspy.toml"])
+def test_a_relative_jail_is_refused_and_nothing_is_built_in_the_current_folder(tmp_path, where):
+    app = write_app(tmp_path / "app", dict(SERVICE_APP, **({"pspy.toml": 'jail = "jail"\n'}
+                                                           if where == "pspy.toml" else {})))
+    flags = ["--jail", "jail"] if where == "--jail" else []
+    proc = subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, *flags, "--namespaces", "--no-run"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == ("pspy: error: jail 'jail' must be an absolute path (pspy does not build a jail "
+                           "under the current folder)\n")
+    assert sorted(os.listdir(tmp_path)) == ["app"]   # no jail here, nor in the app
+    assert sorted(os.listdir(app)) == sorted(["svc.py"] + (["pspy.toml"] if where == "pspy.toml" else []))
+    # control: the same bootstrap with an absolute jail goes past that check
+    proc = subprocess.run([sys.executable, "-m", "pspy", "bootstrap", app, "--jail", str(tmp_path / "jail"),
+                           "--namespaces", "--no-run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "must be an absolute path" not in proc.stderr
+
+
+def test_a_syntax_error_in_a_service_module_comes_first_in_the_cli_error(tmp_path):
+    app = write_app(tmp_path / "app", {
+        "auth.py": "import pspy\n\n@pspy.service(service_provider='Auth', callers=['Bank'])\ndef login(u):\n"
+                   "    return u\n",
+        "bank.py": "import pspy\n\n@pspy.service(service_provider='Bank')\ndef transfer(a, b:\n    pass\n"})
+    proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--namespaces", "--no-run")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("pspy: error: bank.py:4: cannot parse: "), proc.stderr
+    assert lines[1].startswith("auth.py:3: callers names 'Bank', which is neither"), proc.stderr
+    assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "jail")

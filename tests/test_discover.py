@@ -714,3 +714,16 @@ def test_excluded_unparsable_file_gives_no_warning(tmp_path):
 ])
 def test_exclude_glob_semantics(rel, glob, excluded):
     assert is_excluded(rel, [glob]) is excluded
+
+
+def test_a_module_that_cannot_be_parsed_is_reported_before_what_it_breaks(tmp_path):
+    # bank.py's syntax error hides provider Bank, so web.py's callers=["Bank"]
+    # fails too: the cause is said first, its consequence after.
+    write_app(tmp_path, {
+        "auth.py": "import pspy\n\n@pspy.service(service_provider='Auth', callers=['Bank'])\ndef login(u):\n"
+                   "    return u\n",
+        "bank.py": "import pspy\n\n@pspy.service(service_provider='Bank')\ndef transfer(a, b:\n    pass\n"})
+    problems = problems_of(tmp_path)
+    assert [loc for loc, _ in problems] == ["bank.py:4", "auth.py:3"], problems
+    assert problems[0][1].startswith("cannot parse: ")
+    assert problems[1][1].startswith("callers names 'Bank', which is neither")

@@ -69,8 +69,9 @@ def test_symlinked_folder_matched_by_a_glob_is_refused(tmp_path, victim):
     os.symlink(os.path.dirname(victim), os.path.join(app, "data"))
     before = fingerprint(victim)
     proc = pspy("bootstrap", app, "--jail", str(tmp_path / "jail"), "--no-run")
-    # "data" is a link: the glob is not walked through it, so nothing matches and nothing changes.
+    # "data" is a link: the glob is not walked through it, and the bootstrap says so.
     assert fingerprint(victim) == before
+    assert proc.returncode == 1 and "goes through data, a symlink of the app" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -87,21 +88,21 @@ def test_app_symlink_outside_perms_points_nowhere_inside_the_jail(tmp_path, vict
     assert seen["store.py"]["read"] == "ok"
 
 
-def test_hard_link_planted_in_provider_data_is_refused_on_rebootstrap(tmp_path, victim):
+def test_hard_link_planted_in_provider_data_is_left_alone_on_rebootstrap(tmp_path, victim):
+    # Refusing would let whoever planted it keep the app down; the link is
+    # kept, its file unchanged, and named (tests/test_rebootstrap_links.py
+    # plants every kind of link from inside, in both modes).
     app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}')})
     jail = str(tmp_path / "jail")
     pspy("bootstrap", app, "--jail", jail, "--no-run", check=True)
     # A provider's data folder now holds a hard link to a host file (as if planted).
     os.link(victim, os.path.join(jail, "app", "data", "planted"))
     before = fingerprint(victim)
-    code_before = open(os.path.join(jail, "app", "store.py")).read()
     proc = pspy("bootstrap", app, "--jail", jail, "--no-run")
-    assert proc.returncode == 1
-    assert "data/planted" in proc.stderr and "hard link" in proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "data/planted" in proc.stdout and "hard links" in proc.stdout and "left as it is" in proc.stdout
     assert fingerprint(victim) == before
-    # The jail is as it was: the old app is still there, with the planted link.
-    assert open(os.path.join(jail, "app", "store.py")).read() == code_before
-    assert os.path.exists(os.path.join(jail, "app", "data", "planted"))
+    assert os.path.samefile(victim, os.path.join(jail, "app", "data", "planted"))
 
 
 def test_jail_that_is_not_a_pspy_jail_is_refused(tmp_path):
@@ -323,3 +324,48 @@ def test_when_every_block_of_ids_is_held_the_error_says_why_and_what_frees_one(t
     del held["/gone/7"]
     plan = _plan_with_free_ids(manifest, options, None, held)
     assert min(p.uid for p in plan.principals) == DEFAULT_UID_BASE + 7 * ID_BLOCK
+
+
+def test_perms_behind_a_symlink_of_the_app_are_refused_naming_the_link(tmp_path):
+    # The link stays inside the app: harmless, but perms would match nothing
+    # through it, and the provider would find its data root-only at run time.
+    jail = str(tmp_path / "jail")
+    for pattern in ("data/*", "data/bank/", "data/*/ledger.db"):
+        app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", repr({pattern: 0o700})),
+                                           "real/bank/ledger.db": "x\n"})
+        if not os.path.lexists(os.path.join(app, "data")):
+            os.symlink("real", os.path.join(app, "data"))
+        proc = pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr == (f"pspy: error: store.py:4: perms {pattern!r} goes through data, a symlink of the "
+                               "app (to real); perms are never followed through a link, so it would match "
+                               "nothing: name the real path or replace the link by a folder\n")
+        assert not os.path.exists(jail)   # refused before anything was built
+    # control: the same perms on the real folder bootstrap
+    os.remove(os.path.join(app, "data"))
+    os.rename(os.path.join(app, "real"), os.path.join(app, "data"))
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run", check=True)
+
+
+def test_a_module_principals_cannot_read_is_refused_at_plan_time_in_one_line(tmp_path):
+    app = write_app(tmp_path / "app", {"store.py": SERVICE.replace("{PERMS}", '{"data/": 0o700}'),
+                                       "lib/util.py": "X = 1\n", "setup.py": "print('as root')\n",
+                                       "data/own.py": "Y = 2\n"})
+    os.chmod(os.path.join(app, "setup.py"), 0o600)         # the set-up script runs as root: not refused
+    os.chmod(os.path.join(app, "data", "own.py"), 0o600)   # the provider's own, by its perms: not refused
+    jail = str(tmp_path / "jail")
+    for path, mode, unreadable, why in (("store.py", 0o600, "store.py", "mode 0o600"),
+                                        ("lib", 0o750, "lib/util.py", "folder lib is 0o750")):
+        before = os.stat(os.path.join(app, path)).st_mode
+        os.chmod(os.path.join(app, path), mode)
+        proc = pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run", "--script", "setup.py")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr == (f"pspy: error: no principal can read {unreadable} ({why}): principals import "
+                               "the app's modules as themselves, not as root; make them readable by others "
+                               "(chmod o+r, folders o+x) or, if no principal imports them, list them in "
+                               "pspy.toml's exclude\n")
+        assert not os.path.exists(jail)
+        os.chmod(os.path.join(app, path), before)
+    # control: readable again, the same app bootstraps and the provider imports it
+    pspy("bootstrap", app, "--jail", jail, "--namespaces", "--no-run", "--script", "setup.py", check=True)
+    assert probe(jail, "Store", "import json, store, lib.util; print(json.dumps(lib.util.X))") == 1

@@ -54,6 +54,8 @@ def test_foreground_bootstrap_stops_everything_on_ctrl_c(tmp_path):
         state = _wait(lambda: (s := _state(jail)) and "web" in s["principals"] and s)
         pids = [info["pid"] for info in state["principals"].values()]
         assert all(os.path.exists(f"/proc/{pid}") for pid in pids)   # control: all running
+        web_log = os.path.join(jail, ".pspy", "logs", "web.log")
+        _wait(lambda: os.path.exists(web_log) and "Running on http://" in open(web_log).read())
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -340,3 +342,65 @@ def test_stop_ends_the_front_end_first_while_providers_answer_and_kills_what_ign
     assert app_processes(Plan.load(jail)) == []
     assert not os.path.exists(os.path.join(jail, ".pspy", "run", "state.json"))
     assert not os.path.exists(os.path.join(jail, ".pspy", "sock", "Flaky", "rpc.sock"))   # no stale socket
+
+
+# Run as its own process: a child subreaper, so that the killed supervisor and
+# its principals become zombies of this script and stay so (unreaped) while
+# the second bootstrap looks, as they do for seconds under a slow host init.
+KILL_AND_REBOOTSTRAP = r"""
+import ctypes, json, os, signal, subprocess, sys, time
+app, jail, port = sys.argv[1:4]
+assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0   # PR_SET_CHILD_SUBREAPER
+env = dict(os.environ, ZOOBANK_PORT=port)
+pspy = [sys.executable, "-m", "pspy"]
+def bootstrap(*flags):
+    done = subprocess.run(pspy + ["bootstrap", app, "--jail", jail, "--namespaces", *flags], env=env,
+                          capture_output=True, text=True)
+    return [done.returncode, done.stderr]
+def our_children():
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            out[int(pid)] = fields[0]
+    return out
+bootstrap("--detach")
+out = {"while running": bootstrap("--no-run")}
+os.kill(json.load(open(os.path.join(jail, ".pspy", "run", "state.json")))["supervisor"], signal.SIGKILL)
+deadline = time.monotonic() + 10
+while any(s != "Z" for s in our_children().values()) and time.monotonic() < deadline:
+    time.sleep(0.05)
+out["zombies"] = sorted(our_children().values()).count("Z")
+out["after the kill"] = bootstrap("--no-run")
+out["zombies still"] = sorted(our_children().values()).count("Z")
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+print(json.dumps(out))
+"""
+
+
+def test_right_after_the_supervisor_is_killed_its_zombies_do_not_count_as_a_running_app(tmp_path):
+    from conftest import write_app
+    app = write_app(tmp_path / "app", {"svc.py": "import pspy\n\n@pspy.service(service_provider='Bank')\n"
+                                                 "def balance():\n    return 1\n",
+                                       "pspy.toml": 'front_end = ["python", "-c", "import time; time.sleep(600)"]\n'})
+    jail = str(tmp_path / "jail")
+    done = subprocess.run([sys.executable, "-c", KILL_AND_REBOOTSTRAP, app, jail, "0"],
+                          capture_output=True, text=True, timeout=180, cwd=REPO)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = json.loads(done.stdout.splitlines()[-1])
+        code, err = out["while running"]
+        assert code == 1 and f"the app in {jail} is running" in err, err    # control: a live app is seen
+        assert out["zombies"] >= 3 and out["zombies still"] == out["zombies"]   # supervisor, Bank, web
+        code, err = out["after the kill"]
+        assert code == 0, err
+        assert "is running" not in err and "Traceback" not in err
+    finally:
+        pspy("stop", "--jail", jail)
