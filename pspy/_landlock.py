@@ -157,10 +157,6 @@ def install(path: str, stream) -> None:
     failure raises, and the caller must not start the principal."""
     with open(path) as f:
         settings, rules = parse(f.read(), path)
-    if settings.get("tmpdir"):
-        # chroot mode's /tmp is the jail's, shared: each principal has a
-        # folder of its own there, and Landlock lets it write only that.
-        os.environ["TMPDIR"] = settings["tmpdir"]
     kernel_abi = abi()
     if kernel_abi < 1:
         stream.write("pspy: warning: this kernel has no Landlock (Linux 5.13 or later, with landlock in "

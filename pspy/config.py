@@ -31,6 +31,7 @@ KEYS = {
     "limits": dict,
     "landlock": dict,  # enabled = false: no Landlock layer; execute.NAME: programs it may run
     "exclude": list,   # globs discovery does not read; see discover.is_excluded
+    "tmp": dict,       # shared = true: chroot mode's /tmp writable by every principal
 }
 # Settings the front end has no decorator for: it is the only principal they
 # may name here (a provider declares its own on its @pspy.service).
@@ -85,6 +86,11 @@ def load(app_dir: str) -> dict:
                                       f"program paths, got {programs!r}")
         if key not in ("enabled", "execute"):
             raise ConfigError(f"{path}: unknown setting landlock.{key}; known: enabled, execute")
+    for key, value in data.get("tmp", {}).items():
+        if key != "shared":
+            raise ConfigError(f"{path}: unknown setting tmp.{key}; known: shared")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: tmp.shared must be true or false, got {value!r}")
     for key in FRONT_END_ONLY:
         for principal in data.get(key, {}):
             if principal != FRONT_END:

@@ -32,12 +32,26 @@ APP_DIR = "/app"
 STATE_DIR = "/.pspy"
 LIB_DIR = "/.pspy/lib"          # pspy's own package, importable by every principal
 SOCKET_DIR = "/.pspy/sock"
+HOME_DIR = "/.pspy/home"        # chroot mode: each principal's HOME, <name> (private_dirs)
 FILTER_DIR = "/.pspy/seccomp"   # each principal's compiled filter, <name>.filter (jail.write_plan)
 
 
 def filter_path(name: str) -> str:
     """Where a principal finds its compiled filter, in its view (both modes)."""
     return f"{FILTER_DIR}/{name}.filter"
+
+
+def private_dirs(mode: str, name: str) -> tuple[str, str]:
+    """A principal's HOME and TMPDIR, in its view. Namespace mode: its own
+    /tmp, a tmpfs no other principal sees. chroot mode: folders of its own
+    (0700, made afresh by bootstrap: pspy/private_dirs.py), so that no
+    principal can plant a file or a link where another writes."""
+    if mode == "namespaces":
+        return "/tmp", "/tmp"
+    # Homes under pspy's state folder: --files never copies there (jail.py).
+    return f"{HOME_DIR}/{name}", f"/tmp/pspy-{name}"
+
+
 LOG_DIR = "/.pspy/logs"          # root only: principals never read each other's logs
 RUN_DIR = "/.pspy/run"           # root only: supervisor pid and state
 
@@ -103,6 +117,10 @@ class PrincipalPlan:
     # "scoped": abstract Unix sockets and signals kept to its own processes, "tmpdir": chroot
     # mode's own /tmp folder}. None: off (pspy.toml landlock = false).
     landlock: dict | None = None
+    # Its HOME and TMPDIR (private_dirs). The defaults are what a plan
+    # written before these fields gave every principal.
+    home: str = "/tmp"
+    tmpdir: str = "/tmp"
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -135,6 +153,9 @@ class Plan:
     # host, for the controllers the principals' limits need (bootstrap finds
     # them: sandbox/cgroup.py); empty rootless, where limits are setrlimit only.
     cgroups: dict[str, str] = field(default_factory=dict)
+    # chroot mode: the jail's /tmp is writable by every principal (1777)
+    # only when pspy.toml asks (tmp.shared); otherwise it is root's, 0755.
+    shared_tmp: bool = False
     version: int = PLAN_VERSION
 
     # --- lookups -----------------------------------------------------------
@@ -247,6 +268,7 @@ class Options:
     exclude: list[str] = field(default_factory=list)   # pspy.toml globs discovery skips
     landlock: bool = True        # pspy.toml landlock.enabled = false: no Landlock layer for any principal
     landlock_execute: dict[str, list[str]] = field(default_factory=dict)   # principal -> programs it may run
+    shared_tmp: bool = False     # pspy.toml tmp.shared = true: chroot mode's /tmp writable by every principal
 
 
 MAX_ID = 2**31 - 2
@@ -283,6 +305,10 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 raise PlanError(f"{setting.replace('_', '.')} is configured for {principal!r}, which is not a principal "
                                 f"of this app ({', '.join(names)})")
 
+    if options.shared_tmp and options.mode == "namespaces":
+        raise PlanError("pspy.toml tmp.shared = true is for chroot mode: namespace mode gives each principal "
+                        "a /tmp of its own; share files through perms instead")
+
     reuse = previous is not None and previous.uid_base == options.uid_base and not previous.rootless
     old_uids = {p.name: p.uid for p in previous.principals} if reuse else {}
     uids = _allocate(names, options.uid_base, old_uids)
@@ -314,6 +340,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         env=list(options.env.get(FRONT_END_NAME, [])), perms=front_perms,
         argv=list(options.front_end), network=True, limits=_limits(options, FRONT_END_NAME, None, None),
         landlock=_landlock(options, FRONT_END_NAME, network=True),
+        **_homes(options, FRONT_END_NAME),
         seccomp=policy(FRONT_END_NAME, None, None, network=True))]
     for name in provider_names:
         spec = manifest.providers[name]
@@ -337,6 +364,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             limits=_limits(options, name, spec.limits, spec.limits_location),
             isolation=spec.isolation or "process",
             landlock=_landlock(options, name, network=bool(spec.network)),
+            **_homes(options, name),
             seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network),
                            per_call=spec.isolation == "per_call")))
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
@@ -346,7 +374,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
                 max_frame=options.max_frame, debug=options.debug, log_max_bytes=options.log_max_bytes,
-                log_keep=options.log_keep)
+                log_keep=options.log_keep, shared_tmp=options.shared_tmp)
 
 
 FRONT_END_SETTINGS = "pspy.toml"
@@ -366,11 +394,17 @@ def _limits(options: Options, name: str, decorated: dict | None, location: str |
     return limits
 
 
+def _homes(options: Options, name: str) -> dict[str, str]:
+    home, tmpdir = private_dirs(options.mode, name)
+    return {"home": home, "tmpdir": tmpdir}
+
+
 def _landlock(options: Options, name: str, *, network: bool) -> dict | None:
     if not options.landlock:
         return None
     from .sandbox.landlock import grants
-    return grants(options.mode, name, network, list(options.files), options.landlock_execute.get(name, []))
+    return grants(options.mode, name, network, list(options.files), options.landlock_execute.get(name, []),
+                  shared_tmp=options.shared_tmp)
 
 
 def _front_end_perms(manifest: Manifest, options: Options) -> list[PermPlan]:

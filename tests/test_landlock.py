@@ -127,8 +127,9 @@ def _observe(request, tmp_path_factory, listeners, mode):
                           # chroot: Bank's seccomp filter file, 0644 in the jail;
                           # namespace mode: /etc/hosts, mounted for every principal.
                           host_file="/.pspy/seccomp/Bank.filter" if mode == "chroot" else "/etc/hosts",
-                          # chroot: the jail's /tmp, shared and 1777.
-                          outside=f"/tmp/planted-{name}" if mode == "chroot" else "/app/db/bank/ledger.txt")
+                          # Bank's loosened ledger (0666): chroot mode's /tmp is
+                          # root's now (tests/test_private_dirs.py).
+                          outside="/app/db/bank/ledger.txt")
             try:
                 seen[landlock][name] = probe(jail, name, ATTEMPTS % {"target": target})
             finally:

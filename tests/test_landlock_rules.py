@@ -24,12 +24,16 @@ def test_providers_without_network_have_tcp_denied_and_the_front_end_keeps_it():
     assert ["r", "/etc/resolv.conf"] not in by_name["Bank"]["rules"]
 
 
-def test_chroot_mode_gives_each_principal_a_temporary_folder_of_its_own_and_namespace_mode_its_tmp():
-    chroot = {p.name: p.landlock for p in build_plan(zoobank(), Options()).principals}
-    ns = {p.name: p.landlock for p in build_plan(zoobank(), Options(mode="namespaces")).principals}
-    assert chroot["Bank"]["tmpdir"] == "/tmp/pspy-Bank" and ["rw", "/tmp/pspy-Bank"] in chroot["Bank"]["rules"]
-    assert ["rw", "/tmp"] not in chroot["Bank"]["rules"]
-    assert ns["Bank"]["tmpdir"] is None and ["rw", "/tmp"] in ns["Bank"]["rules"]
+def test_chroot_mode_grants_each_principal_its_own_home_and_temporary_folder_and_namespace_mode_its_tmp():
+    chroot = {p.name: p for p in build_plan(zoobank(), Options()).principals}
+    ns = {p.name: p for p in build_plan(zoobank(), Options(mode="namespaces")).principals}
+    bank = chroot["Bank"]
+    assert (bank.home, bank.tmpdir) == ("/.pspy/home/Bank", "/tmp/pspy-Bank")
+    assert ["rw", bank.home] in bank.landlock["rules"] and ["rw", bank.tmpdir] in bank.landlock["rules"]
+    assert ["rw", "/tmp"] not in bank.landlock["rules"]
+    assert ns["Bank"].tmpdir == ns["Bank"].home == "/tmp" and ["rw", "/tmp"] in ns["Bank"].landlock["rules"]
+    shared = build_plan(zoobank(), Options(shared_tmp=True)).principal("Bank")
+    assert ["rw", "/tmp"] in shared.landlock["rules"]
 
 
 def test_only_python_and_the_programs_pspy_toml_lists_are_executable():

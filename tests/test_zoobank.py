@@ -261,7 +261,7 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
     for provider in ("Auth", "Bank"):
         env = environ(pids[provider])
         assert "ZOOBANK_SECRET_KEY" not in env
-        assert set(env) <= {"PATH", "HOME", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
+        assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
                             "PSPY_CALLER_FDS", "PSPY_CONTROL_FD", "PYTHONNOUSERSITE", "PSPY_SECCOMP",
                             "PSPY_LANDLOCK", "PSPY_CONFINED"}, env

@@ -4,7 +4,10 @@ The plan holds each principal's grants as one value (``PrincipalPlan.landlock``,
 built by ``grants`` below): paths in the principal's own view, each with the
 letters of pspy/_landlock.py (r read, l list, x execute, w write, d device
 ioctls), whether TCP is denied, and whether abstract Unix sockets and signals
-are scoped to the principal's own processes. ``write_rules`` turns it into
+are scoped to the principal's own processes (Landlock ABI 6 or later: the
+seccomp filter cannot see a socket's address, so this is the only layer
+that keeps a principal from a host service on an abstract socket, D-Bus or
+X11 say, or from signalling a host process of its uid). ``write_rules`` turns it into
 one small rules file per principal at bootstrap, resolving the app folder
 against the jail as built: the app read-only and executable, the
 principal's own data read-write, another principal's data only as its mode
@@ -15,11 +18,14 @@ at start-up (pspy/_landlock.py), before any app code.
 What a principal is granted, in its view:
 - read and execute: the interpreter's prefixes, pspy (/.pspy/lib), the app;
   execute also on the interpreter's ELF loader (a principal may start Python);
-- read: the system library folders, the few /etc files the interpreter reads
-  (and for principals with network, name resolution and CA certificates), the
+- read: the system library folders, the time-zone database (mount.SYSTEM_DATA),
+  the few /etc files the interpreter reads (and for principals with network,
+  name resolution and CA certificates), the
   plan, its own seccomp filter, its /proc and its own cgroups (namespace mode);
-- read-write: its own data, its private /tmp and /dev/shm; reading and writing the devices of /dev (null, zero,
-  full, random, urandom), creating nothing there;
+- read-write: its own data, its HOME and TMPDIR (namespace mode: its private
+  /tmp; chroot mode: folders of its own, and the jail's /tmp if pspy.toml
+  says tmp.shared), /dev/shm; reading and writing the devices of /dev
+  (null, zero, full, random, urandom), creating nothing there;
 - nothing else: no other program to execute, no other principal's data,
   no log, no socket folder to write in.
 """
@@ -33,18 +39,13 @@ import sys
 from .. import _landlock
 from . import mount
 from ..errors import JailError
-from ..plan import APP_DIR, LIB_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path
+from ..plan import APP_DIR, LIB_DIR, STATE_DIR, Plan, PrincipalPlan, filter_path, private_dirs
 
 RULES_DIR = _landlock.RULES_DIR
 rules_path = _landlock.rules_path
 SYSTEM_PREFIXES = ("/", "/usr", "/usr/local")
 ETC_EVERYONE = tuple(f"/etc/{name}" for name in mount.ETC_EVERYONE)
 ETC_NETWORK = tuple(f"/etc/{name}" for name in mount.ETC_NETWORK)
-
-
-def chroot_tmp(name: str) -> str:
-    """chroot mode: the principal's own folder in the jail's shared /tmp."""
-    return f"/tmp/pspy-{name}"
 
 
 def interpreter_prefixes() -> list[str]:
@@ -73,10 +74,12 @@ def elf_loader(path: str) -> str | None:
     return None
 
 
-def grants(plan_mode: str, name: str, network: bool, files: list[str], programs: list[str] = ()) -> dict:
+def grants(plan_mode: str, name: str, network: bool, files: list[str], programs: list[str] = (),
+           shared_tmp: bool = False) -> dict:
     """A principal's Landlock value for the plan (paths in its view).
-    ``programs``: pspy.toml's landlock.execute for it, the host programs it may run."""
-    rules: list[list[str]] = [["r", p] for p in mount.SYSTEM_PATHS]
+    ``programs``: pspy.toml's landlock.execute for it, the host programs it may run;
+    ``shared_tmp``: chroot mode's /tmp is writable by every principal (pspy.toml tmp.shared)."""
+    rules: list[list[str]] = [["r", p] for p in mount.SYSTEM_PATHS + mount.SYSTEM_DATA]
     for prefix in interpreter_prefixes():
         # A system Python's prefix is /usr (or /usr/local): readable, but
         # executable only for the interpreter itself, not every program there.
@@ -95,15 +98,15 @@ def grants(plan_mode: str, name: str, network: bool, files: list[str], programs:
     # Its own rules too: a Python it starts applies them again (a layer more).
     rules += [["rx", LIB_DIR], ["r", f"{STATE_DIR}/plan.json"], ["r", filter_path(name)], ["r", rules_path(name)]]
     rules += [["rfd", "/dev"], ["rw", "/dev/shm"]]
+    # Its HOME and TMPDIR, as the plan gives them (namespace mode: its private /tmp).
+    rules += [["rw", path] for path in dict.fromkeys(private_dirs(plan_mode, name))]
     if plan_mode == "namespaces":
-        rules += [["r", "/proc"], ["r", "/sys/fs/cgroup"], ["rw", "/tmp"]]
-        tmpdir = None
+        rules += [["r", "/proc"], ["r", "/sys/fs/cgroup"]]
     else:
-        tmpdir = chroot_tmp(name)
-        rules.append(["rw", tmpdir])
+        if shared_tmp:
+            rules.append(["rw", "/tmp"])
         rules += [["r", f] for f in files]   # --files: host files the app asked for
-    return {"rules": rules, "tcp": "allow" if network else "deny", "scoped": True,
-            "tmpdir": tmpdir}
+    return {"rules": rules, "tcp": "allow" if network else "deny", "scoped": True}
 
 
 def app_rules(plan: Plan, principal: PrincipalPlan, app_root: str) -> list[tuple[str, str]]:
@@ -145,8 +148,6 @@ def app_rules(plan: Plan, principal: PrincipalPlan, app_root: str) -> list[tuple
 def rules_text(plan: Plan, principal: PrincipalPlan, app_root: str) -> str:
     value = principal.landlock
     head = [_landlock.MAGIC, f"tcp={value['tcp']}", f"scoped={int(bool(value['scoped']))}"]
-    if value.get("tmpdir"):
-        head.append(f"tmpdir={value['tmpdir']}")
     rules = [tuple(rule) for rule in value["rules"]] + app_rules(plan, principal, app_root)
     for _, path in rules:
         if any(c in path for c in "\n\r\0"):
@@ -163,22 +164,3 @@ def write_rules(plan: Plan) -> None:
     wanted = {os.path.basename(rules_path(p.name)): rules_text(plan, p, app_root).encode()
               for p in plan.principals if p.landlock}
     write_principal_files(plan.host_path(RULES_DIR), wanted, "Landlock rules")
-
-
-def make_chroot_tmps(plan: Plan) -> None:
-    """chroot mode: each principal's own folder in the jail's /tmp, made
-    afresh (whatever a principal left there under that name is removed; the
-    app is not running while bootstrap builds)."""
-    import shutil
-    for p in plan.principals:
-        if not p.landlock or not p.landlock.get("tmpdir"):
-            continue
-        path = plan.host_path(p.landlock["tmpdir"])
-        if os.path.lexists(path):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        os.mkdir(path, 0o700)
-        os.chown(path, p.uid, p.gid, follow_symlinks=False)
-        os.chmod(path, 0o700, follow_symlinks=False)

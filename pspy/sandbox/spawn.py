@@ -30,12 +30,15 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
     host_env = os.environ if host_env is None else host_env
     env = {
         "PATH": f"{os.path.dirname(plan.interpreter)}:{BASE_PATH}",
-        "HOME": "/tmp",
+        # Its own folders (the plan's): in chroot mode no other principal can
+        # write there, so nothing is planted where it looks for its files.
+        "HOME": principal.home,
+        "TMPDIR": principal.tmpdir,
         "LANG": "C.UTF-8",
         "PYTHONPATH": LIB_DIR,
         "PYTHONDONTWRITEBYTECODE": "1",   # the app is read-only to principals anyway
         # No user site: its .pth files run before sitecustomize, so before the
-        # filter, and HOME (/tmp) is writable by other principals in chroot mode.
+        # filter (and a plan written before private HOMEs gives HOME=/tmp).
         "PYTHONNOUSERSITE": "1",
         "PYTHONUNBUFFERED": "1",          # log lines reach the log file as they happen
         ENV_PRINCIPAL: principal.name,
