@@ -7,6 +7,11 @@ runs against it, the app stops, and each principal's record becomes a
 minimal OCI profile in ``<app>/seccomp/<principal>.json``, each syscall
 commented with the services that made it. Nothing is kept by hand: only
 what the kernel saw.
+
+The listener also notes the absolute paths a principal looked for (open,
+stat, access) that its view lacked; those the host has are reported with
+the pspy.toml ``files`` line that copies them in (chroot mode): a jail
+without, say, the time-zone database fails in ways that hide the cause.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 
 from . import bootstrap, seccomp
-from .errors import PspyError
+from .errors import JailError, PspyError
+from .jail import check_extra_file
 from .plan import Plan
 from .running import stop
+from .seccomp import learning
 from .supervisor import log_path
 
 PROFILE_DIR = "seccomp"
@@ -58,6 +66,7 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
                 for name in ("default", "web")}
     written = {}
     calls_seen: dict[str, set[str]] = {}
+    missing: dict[str, list[str]] = {}
     for p in plan.principals:
         if p.kind == "front_end" and not p.argv:
             continue   # no front end ran
@@ -68,6 +77,7 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
             f.seek(offsets.get(p.name, 0))
             text = f.read().decode(errors="replace")
         calls = seccomp.learned(text)
+        missing[p.name] = learning.missing_paths(text)
         if p.kind == "provider":
             for caller, service in recorded_calls(text, p.name):
                 calls_seen.setdefault(service, set()).add(caller)
@@ -99,7 +109,69 @@ def write_profiles(plan: Plan, offsets: dict[str, int], workload: list[str], say
         table = ", ".join(f'{name} = "{rel}"' for name, rel in written.items())
         say(f"pspy: to run under them, add to {os.path.join(plan.app_source, 'pspy.toml')}:\n"
             f"  seccomp = {{ {table} }}")
+    report_missing_files(plan, missing, say)
     return 0
+
+
+SHOWN_PER_PRINCIPAL = 20   # a longer list is cut: the first ones name the folder to look at
+
+
+def report_missing_files(plan: Plan, missing: dict[str, list[str]], say=print) -> list[str]:
+    """Say which paths each principal looked for in vain that the host has,
+    and the ``files`` line that would copy them in. Returns the paths
+    suggested. The paths come from the principal's own log: they are only
+    ever said, never copied or granted without the developer's edit."""
+    suggested: dict[str, None] = {}
+    for name, paths in missing.items():
+        found = [(path, _world_readable(path)) for path in host_files(paths)]
+        for path, readable in found[:SHOWN_PER_PRINCIPAL]:
+            note = "" if readable else " (readable only by its owner or group there: not suggested)"
+            say(f"pspy: {name} looked for {path}, which is on the host but not in its view{note}")
+        if len(found) > SHOWN_PER_PRINCIPAL:
+            say(f"pspy: {name} looked for {len(found) - SHOWN_PER_PRINCIPAL} more such paths")
+        suggested.update((path, None) for path, readable in found[:SHOWN_PER_PRINCIPAL] if readable)
+    if not suggested:
+        return []
+    toml = os.path.join(plan.app_source, "pspy.toml")
+    line = "files = " + json.dumps(list(dict.fromkeys([*plan.files, *suggested])))   # a TOML array too
+    if plan.mode == "chroot":
+        say(f"pspy: to copy them into the jail (read-only, at the same path), set in {toml}:\n  {line}")
+    else:
+        # plan.files is copied into chroot mode's jail only: no setting adds
+        # a host file to a namespace-mode view (the /usr, /lib* folders and a
+        # few /etc files of sandbox/mount.py).
+        say(f"pspy: namespace mode shows a principal only the host's system folders and a few /etc files; "
+            f"in chroot mode (without --namespaces) this line in {toml} copies them in:\n  {line}")
+    return list(suggested)
+
+
+def host_files(paths: list[str]) -> list[str]:
+    """Of the paths a principal looked for in its view, those the host has,
+    outside the places whose contents are the principal's own or no real
+    files (its app, pspy's state, /tmp, /proc ...: the places ``files``
+    refuses, pspy/jail.py)."""
+    out = []
+    for path in paths:
+        try:
+            check_extra_file(path)
+        except JailError:
+            continue
+        if os.path.exists(path):
+            out.append(path)
+    return out
+
+
+def _world_readable(path: str) -> bool:
+    """Whether a principal, an account of its own on the host, could read
+    the host's copy: copied with its mode, a file only its owner or group
+    may read would stay closed to it (and suggesting to copy /etc/shadow
+    into a jail is no help)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(st.st_mode) else 0)
+    return st.st_mode & need == need
 
 
 def recorded_calls(log_text: str, provider: str):

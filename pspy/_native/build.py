@@ -218,6 +218,9 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
        last declared with pspy_learn_set_service (0: none). */
     #include <pthread.h>
     #include <time.h>
+    #include <fcntl.h>
+    #include <sys/stat.h>
+    #include <sys/uio.h>
 
     #define LEARN_SLOTS 4096
     static _Atomic(scmp_filter_ctx) learn_ctx = NULL;
@@ -237,6 +240,114 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
     static int learn_service_of(int tid) {
         int i = (unsigned) tid % LEARN_SLOTS;
         return atomic_load(&slot_tid[i]) == tid ? atomic_load(&slot_service[i]) : 0;
+    }
+
+    /* Files a principal looks for that its view lacks (pspy learn reports
+       those the host has, pspy/learn.py). The notification arrives before
+       the call runs, so its result is unknown: an absolute path that does
+       not exist in the view now, seen from this thread (same root, same
+       ids), is written once as "pspy-learn-missing PATH". The path is read
+       from the caller's memory, which another of its threads may change
+       meanwhile: it is only ever reported, never a reason to allow
+       anything. Relative paths are left out (they are the app's, below its
+       working folder), and so are opens that create (O_CREAT) and paths of
+       processes this thread may not read (children forked by the principal
+       are not dumpable). */
+    #define MISSING_SLOTS 8192
+    static uint64_t missing_seen[MISSING_SLOTS];
+    static int missing_count = 0;
+
+    /* Copy a NUL-terminated string of the caller's: page by page, as a
+       read across into an unmapped page fails as a whole. */
+    static int learn_read_string(pid_t pid, uint64_t addr, char *out, size_t size) {
+        size_t got = 0;
+        if (addr == 0)
+            return -1;
+        while (got < size - 1) {
+            uint64_t here = addr + got;
+            size_t chunk = 4096 - (size_t) (here % 4096);
+            if (chunk > size - 1 - got)
+                chunk = size - 1 - got;
+            struct iovec local = { out + got, chunk }, remote = { (void *) (uintptr_t) here, chunk };
+            ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+            if (n <= 0)
+                return -1;
+            if (memchr(out + got, 0, (size_t) n) != NULL)
+                return 0;
+            got += (size_t) n;
+        }
+        return -1;   /* longer than PATH_MAX: no path the kernel would take */
+    }
+
+    static void learn_check_path(const struct seccomp_notif *req) {
+        const uint64_t *a = (const uint64_t *) req->data.args;
+        uint64_t path = 0, flags = 0;
+        int nofollow = 0;
+        if ((uint32_t) req->data.arch != (uint32_t) seccomp_arch_native())
+            return;
+        switch (req->data.nr) {
+    #ifdef SYS_open
+        case SYS_open: path = a[0]; flags = a[1]; break;
+    #endif
+    #ifdef SYS_stat
+        case SYS_stat: path = a[0]; break;
+    #endif
+    #ifdef SYS_lstat
+        case SYS_lstat: path = a[0]; nofollow = 1; break;
+    #endif
+    #ifdef SYS_access
+        case SYS_access: path = a[0]; break;
+    #endif
+        case SYS_openat: path = a[1]; flags = a[2]; break;
+    #ifdef SYS_openat2
+        case SYS_openat2: {
+            /* struct open_how begins with the flags */
+            struct iovec local = { &flags, sizeof flags }, remote = { (void *) (uintptr_t) a[2], sizeof flags };
+            if (process_vm_readv(req->pid, &local, 1, &remote, 1, 0) != (ssize_t) sizeof flags)
+                return;
+            path = a[1];
+            break;
+        }
+    #endif
+    #ifdef SYS_newfstatat
+        case SYS_newfstatat: path = a[1]; nofollow = (a[3] & AT_SYMLINK_NOFOLLOW) != 0; break;
+    #endif
+        case SYS_statx: path = a[1]; nofollow = (a[2] & AT_SYMLINK_NOFOLLOW) != 0; break;
+        case SYS_faccessat: path = a[1]; break;
+    #ifdef SYS_faccessat2
+        case SYS_faccessat2: path = a[1]; nofollow = (a[3] & AT_SYMLINK_NOFOLLOW) != 0; break;
+    #endif
+        default: return;
+        }
+        if (flags & O_CREAT)
+            return;
+        if (flags & O_NOFOLLOW)
+            nofollow = 1;
+        char buf[4096];
+        if (learn_read_string(req->pid, path, buf, sizeof buf) != 0 || buf[0] != '/')
+            return;
+        for (const char *c = buf; *c; c++)
+            if ((unsigned char) *c < 0x20 || *c == 0x7f)
+                return;   /* one record per line: a path with a line break is not reported */
+        struct stat st;
+        if (fstatat(AT_FDCWD, buf, &st, nofollow ? AT_SYMLINK_NOFOLLOW : 0) == 0 || errno != ENOENT)
+            return;
+        uint64_t h = 1469598103934665603ULL;   /* FNV-1a, to report each path once */
+        for (const char *c = buf; *c; c++)
+            h = (h ^ (unsigned char) *c) * 1099511628211ULL;
+        if (h == 0)
+            h = 1;
+        size_t i = h % MISSING_SLOTS;
+        while (missing_seen[i] != 0) {
+            if (missing_seen[i] == h)
+                return;
+            i = (i + 1) % MISSING_SLOTS;
+        }
+        if (missing_count >= MISSING_SLOTS / 2)
+            return;   /* enough to report; the table stays fast */
+        missing_seen[i] = h;
+        missing_count++;
+        dprintf(learn_out, "pspy-learn-missing %s\n", buf);
     }
 
     static void *learn_loop(void *unused) {
@@ -276,6 +387,7 @@ ffibuilder.set_source("pspy._native._helper", libraries=["seccomp"],
                 learn_seen[nr][service >> 3] |= (unsigned char) (1 << (service & 7));
                 dprintf(learn_out, "pspy-learn %d %d %u\n", nr, service, req->data.arch);
             }
+            learn_check_path(req);   /* before the answer: the caller waits, its path stays put */
             memset(resp, 0, sizeof *resp);
             resp->id = req->id;
             resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;

@@ -32,6 +32,14 @@ from .._landlock import rules_path
 # What every view holds of the host's system (sandbox/landlock.py grants the
 # same names, so the view and the Landlock rules cannot drift apart).
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin")
+# Host data every view holds read-only: the time-zone database, which
+# zoneinfo (and through it Django's error mail, any tz-aware log line) reads
+# from the host unless the tzdata package is installed. A host without it
+# ships nothing: zoneinfo then finds only tzdata's copy, and pspy learn
+# reports the zone files a principal looked for. Namespace mode's bind of
+# /usr holds it already (build_root binds it only where it lies elsewhere);
+# chroot mode copies it (jail.copy_interpreter); Landlock grants it read.
+SYSTEM_DATA = ("/usr/share/zoneinfo",)
 ETC_EVERYONE = ("ld.so.cache", "localtime", "mime.types")
 ETC_NETWORK = ("hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "ssl")   # Landlock: network only
 ETC_FILES = ETC_EVERYONE + ETC_NETWORK
@@ -66,6 +74,18 @@ def python_paths(jail: str) -> list[str]:
         if any(path.startswith(o + "/") for o in out):
             continue
         out.append(path)
+    return out
+
+
+def system_data_paths() -> list[str]:
+    """SYSTEM_DATA as namespace mode must bind it: the host folders it
+    resolves to, outside the system paths (bound already); none if the host
+    has none."""
+    out = []
+    for path in SYSTEM_DATA:
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and not any(real == s or real.startswith(s + "/") for s in SYSTEM_PATHS):
+            out.append(real)
     return out
 
 
@@ -116,6 +136,8 @@ def build_root(plan: Plan, principal: PrincipalPlan, pspy_dir: str) -> str:
         elif os.path.isdir(path):
             _bind(root, mounts, path)
     for path in python_paths(plan.jail):
+        _bind(root, mounts, path)
+    for path in system_data_paths():
         _bind(root, mounts, path)
     _mkdirs(root, "/etc")
     for name in ETC_FILES:

@@ -1,5 +1,6 @@
 """Learning mode (pspy learn): a principal's log of the syscalls it made,
-turned into a minimal OCI profile that allows exactly those.
+turned into a minimal OCI profile that allows exactly those, and the paths
+it looked for in vain.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ LEARN = {"learn": True, "source": "learning (pspy learn): every syscall allowed 
          "derived": [], "profile": None}
 LEARN_LINE = re.compile(r"^pspy-learn (\d+) (\d+) (\d+)$")
 LEARN_SERVICE = re.compile(r"^pspy-learn-service (\d+) (\S+)$")
+# A path the principal looked for (open, stat, access) that its view lacked
+# when it asked; written by the native listener (pspy/_native/build.py).
+LEARN_MISSING = re.compile(r"^pspy-learn-missing (/.*)$")
 
 
 def learned(log_text: str) -> dict[str, set[str]]:
@@ -38,6 +42,18 @@ def learned(log_text: str) -> dict[str, set[str]]:
         lib.free(raw)
         out.setdefault(name, set()).add(services.get(service, f"service #{service}"))
     return out
+
+
+def missing_paths(log_text: str) -> list[str]:
+    """From a principal's log: the absolute paths it looked for that did
+    not exist in its view, in the order first seen. The log is the
+    principal's own: a path it names is only ever reported."""
+    seen: dict[str, None] = {}
+    for line in log_text.splitlines():
+        m = LEARN_MISSING.match(line)
+        if m:
+            seen[m.group(1)] = None
+    return list(seen)
 
 
 def learned_profile(principal: str, calls: dict[str, set[str]], workload: list[str]) -> dict:
