@@ -150,7 +150,7 @@ def learn() -> None:
     if ctx == ffi.NULL:
         raise RuntimeError("seccomp_init failed")
     try:
-        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, lib.pspy_act_errno(1)), (lib.SCMP_FLTATR_CTL_NNP, 1)):
+        for attr, value in ((lib.SCMP_FLTATR_ACT_BADARCH, lib.SCMP_ACT_KILL_PROCESS), (lib.SCMP_FLTATR_CTL_NNP, 1)):
             if lib.seccomp_attr_set(ctx, attr, value) < 0:
                 raise RuntimeError("seccomp_attr_set failed")
         for nr in range(1024):

@@ -9,14 +9,13 @@ next to a control that the same principal may do.
 import errno
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ATTEMPT, OUTCOME, REPO, probe, pspy, seccomp_modes, status_rows, write_app
+from conftest import OUTCOME, REPO, probe, pspy, seccomp_modes, status_rows, write_app
 from pspy import _native, seccomp
 from pspy.seccomp import SeccompError
 
@@ -275,30 +274,6 @@ def test_network_false_with_a_profile_allowing_socket_still_cannot_make_an_inet_
     assert call(jail, "guard.make_socket('AF_UNIX')") == ["ok", "ok"]   # control
     assert call(jail, "guard.make_socket('AF_INET')") == ["ok", "EPERM"]
     assert call(jail, "guard.make_socket('AF_INET6')") == ["ok", "EPERM"]
-
-
-I386 = ATTEMPT + """
-import ctypes, mmap
-def i386(nr):
-    # mov eax, nr; int 0x80; ret: a system call through the i386 ABI
-    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    m.write(bytes([0xb8]) + nr.to_bytes(4, "little") + bytes([0xcd, 0x80, 0xc3]))
-    return ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))()
-print(json.dumps({"getpid": os.getpid(), "i386 getpid": i386(20), "i386 mount": i386(21)}))
-"""
-
-
-@pytest.mark.root
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="the i386 ABI exists on x86_64 only")
-def test_the_i386_abi_cannot_reach_a_syscall(jail):
-    bare = probe(jail, "Open", I386)   # control: no filter, and int 0x80 works on this kernel
-    assert bare["i386 getpid"] == bare["getpid"]
-    filtered = probe(jail, "Guard", I386)
-    assert filtered["getpid"] > 0                  # native getpid: allowed
-    assert filtered["i386 getpid"] == -1           # the same call through int 0x80: -EPERM
-    assert filtered["i386 mount"] == -1
-    lax = probe(jail, "Lax", I386)                 # a deny-list policy: other ABIs still refused
-    assert lax["getpid"] > 0 and lax["i386 getpid"] == -1
 
 
 @pytest.mark.root

@@ -46,9 +46,10 @@ def _build(profile: dict, trapping: bool):
     from .. import _native
     ffi, lib = _native.ffi, _native.lib
     default = _action(lib, profile["defaultAction"], profile.get("defaultErrnoRet"))
-    # Other ABIs are refused even when the default lets calls through (a deny-list).
-    foreign = default if profile["defaultAction"] not in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG") \
-        else lib.pspy_act_errno(errno.EPERM)
+    # A call of another ABI (i386's int 0x80, x32) kills the process, whatever
+    # the default: no Python code makes one, and a process that does is
+    # probing for a syscall number the native rules do not cover.
+    foreign = lib.SCMP_ACT_KILL_PROCESS
     ctx = lib.seccomp_init(lib.SCMP_ACT_TRAP if trapping else default)
     if ctx == ffi.NULL:
         raise SeccompError("seccomp_init failed")

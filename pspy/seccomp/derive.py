@@ -23,8 +23,8 @@ DERIVATIONS = {
                      "and so does io_uring (it can make sockets without socket())",
     "inline policy": "starts from 'default'; 'allow' adds names, 'deny' removes them, "
                      "'default_action' replaces the default action",
-    "other ABIs": "only this machine's native ABI is allowed: i386 (int 0x80) and x32 calls on "
-                  "x86_64 fail with EPERM (or kill, with a kill default), whatever the default action",
+    "other ABIs": "only this machine's native ABI is allowed: an i386 (int 0x80) or x32 call on "
+                  "x86_64 kills the process before it runs, whatever the default action",
     "clone": "clone() never with CLONE_NEW* flags (no namespace made by clone where unshare is denied), "
              "and clone3() fails with ENOSYS (its flags are out of a filter's reach; glibc falls back "
              "to clone, which an allowed clone3 brings along)",
