@@ -87,6 +87,17 @@ def attempt(fn):
         return type(e).__name__
 """
 
+# Probe code: attempt(fn) runs fn and reports "ok" or its errno's name ("EACCES").
+ERRNO_ATTEMPT = """
+import errno, json, os
+def attempt(fn):
+    try:
+        fn()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+"""
+
 # Probe code: outcome(fn) returns ["ok", value] or [exception type, message].
 OUTCOME = """
 import json

@@ -22,7 +22,7 @@ import subprocess
 
 import pytest
 
-from conftest import probe, pspy, write_app
+from conftest import ERRNO_ATTEMPT, probe, pspy, write_app
 from pspy import _landlock
 
 pytestmark = pytest.mark.root
@@ -63,14 +63,8 @@ APP = {
     """,
 }
 
-ATTEMPTS = """
-import errno, json, os, socket
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
+ATTEMPTS = ERRNO_ATTEMPT + """
+import socket
 def connect(family, address):
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(5)

@@ -23,7 +23,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, RUN_AS, probe, pspy, rootless_copy
+from conftest import ERRNO_ATTEMPT, REPO, RUN_AS, probe, pspy, rootless_copy
 
 pytestmark = pytest.mark.root
 
@@ -37,14 +37,8 @@ os.chmod("/app/db/bank/ledger.txt", 0o666)
 print(json.dumps("loosened"))
 """
 
-ATTEMPTS = """
-import errno, json, os, socket, subprocess, sys, tempfile
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
+ATTEMPTS = ERRNO_ATTEMPT + """
+import socket, subprocess, sys, tempfile
 def write(path):
     with open(path, "a") as f:
         f.write("x")

@@ -19,7 +19,7 @@ import stat
 
 import pytest
 
-from conftest import probe, pspy, write_app
+from conftest import ERRNO_ATTEMPT, probe, pspy, write_app
 from pspy import config
 from pspy.errors import ConfigError, PlanError
 from pspy.plan import Options, build_plan
@@ -42,14 +42,8 @@ APP = {
     """,
 }
 
-ATTEMPTS = """
-import errno, json, os, tempfile
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
+ATTEMPTS = ERRNO_ATTEMPT + """
+import tempfile
 def write(path):
     with open(path, "w") as f:
         f.write("planted")

@@ -21,7 +21,7 @@ import zoneinfo
 
 import pytest
 
-from conftest import probe, pspy, write_app
+from conftest import ERRNO_ATTEMPT, probe, pspy, write_app
 
 LOOKER = """
 import os
@@ -54,14 +54,8 @@ def ping():
     return "pong"
 """
 
-ZONES = """
-import datetime, errno, json, os, sys, zoneinfo
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
+ZONES = ERRNO_ATTEMPT + """
+import datetime, sys, zoneinfo
 paris = zoneinfo.ZoneInfo("Europe/Paris")
 offset = lambda when: datetime.datetime(*when, tzinfo=paris).utcoffset().total_seconds()
 print(json.dumps({
