@@ -155,14 +155,16 @@ def seccomp_modes(jail, name):
     return modes
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def release_jails(tmp_path_factory):
-    """Stop and remove, at the end of the session, every jail it made.
+    """Stop and remove, once a test module is done, every jail it made.
 
     A jail holds its ids in pspy's host registry for as long as its folder
-    exists, and pytest keeps the folders of the last three sessions: without
-    this, a few runs on one host use up every free block of ids and the
-    next bootstrap is refused. PSPY_TEST_KEEP_JAILS=1 keeps them to debug.
+    exists (200 blocks of 100 ids): kept to the end of the session, the
+    suite's jails would take most of them at once, and a few runs on one
+    host would use up every free block. Autouse and module-scoped, this
+    is torn down after the module's own fixtures have stopped their apps.
+    PSPY_TEST_KEEP_JAILS=1 keeps them to debug.
     """
     yield
     if not IS_ROOT or os.environ.get("PSPY_TEST_KEEP_JAILS"):
