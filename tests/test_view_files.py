@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import zoneinfo
 
 import pytest
@@ -92,8 +93,10 @@ def test_the_learning_log_names_each_missing_path_once_in_order():
 def test_only_host_files_outside_private_places_are_suggested(tmp_path, mode):
     from pspy import learn
     here = os.path.realpath(sys.executable)   # on the host, readable by all
-    host_tmp = tmp_path / "only-on-the-host"
-    host_tmp.write_text("x")
+    # In the host's own /tmp (a private place of every view), wherever pytest's folders are.
+    fd, host_tmp = tempfile.mkstemp(prefix="only-on-the-host-", dir="/tmp")
+    os.close(fd)
+    request_cleanup = os.unlink
 
     class FakePlan:
         app_source = str(tmp_path)
@@ -109,6 +112,7 @@ def test_only_host_files_outside_private_places_are_suggested(tmp_path, mode):
     assert f'files = ["/etc/mime.types", "{here}"]' in text
     assert ("chroot mode (without --namespaces)" in text) == (mode == "namespaces")
     assert learn.report_missing_files(FakePlan(), {"S": ["/nonexistent-pspy-view-files/x"]}, say=said.append) == []
+    request_cleanup(host_tmp)
 
 
 def test_namespace_mode_binds_the_zone_database_where_the_system_folders_do_not_hold_it(tmp_path, monkeypatch):
