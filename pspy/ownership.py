@@ -292,6 +292,21 @@ def _leave_files_linked_outside(owners: dict[str, Change], linked: dict[str, tup
                   "outside the data (a host file, another principal's)")
 
 
+def open_or_make_dir(dir_fd: int, name: str) -> int:
+    """The folder ``name`` beneath ``dir_fd``, made root's 0755 if missing,
+    opened without following a link: OSError (ELOOP, ENOTDIR) if a symlink
+    or a file stands there."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+        made = True
+    except FileExistsError:
+        made = False
+    fd = os.open(name, _NOFOLLOW_DIR, dir_fd=dir_fd)
+    if made:
+        os.fchmod(fd, 0o755)   # whatever the umask: principals pass through it
+    return fd
+
+
 def _create_data_dir(app_root: str, rel: str) -> str | None:
     """Make the missing folders of a perms path (0o755, root's: plan_ownership
     gives the last one to its principal), one component at a time from the
@@ -310,18 +325,11 @@ def _create_data_dir(app_root: str, rel: str) -> str | None:
                 raise JailError(f"{rel}: unexpected path component {part!r}")
             done.append(part)
             try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                made = True
-            except FileExistsError:
-                made = False
-            try:
-                nfd = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+                nfd = open_or_make_dir(fd, part)
             except OSError:   # ELOOP (a symlink) or ENOTDIR (a file)
                 return "/".join(done)
             os.close(fd)
             fd = nfd
-            if made:
-                os.fchmod(fd, 0o755)   # whatever the umask: the principal must reach its data
         return None
     finally:
         os.close(fd)

@@ -19,6 +19,7 @@ import shutil
 import stat
 
 from .errors import JailError
+from .ownership import open_or_make_dir
 from .plan import Plan, PrincipalPlan
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -64,19 +65,12 @@ def _open_parent(jail_fd: int, parent: str, where: str) -> int:
     try:
         for part in [x for x in parent.split("/") if x]:
             try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                made = True
-            except FileExistsError:
-                made = False
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = open_or_make_dir(fd, part)
             except OSError as e:
                 raise JailError(f"{where}: cannot open it as a folder ({e.strerror}); a symlink or a file "
                                 "stands where each principal's private folders go") from None
             os.close(fd)
             fd = child
-            if made:
-                os.fchmod(fd, 0o755)   # whatever bootstrap's umask: principals pass through it
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
             raise JailError(f"{where} is owned by uid {st.st_uid} with mode {oct(st.st_mode & 0o7777)}; "

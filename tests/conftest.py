@@ -8,10 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from dataclasses import dataclass
 
 import pytest
+
+from pspy.rpc.server import SUPERVISOR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Test-only tools (kubernetes-validate) live beside the virtualenv, out of the
@@ -281,3 +285,53 @@ def status_rows(jail):
     """``pspy status --format json``, per principal name."""
     return {r["name"]: r for r in json.loads(pspy("status", "--jail", jail, "--format", "json",
                                                   check=True).stdout)["principals"]}
+
+
+# rpc tests: the principal this process is to a Server (a uid 0 peer is
+# always the supervisor), and the uid mapping that makes it so when not root.
+RPC_ME = SUPERVISOR if os.getuid() == 0 else "web"
+
+
+def rpc_principal_of_uid(uid):
+    return "web" if uid == os.getuid() else None
+
+
+@pytest.fixture
+def sock_dir():
+    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+    path = tempfile.mkdtemp(prefix="pspy-rpc-", dir="/tmp")
+    os.chmod(path, 0o755)   # a peer of another uid reaches the socket
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_server(sock_dir):
+    """start(endpoints, ...) serves a Server("Bank") on a socket of its own, in
+    a thread of this process; its path. Endpoints may be plain functions."""
+    from pspy.rpc import Endpoint, Server
+    listeners = []
+
+    def start(endpoints, *, callers=frozenset({RPC_ME}), principal_of_uid=None, **options):
+        endpoints = {name: e if isinstance(e, Endpoint) else Endpoint(name, e, frozenset(callers))
+                     for name, e in endpoints.items()}
+        server = Server("Bank", endpoints, principal_of_uid or rpc_principal_of_uid, **options)
+        path = os.path.join(sock_dir, f"bank{len(listeners)}.sock")
+        server.bind(path)
+        listeners.append(server._listeners[0][0])
+
+        def serve():
+            try:
+                server.serve_forever()
+            except OSError:   # the listener was shut down by the fixture
+                pass
+        threading.Thread(target=serve, daemon=True).start()
+        return path
+
+    yield start
+    for listener in listeners:
+        try:
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        listener.close()

@@ -9,10 +9,8 @@ mapping itself replace peer_credentials, so they mean the same as root or not.
 
 import logging
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 
 import pytest
@@ -22,52 +20,12 @@ from pspy.errors import (CallInterrupted, PermissionDenied, RemoteError, Seriali
 from pspy.rpc import Client, Endpoint, Server, codec, protocol
 from pspy.rpc import server as server_module
 
-ME = server_module.SUPERVISOR if os.getuid() == 0 else "web"
-
-
-def principal_of_uid(uid):
-    return "web" if uid == os.getuid() else None
 
 
 class InsufficientFunds(Exception):
     pass
 
 
-@pytest.fixture
-def sock_dir():
-    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
-    path = tempfile.mkdtemp(prefix="pspy-rpc-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def start_server(sock_dir):
-    listeners = []
-
-    def start(endpoints, *, callers=frozenset({ME}), principal_of_uid=principal_of_uid, **options):
-        endpoints = {name: e if isinstance(e, Endpoint) else Endpoint(name, e, frozenset(callers))
-                     for name, e in endpoints.items()}
-        server = Server("Bank", endpoints, principal_of_uid, **options)
-        path = os.path.join(sock_dir, f"bank{len(listeners)}.sock")
-        server.bind(path)
-        listeners.append(server._listeners[0][0])
-
-        def serve():
-            try:
-                server.serve_forever()
-            except OSError:   # the listener was shut down by the fixture
-                pass
-        threading.Thread(target=serve, daemon=True).start()
-        return path
-
-    yield start
-    for listener in listeners:
-        try:
-            listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        listener.close()
 
 
 def client(path, **options):

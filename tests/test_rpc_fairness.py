@@ -27,7 +27,7 @@ import pytest
 
 from conftest import REPO, probe, pspy
 from pspy.errors import ServiceUnavailable
-from pspy.rpc import Client, Endpoint, Server, protocol
+from pspy.rpc import Client, protocol
 from pspy.rpc import server as server_module
 
 CALC = os.path.join(REPO, "tests", "apps", "calc")
@@ -64,34 +64,10 @@ def connected_as(uid, path):
 
 
 @pytest.fixture
-def serve():
-    folder = tempfile.mkdtemp(prefix="pspy-fair-", dir="/tmp")
-    os.chmod(folder, 0o755)   # a peer of another uid reaches the socket
-    listeners = []
-
+def serve(start_server):
     def start(callers, principal_of_uid):
-        endpoints = {"add": Endpoint("add", lambda a, b: a + b, frozenset(callers))}
-        server = Server("Bank", endpoints, principal_of_uid)
-        path = os.path.join(folder, f"bank{len(listeners)}.sock")
-        server.bind(path)
-        listeners.append(server._listeners[0][0])
-
-        def run():
-            try:
-                server.serve_forever()
-            except OSError:   # the listener was shut down at the end of the test
-                pass
-        threading.Thread(target=run, daemon=True).start()
-        return path
-
-    yield start
-    for listener in listeners:
-        try:
-            listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        listener.close()
-    shutil.rmtree(folder, ignore_errors=True)
+        return start_server({"add": lambda a, b: a + b}, callers=callers, principal_of_uid=principal_of_uid)
+    return start
 
 
 def peer_uid():

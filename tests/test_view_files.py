@@ -96,7 +96,6 @@ def test_only_host_files_outside_private_places_are_suggested(tmp_path, mode):
     # In the host's own /tmp (a private place of every view), wherever pytest's folders are.
     fd, host_tmp = tempfile.mkstemp(prefix="only-on-the-host-", dir="/tmp")
     os.close(fd)
-    request_cleanup = os.unlink
 
     class FakePlan:
         app_source = str(tmp_path)
@@ -112,7 +111,7 @@ def test_only_host_files_outside_private_places_are_suggested(tmp_path, mode):
     assert f'files = ["/etc/mime.types", "{here}"]' in text
     assert ("chroot mode (without --namespaces)" in text) == (mode == "namespaces")
     assert learn.report_missing_files(FakePlan(), {"S": ["/nonexistent-pspy-view-files/x"]}, say=said.append) == []
-    request_cleanup(host_tmp)
+    os.unlink(host_tmp)
 
 
 def test_namespace_mode_binds_the_zone_database_where_the_system_folders_do_not_hold_it(tmp_path, monkeypatch):
