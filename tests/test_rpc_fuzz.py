@@ -526,11 +526,32 @@ class Caller:
     may_call: frozenset[str]
 
 
+def decoder_refuses(f: Frame, caller: Caller) -> bool:
+    """Whether the provider's decoder refuses the frame for what it would decode
+    into (codec.FrameRefused): a frame above protocol.SMALL_FRAME, or with
+    attachments, is measured against its receiver's bounds first. A kilobyte of
+    nested one-element lists, say, is over them at a 4 KiB max_frame."""
+    if f.cut_short or f.outcome not in (PING, UNKNOWN, SERVICE):
+        return False
+    flagged = struct.unpack(">I", f.wire[:4])[0] & FLAG_ATTACHMENTS
+    if f.length <= min(protocol.SMALL_FRAME, caller.max_frame) and not flagged:
+        return False
+    body = memoryview(f.wire[4:4 + f.length])
+    try:
+        body, attachments = protocol._split_attachments(body) if flagged else (body, None)
+        codec.decode(body, attachments, limits=codec.limits_for(caller.max_frame))
+    except codec.FrameRefused:
+        return True
+    except ProtocolError:
+        return False
+    return False
+
+
 def expected_answers(frames: list[Frame], caller: Caller) -> tuple[list[Frame], bool]:
     """The frames that must be answered, in order, and whether nothing else may be."""
     due = []
     for f in frames:
-        if f.length > caller.max_frame or f.outcome == CLOSE:
+        if f.length > caller.max_frame or f.outcome == CLOSE or decoder_refuses(f, caller):
             return due, True
         if f.outcome == ANY:
             return due, False
@@ -572,7 +593,7 @@ def check_answers(frames: list[Frame], caller: Caller, shape: ProviderShape, rec
 def frames_read(frames: list[Frame], caller: Caller) -> int:
     """How many of the frames the provider reads: up to the first it refuses (or may)."""
     for i, f in enumerate(frames):
-        if f.length > caller.max_frame or f.outcome in (CLOSE, ANY):
+        if f.length > caller.max_frame or f.outcome in (CLOSE, ANY) or decoder_refuses(f, caller):
             return i + 1
     return len(frames)
 
