@@ -109,6 +109,7 @@ def options_for(req: Request) -> Options:
         landlock=cfg.get("landlock", {}).get("enabled", True),
         landlock_execute={k: list(v) for k, v in cfg.get("landlock", {}).get("execute", {}).items()},
         shared_tmp=cfg.get("tmp", {}).get("shared", False),
+        databases=list(cfg.get("databases", [])),
         limits=dict(cfg.get("limits", {})),
         script=script, files=files, interpreter=sys.executable,
         app_name=os.path.basename(os.path.normpath(req.app_dir)),
@@ -131,8 +132,9 @@ def build(req: Request, say=print) -> Plan:
     manifest = discover(req.app_dir, exclude=options.exclude)   # pure: decorator mistakes show even without root
     for w in manifest.warnings:
         say(f"pspy: warning: {w}")
-    if not manifest.providers:
-        raise PspyError(f"{req.app_dir}: no @pspy.service found; nothing to separate")
+    if not manifest.providers and not options.databases:
+        raise PspyError(f"{req.app_dir}: no @pspy.service found and no database shared with grants; "
+                        "nothing to separate")
     if os.geteuid() != 0 and not options.rootless:
         raise PspyError("bootstrap in chroot mode needs root (it creates the principals' files, "
                         "chroots and changes uids); run it with sudo, or use --namespaces, which "
@@ -271,6 +273,9 @@ def _build_jail(plan: Plan, say) -> None:
             say(f"pspy: running set-up script {plan.script} in the jail")
             run_script(plan, plan.script, cwd=staging.jail_path)
         jail.carry_over_data(plan, staging)
+        if plan.databases:
+            from .data.grants import check_against_schemas
+            check_against_schemas(plan, staging.path)
         changes, warnings = jail.plan_ownership(plan, staging.path, carried=staging.carried_rels())
         jail.apply_ownership(staging.path, changes)
         jail.commit_app(plan, staging)

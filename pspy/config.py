@@ -32,6 +32,7 @@ KEYS = {
     "landlock": dict,  # enabled = false: no Landlock layer; execute.NAME: programs it may run
     "exclude": list,   # globs discovery does not read; see discover.is_excluded
     "tmp": dict,       # shared = true: chroot mode's /tmp writable by every principal
+    "databases": dict,  # NAME = {path, owner, grants}: data grants, pspy/data/grants.py
 }
 # Settings the front end has no decorator for: it is the only principal they
 # may name here (a provider declares its own on its @pspy.service).
@@ -117,4 +118,10 @@ def load(app_dir: str) -> dict:
         raise ConfigError(f"{path}: log_keep must be between 0 and 100 rotated files")
     if "max_frame" in data and not 1024 <= data["max_frame"] <= 1 << 30:
         raise ConfigError(f"{path}: max_frame must be between 1024 and 1073741824 bytes")
+    if "databases" in data:
+        from .data import grants
+        try:
+            data["databases"] = grants.parse(data["databases"])
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(grants.SOURCE, path)) from None
     return data

@@ -121,6 +121,11 @@ class PrincipalPlan:
     # written before these fields gave every principal.
     home: str = "/tmp"
     tmpdir: str = "/tmp"
+    # Its rights inside shared databases (pspy/data/grants.py): database ->
+    # {"tables": {table: {right: [columns] or ["*"]}}, "schema": bool}.
+    # Enforced by the owner's SQLite authorizer (pspy/data/authorizer.py);
+    # the owner itself has no entry: it holds the file.
+    grants: dict = field(default_factory=dict)
 
     def service(self, name: str) -> ServicePlan | None:
         for s in self.services:
@@ -156,6 +161,9 @@ class Plan:
     # chroot mode: the jail's /tmp is writable by every principal (1777)
     # only when pspy.toml asks (tmp.shared); otherwise it is root's, 0755.
     shared_tmp: bool = False
+    # Databases shared with grants (pspy/data/grants.py): {"name", "engine",
+    # "path" (in the app), "owner", "location", "tables": {table: [columns]}}.
+    databases: list[dict] = field(default_factory=list)
     version: int = PLAN_VERSION
 
     # --- lookups -----------------------------------------------------------
@@ -269,6 +277,7 @@ class Options:
     landlock: bool = True        # pspy.toml landlock.enabled = false: no Landlock layer for any principal
     landlock_execute: dict[str, list[str]] = field(default_factory=dict)   # principal -> programs it may run
     shared_tmp: bool = False     # pspy.toml tmp.shared = true: chroot mode's /tmp writable by every principal
+    databases: list = field(default_factory=list)   # pspy.toml databases: [pspy.data.grants.Database]
 
 
 MAX_ID = 2**31 - 2
@@ -297,8 +306,12 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
         if not options.rootless and not 1000 <= base <= MAX_ID - 10000:
             raise PlanError(f"--{label}-base {base} is outside 1000..{MAX_ID - 10000}; "
                             "principals must not share ids with system accounts")
+    manifest = _with_database_owners(manifest, options.databases)
     provider_names = sorted(manifest.providers)
     names = [FRONT_END_NAME] + provider_names
+    if options.databases:
+        from .data.grants import check_principals
+        check_principals(options.databases, names)
     for setting in ("env", "seccomp", "limits", "landlock_execute"):
         for principal in getattr(options, setting):
             if principal not in names:
@@ -367,6 +380,7 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
             **_homes(options, name),
             seccomp=policy(name, spec.seccomp, spec.seccomp_location, network=bool(spec.network),
                            per_call=spec.isolation == "per_call")))
+    _give_grants(principals, options.databases)
     return Plan(app_name=options.app_name or os.path.basename(manifest.app_root),
                 app_source=manifest.app_root, jail=os.path.abspath(options.jail), mode=options.mode,
                 rootless=options.rootless,
@@ -374,7 +388,69 @@ def build_plan(manifest: Manifest, options: Options, previous: Plan | None = Non
                 interpreter=options.interpreter, groups=gids, principals=principals,
                 script=options.script, files=list(options.files), rpc_timeout=options.rpc_timeout,
                 max_frame=options.max_frame, debug=options.debug, log_max_bytes=options.log_max_bytes,
-                log_keep=options.log_keep, shared_tmp=options.shared_tmp)
+                log_keep=options.log_keep, shared_tmp=options.shared_tmp,
+                databases=[db.to_plan() for db in options.databases])
+
+
+DATABASE_SERVICE = "pspy.db"   # the endpoint of a database's owner (pspy/data/session.py)
+
+
+def _with_database_owners(manifest: Manifest, databases: list) -> Manifest:
+    """The manifest with each database's owner holding the database's folder:
+    a provider no decorator names becomes a data-only provider (it imports
+    no app code); a decorated one gets the folder added to its perms."""
+    if not databases:
+        return manifest
+    import copy
+    from .discover import NAME_RE, PermSpec, ProviderSpec
+    providers = copy.deepcopy(manifest.providers)
+    problems = []
+    for db in databases:
+        where = f"{db.location}.owner"
+        if db.owner == FRONT_END_NAME:
+            problems.append(f"{where}: the front end cannot own a database (it serves no calls); name a "
+                            "provider, or a new name for a provider that only holds the data")
+            continue
+        if not NAME_RE.match(db.owner):
+            problems.append(f"{where}: {db.owner!r} is not a principal name")
+            continue
+        owner = providers.setdefault(db.owner, ProviderSpec(db.owner))
+        if owner.isolation == "per_call":
+            problems.append(f"{where}: {db.owner!r} runs each call in a fresh process "
+                            f"(isolation=\"per_call\", {owner.isolation_location}); a database session "
+                            "lasts across calls, so its owner must be a provider of one process")
+            continue
+        folder = db.folder
+        for other in providers.values():
+            for perm in other.perms.values():
+                pattern = perm.pattern.rstrip("/")
+                inside = pattern == folder.rstrip("/") or pattern.startswith(folder)
+                above = folder.startswith(pattern + "/")
+                if other.name != db.owner and (inside or above):
+                    problems.append(f"{db.location}: {perm.pattern} is {other.name!r}'s ({perm.location}), but "
+                                    f"{folder} holds {db.path}, which {db.owner!r} owns; a path has one owner")
+                elif other.name == db.owner and (inside or above) and (perm.mode & 0o700) != 0o700:
+                    problems.append(f"{db.location}: {db.owner!r} gives {perm.pattern} mode {oct(perm.mode)} "
+                                    f"({perm.location}); the owner of {db.path} needs 0o700 on {folder}")
+        if not any(p.pattern.rstrip("/") == folder.rstrip("/") or folder.startswith(p.pattern.rstrip("/") + "/")
+                   for p in owner.perms.values()):
+            owner.perms[folder] = PermSpec(folder, 0o700, db.location)
+    if problems:
+        raise PlanError("\n".join(problems))
+    return Manifest(manifest.app_root, providers, list(manifest.warnings))
+
+
+def _give_grants(principals: list[PrincipalPlan], databases: list) -> None:
+    """Each grantee's rights, and the owner's endpoint that serves them."""
+    by_name = {p.name: p for p in principals}
+    for db in databases:
+        for name, grant in db.grants.items():
+            by_name[name].grants[db.name] = grant
+    for owner in sorted({db.owner for db in databases}):
+        callers = sorted({name for db in databases if db.owner == owner for name in db.grants})
+        where = next(db.location for db in databases if db.owner == owner)
+        by_name[owner].services.append(ServicePlan(name=DATABASE_SERVICE, kind="database", module="pspy.data",
+                                                   file=where, line=0, callers=callers))
 
 
 FRONT_END_SETTINGS = "pspy.toml"
