@@ -10,7 +10,10 @@ name them, docs/analyze.md lists them.
 from __future__ import annotations
 
 import os
+import re
 import stat
+
+from ..data.grants import ALL
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -23,7 +26,9 @@ KINDS = {
     "dangerous-syscall": ("high", "seccomp policy allows a dangerous syscall"),
     "no-seccomp": ("high", "no seccomp filter"),
     "rootless": ("high", "rootless: no uid separation"),
+    "schema-granted": ("high", "principal may change a database's schema"),
     "data-read-by-another": ("medium", "another principal can read this data"),
+    "secret-column-readable": ("medium", "principal can read a column named like a secret"),
     "write-file-not-folder": ("medium", "file writable in a folder that is not"),
     "wider-than-learned": ("medium", "seccomp policy much wider than the learned profile"),
     "uncallable-service": ("low", "service no principal may call"),
@@ -212,6 +217,82 @@ def callers(principals, recorded: dict | None) -> list[dict]:
     return out
 
 
+# A column is "named like a secret" when its name, cut at every character
+# that is not a letter (``_``, digits, spaces), has a part made wholly of
+# the words below with at least one SECRET_WORD among them: "pw_hash",
+# "reset_token", "secret_key", "apikey", "passwordhash" (SQLite names reach
+# the plan lower-cased, so camelCase is gone) and "api_keys" match;
+# "keyboard", "monkey", "secretary", "tokenizer" and "user_id" do not, since
+# no part is made of these words alone. A salt is not on the list: it is
+# public by design, and the hash beside it matches on its own name. "key"
+# also catches a key-value table's "key" column: a false alarm there is
+# cheaper than a missed "private_key".
+SECRET_WORDS = frozenset({"password", "passwd", "passphrase", "pwd", "pw", "token", "secret", "key",
+                          "credential"})
+SECRET_COMPANIONS = frozenset({"hash", "hashed", "digest", "api", "access", "refresh", "reset", "auth", "session",
+                               "private", "signing", "client", "bearer", "csrf", "user", "login", "old", "new",
+                               "enc", "encrypted", "otp", "app", "master", "admin"})
+# word, or word + "s" -> whether it is a secret word
+_VOCABULARY = {w + plural: w in SECRET_WORDS for w in SECRET_WORDS | SECRET_COMPANIONS for plural in ("", "s")}
+_LONGEST = max(map(len, _VOCABULARY))
+
+
+def _made_of_words(part: str) -> bool:
+    """``part`` cut wholly into words of the vocabulary, at least one of them
+    a secret word. ``cuts[i]`` holds, for each way to cut ``part[:i]``,
+    whether a secret word was among its words."""
+    cuts: list[set[bool]] = [set() for _ in range(len(part) + 1)]
+    cuts[0].add(False)
+    for i in range(len(part)):
+        if not cuts[i]:
+            continue
+        for j in range(i + 1, min(i + _LONGEST, len(part)) + 1):
+            if part[i:j] in _VOCABULARY:
+                cuts[j] |= {seen or _VOCABULARY[part[i:j]] for seen in cuts[i]}
+    return bool(part) and True in cuts[-1]
+
+
+def secret_like(column: str) -> bool:
+    """Whether a column is named like a secret (the rule above)."""
+    return any(_made_of_words(part) for part in re.split(r"[^a-z]+", column.lower()))
+
+
+def spelled(table: str, columns: list[str]) -> str:
+    """A table and columns as pspy.toml's grants spell them: "user(user_id,
+    username)", or "message" for every column."""
+    return table if columns == [ALL] else f"{table}({', '.join(columns)})"
+
+
+def data_grants(principal: dict) -> list[dict]:
+    """A principal other than the owner that may change a database's schema,
+    or can read a column named like a secret (through a grant of the whole
+    table too, resolved to the table's columns in the report). The owner
+    holds the file: every right is its own, not a finding."""
+    name = principal["name"]
+    out = []
+    for entry in principal.get("data", ()):
+        if entry["is_owner"]:
+            continue
+        db = f"database {entry['database']} ({entry['path']}, {entry['owner']}'s)"
+        if entry["schema"]:
+            out.append(finding("schema-granted",
+                               f"{name} may change the schema of {db}: it can drop or alter any table and "
+                               "create triggers and views, which run when other principals use the tables, so "
+                               f"its other grants no longer bound it; remove schema = true at {entry['location']} "
+                               f"unless {name} runs the migrations", name, entry["path"]))
+        for table, columns in entry["readable"].items():
+            secret = [c for c in columns if secret_like(c)]
+            others = [c for c in columns if not secret_like(c)]
+            fix = (f'select "{spelled(table, others)}" instead' if others
+                   else f"drop {table} from its select")
+            for column in secret:
+                out.append(finding("secret-column-readable",
+                                   f"{name} can read {table}.{column} of {db}, a column named like a secret; "
+                                   f"if {name} does not need it, {fix} at {entry['location']}",
+                                   name, entry["path"]))
+    return out
+
+
 def rootless(is_rootless: bool, uid: int) -> list[dict]:
     if not is_rootless:
         return []
@@ -225,7 +306,7 @@ def all_findings(data: dict, modes: dict[str, int], recorded: dict | None,
     ps = data["principals"]
     out = uid_zero(ps) + world_writable(modes, owned) + reached(ps) + shared_write(ps)
     for p in ps:
-        out += write_file_not_folder(p)
+        out += write_file_not_folder(p) + data_grants(p)
         if "seccomp" in p:
             out += seccomp_findings(p) + wider_than_learned(p)
     out += callers(ps, recorded) + rootless(data.get("rootless", False), data.get("uid_base", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..data.grants import ALL, RIGHTS
 from ..jail import data_paths
 from ..learn import CALLS_FILE, PROFILE_DIR
 from ..limits import RLIMIT_NAMES, call_rlimits, cgroup_controllers, rlimits
@@ -40,6 +41,42 @@ def reached_data(name: str, readable: set[str], writable: set[str], owned: dict[
             if read or write:
                 out.append({"path": rel + ("/" if rel + "/" in readable | writable else ""), "owner": owner,
                             "read": read, "write": write})
+    return out
+
+
+def right_order(right: str) -> tuple[int, str]:
+    """RIGHTS first, in their order (pspy.toml's); a right the plan holds
+    that analyze does not know is still shown, after them."""
+    return (RIGHTS.index(right) if right in RIGHTS else len(RIGHTS), right)
+
+
+def data_rights(plan: Plan, p) -> list[dict]:
+    """The principal's rights in each shared database it may use
+    (pspy/data/grants.py): ``{"database", "engine", "path", "owner",
+    "location", "is_owner", "schema", "tables", "readable"}``. ``tables`` is
+    its grants as the plan holds them (table -> right -> columns, ``["*"]``
+    for every column; empty for the owner, which needs none: it holds the
+    file). ``readable`` is what it can read, table -> columns, a whole-table
+    grant resolved to the table's real columns where the plan knows them
+    (``["*"]`` where it does not); the owner reads every table."""
+    out = []
+    for db in plan.databases:
+        known = db.get("tables") or {}
+        entry = {"database": db["name"], "engine": db["engine"], "path": db["path"],
+                 "owner": db["owner"]}
+        if db["owner"] == p.name:
+            out.append({**entry, "location": db["location"], "is_owner": True, "schema": True, "tables": {},
+                        "readable": {t: list(cols) for t, cols in sorted(known.items())}})
+            continue
+        grant = p.grants.get(db["name"])
+        if grant is None:
+            continue
+        tables = {t: {r: list(rights[r]) for r in sorted(rights, key=right_order)}
+                  for t, rights in sorted(grant["tables"].items())}
+        readable = {t: list(known[t]) if rights["select"] == [ALL] and t in known else list(rights["select"])
+                    for t, rights in tables.items() if rights.get("select")}
+        out.append({**entry, "location": f"{db['location']}.grants.{p.name}", "is_owner": False,
+                    "schema": bool(grant.get("schema")), "tables": tables, "readable": readable})
     return out
 
 
@@ -163,6 +200,7 @@ def report(plan: Plan, include_seccomp: bool = True) -> dict:
             "owns": sorted(rel + ("/" if os.path.isdir(os.path.join(app_root, rel)) else "")
                            for rel in owned.get(p.name, ())),
             "reaches": reached_data(p.name, set(readable), set(writable), owned),
+            "data": data_rights(plan, p),
             "mounts": mounts,
             "namespaces": (["user", "mount", "pid", "ipc", "uts", "cgroup"] + ([] if p.network else ["network"]))
             if plan.mode == "namespaces" else [],

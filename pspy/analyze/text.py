@@ -2,9 +2,10 @@
 
 First the findings, most severe first; then the principals by exposure,
 weakest first; then each principal: who it is, what it may call and who may
-call it, the data it owns and other principals' data it reaches, and its
-files collapsed by folder where a whole folder shares one verdict. Colour
-only on a terminal (and never with NO_COLOR set).
+call it, the data it owns and other principals' data it reaches, its rights
+in the app's databases (when it has any), and its files collapsed by folder
+where a whole folder shares one verdict. Colour only on a terminal (and
+never with NO_COLOR set).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 
 from ..logs import printable
-from .findings import unfiltered
+from .findings import spelled, unfiltered
+from .report import right_order
 
 COLOURS = {"critical": "1;31", "high": "31", "medium": "33", "low": "36", "unsafe": "1;31", "exposed": "31",
            "ok": "32", "title": "1", "none": "2"}
@@ -133,6 +135,25 @@ def _files(p: dict, paint: Paint) -> list[str]:
     return lines
 
 
+def _data(entries: list[dict]) -> list[str]:
+    """One line per database: "owner (every table and column)", or its
+    grants right by right as pspy.toml spells them."""
+    lines = []
+    for e in entries:
+        if e["is_owner"]:
+            lines.append(f"{e['database']} ({e['path']}): owner (every table and column)")
+            continue
+        by_right: dict[str, list[str]] = {}
+        for table, rights in e["tables"].items():
+            for right, columns in rights.items():
+                by_right.setdefault(right, []).append(spelled(table, columns))
+        parts = [f"{right} {', '.join(by_right[right])}" for right in sorted(by_right, key=right_order)]
+        if e["schema"]:
+            parts.append("schema changes")
+        lines.append(f"{e['database']} ({e['path']}, {e['owner']}'s): {'; '.join(parts) or 'nothing'}")
+    return lines
+
+
 def _groups(p: dict) -> str:
     names = p.get("extra_groups") or []
     if len(names) == len(p["groups"]) and names:
@@ -173,6 +194,8 @@ def _principal(p: dict, data: dict, paint: Paint, include_seccomp: bool) -> list
     for r in p.get("reaches", ()):
         how = "read-write" if r["write"] and r["read"] else "write" if r["write"] else "read-only"
         out.append(f"  reaches:   {r['path']} of {r['owner']} ({how})")
+    if any(q.get("data") for q in data["principals"]):   # the plan has databases
+        out.extend(f"  data:      {line}" for line in _data(p["data"]) or ["none"])
     if p.get("limits"):
         shown = ", ".join(f"{k} {v}" for k, v in sorted(p["limits"].items()))
         out.append(f"  limits:    {shown} (by {p['limits_enforced_by']})")
