@@ -185,6 +185,9 @@ def _class_proxy(rt: Runtime, provider: str, cls, spec: ServicePlan):
 def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
     endpoints = {}
     for spec in rt.me.services:
+        if spec.kind == "database":
+            endpoints[spec.name] = _database_endpoint(rt, spec)
+            continue
         obj = rt.served.get(spec.name)
         if obj is None:
             raise PspyError(f"{spec.file}:{spec.line}: service {spec.name!r} was not defined when "
@@ -198,6 +201,14 @@ def _endpoints(rt: Runtime) -> dict[str, Endpoint]:
         else:
             endpoints[spec.name] = Endpoint(spec.name, obj, callers)
     return endpoints
+
+
+def _database_endpoint(rt: Runtime, spec: ServicePlan) -> Endpoint:
+    """The databases this provider owns, served to their grantees (pspy/data/session.py)."""
+    from .data.session import DatabaseService
+    owned = [d for d in rt.plan.databases if d["owner"] == rt.me.name]
+    service = DatabaseService(rt.plan.app_dir, owned, {p.name: p.grants for p in rt.plan.principals})
+    return Endpoint(spec.name, service, frozenset(spec.callers), per_connection=True)
 
 
 def listening_fds(env, pid: int | None = None) -> list[tuple[int, str | None]]:

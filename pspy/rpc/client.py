@@ -189,6 +189,54 @@ class Client:
     def ping(self) -> str:
         return self.call(protocol.PING)
 
+    def session(self, service: str) -> "Session":
+        """A connection of one's own to ``service``, for calls that share state
+        in the provider (a database session lives as long as it does)."""
+        return Session(self, service)
+
+
+class Session:
+    """Calls to one per-connection service over one connection, never pooled.
+    Nothing is retried: the state the calls share dies with the connection."""
+
+    def __init__(self, client: Client, service: str):
+        self.client, self.service = client, service
+        self.conn: protocol.Connection | None = client._connect()
+        _set_timeout(self.conn, client.timeout)
+
+    def call(self, *args):
+        conn = self.conn
+        if conn is None:
+            raise ServiceUnavailable(f"{self.client.provider}.{self.service}: this session is closed")
+        if conn.timeout != self.client.timeout:
+            _set_timeout(conn, self.client.timeout)
+        packer, payload = codec.pack_into_buffer([self.service, list(args), {}])
+        try:
+            conn.send(payload)
+        except OSError as e:
+            _raise_refusal(self.client.provider, self.service, conn)
+            self.close()
+            raise ServiceUnavailable(f"{self.client.provider}.{self.service}: the session's connection is "
+                                     f"closed ({e.strerror or e}); the request was not delivered") from None
+        finally:
+            codec.release(packer, payload)
+        try:
+            response = conn.recv_message()
+        except (BlockingIOError, socket.timeout):
+            self.close()
+            raise ServiceTimeout(f"{self.client.provider}.{self.service} did not answer within "
+                                 f"{self.client.timeout}s; the call may or may not have run") from None
+        except (protocol.PeerClosed, ProtocolError, OSError) as e:
+            self.close()
+            raise CallInterrupted(f"{self.client.provider}.{self.service}: the provider closed the session "
+                                  f"before replying ({e or 'EOF'}); the call may or may not have run") from None
+        return _result(self.client.provider, self.service, response)
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
 
 def _set_timeout(conn: protocol.Connection, timeout: float | None) -> None:
     # Set only when it changes, so steady-state calls pay nothing for it.

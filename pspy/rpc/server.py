@@ -66,6 +66,29 @@ class Endpoint:
     func: Callable
     callers: frozenset[str]
     is_async: bool = False
+    # Called as func(state, *args) with the connection's ConnectionState:
+    # calls on one connection share what it holds (a database session).
+    per_connection: bool = False
+
+
+class ConnectionState:
+    """What the calls on one connection share: who is calling (the kernel's
+    word, read at accept), the connection, and a value a per-connection
+    endpoint keeps there; its close() runs when the connection ends."""
+
+    __slots__ = ("caller", "uid", "pid", "conn", "value")
+
+    def __init__(self, caller: str, uid: int, pid: int, conn):
+        self.caller, self.uid, self.pid, self.conn = caller, uid, pid, conn
+        self.value = None
+
+    def close(self) -> None:
+        value, self.value = self.value, None
+        if value is not None:
+            try:
+                value.close()
+            except Exception:  # noqa: BLE001 - the connection is gone either way; say why
+                log.exception("closing the state of %s's connection", self.caller)
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -280,6 +303,7 @@ class Server:
             allowed = caller in self._may_call_something
             conn = protocol.Connection(sock, self.max_frame if allowed else UNAUTHORISED_MAX_FRAME)
             conn.hold_frames_to(IDLE_TIMEOUT, FRAME_TIMEOUT)
+            state = ConnectionState(caller, uid, pid, conn)
         except BaseException:
             sock.close()
             self._release(caller)
@@ -291,7 +315,7 @@ class Server:
                     if (type(request) is not list or len(request) != 3 or type(request[0]) is not str
                             or type(request[1]) is not list or type(request[2]) is not dict):
                         raise ProtocolError("request is not [service, args, kwargs]")
-                    response = self._handle(caller, uid, pid, request[0], request[1], request[2], conn)
+                    response = self._handle(caller, uid, pid, request[0], request[1], request[2], conn, state)
                     if response is None:
                         # The watchdog answered this call (past its call_timeout)
                         # and is ending the process: never touch the socket again.
@@ -314,11 +338,12 @@ class Server:
                 except OSError:   # idle past IDLE_TIMEOUT (EAGAIN), a send that could not finish, a reset
                     return
         finally:
+            state.close()
             conn.close()
             self._release(caller)
 
     def _handle(self, caller: str | None, uid: int, pid: int, name: str, args: list, kwargs: dict,
-                conn: protocol.Connection | None = None) -> list | None:
+                conn: protocol.Connection | None = None, state: ConnectionState | None = None) -> list | None:
         """The response to one request, as a value still to be encoded; None
         when the watchdog already answered it (past the call_timeout)."""
         endpoint = self.endpoints.get(name)
@@ -342,10 +367,10 @@ class Server:
         if self.per_call is not None:
             return self.per_call.run(caller, uid, pid, name, args, kwargs)
         if self._watchdog is None:
-            return self.invoke(endpoint, args, kwargs)
+            return self.invoke(endpoint, args, kwargs, state)
         token = self._watchdog.start(conn, name)
         try:
-            response = self.invoke(endpoint, args, kwargs)
+            response = self.invoke(endpoint, args, kwargs, state)
         finally:
             answered = not self._watchdog.finish(token)
         return None if answered else response
@@ -360,7 +385,7 @@ class Server:
             conn.send_message(self._error("pspy.SerializationError",
                                           f"return value of {self.provider}.{name}: {e}"))
 
-    def invoke(self, endpoint: Endpoint, args: list, kwargs: dict) -> list:
+    def invoke(self, endpoint: Endpoint, args: list, kwargs: dict, state: ConnectionState | None = None) -> list:
         """Run one authorised call in this process: the response, still to be encoded."""
         name = endpoint.name
         tid = threading.get_native_id()
@@ -368,7 +393,11 @@ class Server:
         if ON_CALL is not None:
             ON_CALL(tid, name)
         try:
-            if kwargs:
+            if endpoint.per_connection:
+                if state is None or kwargs:
+                    raise TypeError(f"{name} takes positional arguments, on a connection of its own")
+                result = endpoint.func(state, *args)
+            elif kwargs:
                 if any(type(k) is not str for k in kwargs):
                     raise TypeError("keyword argument names must be strings")
                 result = endpoint.func(*args, **kwargs)

@@ -1,0 +1,221 @@
+"""The database owner's side of ``pspy.db``: one SQLite connection per caller session.
+
+A caller's ``pspy.db.connect`` opens a connection of its own to the owner
+(rpc/client.Session) and every statement of that session comes on it. The
+caller is who the kernel says it is (SO_PEERCRED at accept, rpc/server.py),
+never what it sends; its SQLite connection carries an authorizer built
+from its grants in the plan (authorizer.py), so SQLite itself refuses
+what they do not allow, at prepare time, before a row is read. The session,
+its transaction and its cursors end with the connection: a caller that dies
+leaves nothing open (an open transaction is rolled back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+
+from ..rpc.server import FRAME_TIMEOUT, ConnectionState
+from .authorizer import Authorizer
+
+log = logging.getLogger("pspy.data")
+
+IDLE_TIMEOUT = 300.0        # seconds a database session may wait between statements (rpc: 10 s) ...
+BUSY_IDLE_TIMEOUT = 30.0    # ... and while it holds a transaction or a cursor, and with it a lock others wait on
+FIRST_ROWS = 1024           # rows sent with a query's answer; the rest on fetch
+MAX_CURSORS = 64            # cursors with rows left that one session may hold open
+ROW_BYTES_BUDGET = 4 << 20  # about this many bytes of rows in one answer (rows are sampled, not all measured)
+_ISOLATION = (None, "", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+
+class DatabaseSession:
+    """One caller's connection to one database, with its grants."""
+
+    def __init__(self, caller: str, database: str, path: str, grants: dict, isolation_level, timeout: float):
+        self.caller, self.database = caller, database
+        self.authorizer = Authorizer(caller, database, grants)
+        self.db = sqlite3.connect(path, timeout=timeout, isolation_level=isolation_level,
+                                  check_same_thread=False)
+        self.authorizer.install(self.db)
+        self.cursors: dict[int, sqlite3.Cursor] = {}
+        self.pending: dict[int, list] = {}   # rows read from a cursor but over one answer's budget
+        self.next_cursor = 0
+
+    def close(self) -> None:
+        for cursor in self.cursors.values():
+            cursor.close()
+        self.cursors.clear()
+        self.db.close()   # an open transaction is rolled back
+
+    def answer(self, **fields) -> dict:
+        fields["in_transaction"] = self.db.in_transaction
+        return fields
+
+    def failed(self, e: sqlite3.Error) -> dict:
+        denial = self.authorizer.refusal(e)
+        if denial is not None:
+            log.warning("denied: %s", denial)
+            return self.answer(error=["PermissionDenied", denial])
+        return self.answer(error=[type(e).__name__, str(e)])
+
+    def execute(self, sql, parameters, many: bool) -> dict:
+        if type(sql) is not str:
+            return self.answer(error=["ProgrammingError", "a statement is a str"])
+        self.authorizer.reset()
+        cursor = self.db.cursor()
+        try:
+            if many:
+                if type(parameters) is not list:
+                    return self.answer(error=["ProgrammingError", "executemany takes a list of parameter sets"])
+                cursor.executemany(sql, parameters)
+            else:
+                cursor.execute(sql, parameters)
+            return self._rows_of(cursor, FIRST_ROWS)
+        except sqlite3.Error as e:
+            cursor.close()
+            return self.failed(e)
+        except (TypeError, ValueError, OverflowError) as e:   # parameters SQLite cannot bind
+            cursor.close()
+            return self.answer(error=["ProgrammingError", str(e)])
+
+    def _rows_of(self, cursor: sqlite3.Cursor, wanted: int, cursor_id: int | None = None) -> dict:
+        description = [[d[0], None, None, None, None, None, None] for d in cursor.description] \
+            if cursor.description else None
+        rows: list = []
+        rest: list = []
+        more = False
+        if description is not None:
+            pending = self.pending.pop(cursor_id, []) if cursor_id is not None else []
+            rows = pending + cursor.fetchmany(wanted - len(pending)) if wanted > len(pending) else pending
+            more = len(rows) >= wanted
+            rows, rest = _within_budget(rows)
+            if rest:
+                more = True
+        if more and cursor_id is None:
+            if len(self.cursors) >= MAX_CURSORS:
+                cursor.close()
+                return self.answer(error=["OperationalError", f"more than {MAX_CURSORS} cursors with rows left "
+                                          "are open on this connection; fetch or close some"])
+            self.next_cursor += 1
+            cursor_id = self.next_cursor
+            self.cursors[cursor_id] = cursor
+        if more and rest:
+            self.pending[cursor_id] = rest
+        if not more:
+            if cursor_id is not None:
+                self.cursors.pop(cursor_id, None)
+            cursor.close()
+        return self.answer(description=description, rowcount=cursor.rowcount, lastrowid=cursor.lastrowid,
+                           rows=rows, cursor=cursor_id if more else None, more=more)
+
+    def forget(self, cursor_id) -> None:
+        cursor = self.cursors.pop(cursor_id, None)
+        self.pending.pop(cursor_id, None)
+        if cursor is not None:
+            cursor.close()
+
+    def fetch(self, cursor_id, wanted) -> dict:
+        cursor = self.cursors.get(cursor_id)
+        if cursor is None:
+            return self.answer(error=["ProgrammingError", f"no open cursor {cursor_id!r}"])
+        if type(wanted) is not int or not 1 <= wanted <= 1 << 20:
+            return self.answer(error=["ProgrammingError", "fetch takes 1 to 1048576 rows"])
+        self.authorizer.reset()
+        try:
+            return self._rows_of(cursor, wanted, cursor_id)
+        except sqlite3.Error as e:
+            self.forget(cursor_id)
+            return self.failed(e)
+
+
+def _within_budget(rows: list) -> tuple[list, list]:
+    """(rows to send now, rows kept for the next fetch). Rows of large values
+    would make one answer pass the frame limit: the first and last rows are
+    weighed, not every row (that would cost more than the query)."""
+    if len(rows) < 64:
+        return rows, []
+    weight = max(_weight(rows[0]), _weight(rows[-1]))
+    keep = max(1, ROW_BYTES_BUDGET // max(weight, 1))
+    return (rows, []) if keep >= len(rows) else (rows[:keep], rows[keep:])
+
+
+def _weight(row) -> int:
+    return 16 + sum(len(v) + 8 if type(v) in (str, bytes) else 16 for v in row)
+
+
+class DatabaseService:
+    """The owner's ``pspy.db`` endpoint: a per-connection service (rpc/server.py)."""
+
+    def __init__(self, app_dir: str, databases: list[dict], grants_of: dict[str, dict]):
+        # databases: the plan's entries this provider owns; grants_of: principal -> its PrincipalPlan.grants
+        self.paths = {d["name"]: os.path.join(app_dir, d["path"]) for d in databases}
+        self.grants_of = grants_of
+
+    def __call__(self, state: ConnectionState, op, *args):
+        answer = self._do(state, op, args)
+        session = state.value
+        if session is not None:
+            # A session holding SQLite's lock (a transaction, a cursor with rows
+            # left) is closed sooner when it goes quiet: a caller cannot hold
+            # the others' writes off for longer than that.
+            idle = BUSY_IDLE_TIMEOUT if session.db.in_transaction or session.cursors else IDLE_TIMEOUT
+            if state.conn.idle_timeout != idle:
+                state.conn.hold_frames_to(idle, FRAME_TIMEOUT)
+        return answer
+
+    def _do(self, state: ConnectionState, op, args: tuple):
+        session = state.value
+        if op == "open":
+            return self._open(state, *args)
+        if session is None:
+            return {"error": ["ProgrammingError", "no database is open on this connection"]}
+        if op == "execute" and len(args) == 3:
+            return session.execute(args[0], args[1], bool(args[2]))
+        if op == "fetch" and len(args) == 2:
+            return session.fetch(args[0], args[1])
+        if op == "close_cursor" and len(args) == 1:
+            session.forget(args[0])
+            return session.answer()
+        if op in ("commit", "rollback") and not args:
+            try:
+                getattr(session.db, op)()
+            except sqlite3.Error as e:
+                return session.failed(e)
+            return session.answer()
+        if op == "executescript" and len(args) == 1 and type(args[0]) is str:
+            session.authorizer.reset()
+            try:
+                session.db.executescript(args[0]).close()
+            except sqlite3.Error as e:
+                return session.failed(e)
+            return session.answer(description=None, rowcount=-1, lastrowid=None, rows=[], cursor=None, more=False)
+        if op == "isolation_level" and len(args) == 1 and args[0] in _ISOLATION:
+            session.db.isolation_level = args[0]
+            return session.answer()
+        if op == "close" and not args:
+            state.close()
+            return {"in_transaction": False}
+        return {"error": ["ProgrammingError", f"unknown database operation {op!r}"]}
+
+    def _open(self, state: ConnectionState, database=None, options=None) -> dict:
+        if state.value is not None:
+            return {"error": ["ProgrammingError", "a database is open on this connection already"]}
+        grants = self.grants_of.get(state.caller, {}).get(database)
+        if database not in self.paths or grants is None:
+            # Only what the plan grants: a name it does not know is refused the same way.
+            log.warning("denied: %s (uid %d) asked for database %r, which it has no grant on",
+                        state.caller, state.uid, database)
+            return {"error": ["PermissionDenied", f"{state.caller} has no grant on a database named "
+                                                  f"{database!r} of this provider"]}
+        options = options if type(options) is dict else {}
+        isolation = options.get("isolation_level", "")
+        timeout = options.get("timeout", 5.0)
+        if isolation not in _ISOLATION or type(timeout) not in (int, float) or not 0 <= timeout <= 600:
+            return {"error": ["ProgrammingError", "isolation_level or timeout out of range"]}
+        try:
+            state.value = DatabaseSession(state.caller, database, self.paths[database], grants, isolation,
+                                          float(timeout))
+        except sqlite3.Error as e:
+            return {"error": ["OperationalError", f"cannot open database {database!r}: {e}"]}
+        return state.value.answer()
