@@ -264,7 +264,7 @@ def test_provider_environment_holds_only_what_its_configuration_names(zoobank):
         assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE",
                             "PYTHONUNBUFFERED", "PSPY_PRINCIPAL", "PSPY_PLAN", "PSPY_DEBUG", "PSPY_LISTEN_FD",
                             "PSPY_CALLER_FDS", "PSPY_CONTROL_FD", "PYTHONNOUSERSITE", "PSPY_SECCOMP",
-                            "PSPY_LANDLOCK", "PSPY_CONFINED"}, env
+                            "PSPY_LANDLOCK", "PSPY_CONFINED", "MALLOC_ARENA_MAX"}, env
     # Nor does any other process of the app (PID 1 of namespace mode included);
     # rootless, the supervisor and its keeper have the user's uid, but they
     # are the user's own processes, outside.
