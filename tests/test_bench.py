@@ -5,6 +5,7 @@ import functools
 import importlib.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import types
@@ -91,6 +92,52 @@ def test_rpc_bench_writes_medians_p99_ratios_and_throughput(tmp_path):
             assert set(entry[payload]) == {"median_us", "p99_us", "ratio_to_floor"}
         assert entry["concurrent"]["calls_per_s"] > 0
     assert "pspy" in proc.stdout   # the table was printed
+
+
+def data_bench():
+    spec = importlib.util.spec_from_file_location("data_bench", os.path.join(REPO, "bench", "data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_bench_times_every_workload_on_every_row_against_direct_sqlite(tmp_path):
+    # The bench exits 1 unless every row reads what direct sqlite3 reads and the
+    # column-limited rows are refused user.pw_hash: a 0 here means they were.
+    out = tmp_path / "data.json"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "data.py"), "--quick", "--dir", str(tmp_path),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    bench = data_bench()
+    assert set(figures["results"]) == set(bench.SYSTEMS)
+    for entry in figures["results"].values():
+        assert set(entry) == set(bench.WORKLOADS)
+        for e in entry.values():
+            assert set(e) == {"median_us", "p99_us", "ratio_to_direct", "added_us_per_statement"}
+            assert 0 < e["median_us"] <= e["p99_us"]
+    assert figures["results"][bench.DIRECT]["point select"]["ratio_to_direct"] == 1.0
+    assert set(figures["goals"]) == {"point select", "1,000-row fetch", "page (10 statements)"}
+    for parts in figures["breakdown"].values():
+        assert parts["total: one statement through the grants"] > 0 and parts["answer bytes"] > 0
+    assert "database part of a page only" in proc.stdout   # says what its page leaves out
+    assert bench.PSPY_LIMITED in proc.stdout               # the table was printed
+
+
+def test_data_bench_refuses_rows_that_would_not_measure_what_they_claim(tmp_path):
+    bench = data_bench()
+    path = bench.make_database(str(tmp_path))
+    # Every row a plain connection: the "limited" rows read user.pw_hash, which their grants leave out.
+    connections = {name: sqlite3.connect(path) for name in bench.SYSTEMS}
+    try:
+        problems = bench.check_connections(connections)
+        assert any(p.startswith(f"{bench.PSPY_LIMITED}: read user.pw_hash") for p in problems), problems
+        assert any(p.startswith(f"{bench.DIRECT_AUTHORIZER}: read user.pw_hash") for p in problems), problems
+        connections[bench.PSPY_EVERY].execute("DELETE FROM message WHERE message_id = 1500")
+        assert any("1,000-row fetch" in p and bench.PSPY_EVERY in p for p in bench.check_connections(connections))
+    finally:
+        for db in connections.values():
+            db.close()
 
 
 @pytest.mark.root
