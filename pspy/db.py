@@ -92,26 +92,51 @@ def _row_class(names: tuple[str, ...]) -> type:
     return type("Row", (Row,), {"__slots__": (), "_names": names})
 
 
-def connect(database: str, *, isolation_level: str | None = "", timeout: float = 5.0, **options) -> Any:
-    """A connection to the database ``database`` of ``pspy.toml``."""
+def connect(database: str, *, isolation_level: str | None = "", timeout: float = 5.0,
+            functions: str | None = None, **options) -> Any:
+    """A connection to the database ``database`` of ``pspy.toml``.
+
+    ``functions`` names a set of SQL functions the owner registers on this
+    caller's connection (``FUNCTION_SETS`` of pspy/data/session.py, e.g.
+    "django"): a Python function cannot cross to run in the owner, so the
+    owner runs its own copy of a known set. Where the file is opened here
+    (the owner, development) the caller registers what it needs itself."""
+    path = local_path(database)
+    if path is not None:
+        return _connect_directly(path, isolation_level, timeout, options)
     from . import runtime
     rt = runtime.current()
-    if rt is None:
-        return _connect_directly(_development_path(database), isolation_level, timeout, options)
-    spec = next((d for d in rt.plan.databases if d["name"] == database), None)
-    if spec is None:
-        names = ", ".join(d["name"] for d in rt.plan.databases) or "none"
-        raise OperationalError(f"no database named {database!r} in this app's plan (databases: {names}); "
-                               "declare it in pspy.toml under [databases.NAME] and bootstrap again")
-    if spec["owner"] == rt.me.name:
-        return _connect_directly(os.path.join(rt.plan.app_dir, spec["path"]), isolation_level, timeout, options)
+    spec = _spec_of(rt, database)
     if options:
         raise NotSupportedError(f"pspy.db.connect({database!r}): {', '.join(options)} cannot be set on a "
                                 f"connection that runs in {spec['owner']}")
     if database not in rt.me.grants:
         raise PermissionDenied(f"{rt.me.name} has no grant on database {database!r} (owned by "
                                f"{spec['owner']}); add one under [databases.{database}.grants.{rt.me.name}]")
-    return Connection(rt, spec["owner"], database, isolation_level, timeout)
+    return Connection(rt, spec["owner"], database, isolation_level, timeout, functions)
+
+
+def local_path(database: str) -> str | None:
+    """The file of ``database`` when this process opens it itself: in the
+    database's owner, and without pspy (development). None in any other
+    principal, whose statements run in the owner."""
+    from . import runtime
+    rt = runtime.current()
+    if rt is None:
+        return _development_path(database)
+    spec = _spec_of(rt, database)
+    if spec["owner"] == rt.me.name:
+        return os.path.join(rt.plan.app_dir, spec["path"])
+    return None
+
+
+def _spec_of(rt, database: str) -> dict:
+    spec = next((d for d in rt.plan.databases if d["name"] == database), None)
+    if spec is None:
+        names = ", ".join(d["name"] for d in rt.plan.databases) or "none"
+        raise OperationalError(f"no database named {database!r} in this app's plan (databases: {names}); "
+                               "declare it in pspy.toml under [databases.NAME] and bootstrap again")
+    return spec
 
 
 def _connect_directly(path: str, isolation_level, timeout, options) -> sqlite3.Connection:
@@ -145,18 +170,22 @@ def _development_path(database: str) -> str:
 class Connection:
     """A connection whose statements run in the database's owner."""
 
-    def __init__(self, rt, owner: str, database: str, isolation_level, timeout: float):
+    def __init__(self, rt, owner: str, database: str, isolation_level, timeout: float,
+                 functions: str | None = None):
         self._client = rt.client(owner)
         self._session = self._client.session(DATABASE_SERVICE)
         self._owner = owner
         self._used = time.monotonic()
         self._open_options = {"isolation_level": isolation_level, "timeout": timeout}
+        if functions is not None:
+            self._open_options["functions"] = functions
         self.database = database
         self.row_factory = None
         self._isolation_level = isolation_level
         self._in_transaction = False
         self._lock = threading.Lock()
         self._closed = False
+        self._abandoned: list[int] = []   # cursors dropped with rows left: closed with the next statement
         self._request("open", database, self._open_options)
 
     # --- the wire -------------------------------------------------------------
@@ -269,10 +298,12 @@ class Cursor:
         self._make_row = None
 
     def _take(self, answer: dict) -> "Cursor":
-        self.description = answer.get("description")
+        columns = answer.get("columns")
+        self.description = tuple((name, None, None, None, None, None, None) for name in columns) \
+            if columns is not None else None
         self.rowcount = answer.get("rowcount", -1)
         self.lastrowid = answer.get("lastrowid")
-        self._rows = answer.get("rows") or []
+        self._rows = _unflatten(answer.get("rows"), len(columns)) if columns else []
         self._at = 0
         self._cursor_id = answer.get("cursor")
         self._make_row = self._row_maker()
@@ -285,24 +316,34 @@ class Cursor:
         if factory is sqlite3.Row or factory is Row:
             cls = _row_class(tuple(d[0] for d in self.description))
             return cls
-        return lambda values: factory(self, tuple(values))
+        return lambda values: factory(self, values)
 
     def _forget_remote(self) -> None:
+        # The owner's cursor is closed with the next statement on this
+        # connection (its rows left unread); no round trip of its own.
         if self._cursor_id is not None:
             cursor_id, self._cursor_id = self._cursor_id, None
-            try:
-                self.connection._request("close_cursor", cursor_id)
-            except Error:
-                pass
+            self.connection._abandoned.append(cursor_id)
+
+    def __del__(self):
+        try:
+            self._forget_remote()
+        except Exception:  # noqa: BLE001 - at interpreter exit, anything may be gone
+            pass
+
+    def _execute(self, sql: str, parameters, many: bool) -> "Cursor":
+        self._forget_remote()
+        connection = self.connection
+        abandoned, connection._abandoned = connection._abandoned, []
+        if abandoned:
+            return self._take(connection._request("execute", str(sql), parameters, many, abandoned))
+        return self._take(connection._request("execute", str(sql), parameters, many))
 
     def execute(self, sql: str, parameters=()) -> "Cursor":
-        self._forget_remote()
-        return self._take(self.connection._request("execute", str(sql), _parameters(parameters), False))
+        return self._execute(sql, _parameters(parameters), False)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable) -> "Cursor":
-        self._forget_remote()
-        rows = [_parameters(p) for p in seq_of_parameters]
-        return self._take(self.connection._request("execute", str(sql), rows, True))
+        return self._execute(sql, [_parameters(p) for p in seq_of_parameters], True)
 
     def executescript(self, sql_script: str) -> "Cursor":
         self._forget_remote()
@@ -312,8 +353,8 @@ class Cursor:
         if self._cursor_id is None:
             return False
         answer = self.connection._request("fetch", self._cursor_id, max(self.arraysize, 1024))
-        self._rows, self._at = answer.get("rows") or [], 0
-        if not answer.get("more"):
+        self._rows, self._at = _unflatten(answer.get("rows"), len(self.description)), 0
+        if answer.get("cursor") is None:
             self._cursor_id = None
         return bool(self._rows)
 
@@ -322,7 +363,7 @@ class Cursor:
             return None
         row = self._rows[self._at]
         self._at += 1
-        return self._make_row(row) if self._make_row is not None else tuple(row)
+        return self._make_row(row) if self._make_row is not None else row
 
     def fetchmany(self, size: int | None = None) -> list:
         size = self.arraysize if size is None else size
@@ -346,7 +387,7 @@ class Cursor:
     def _shape(self, rows: list) -> list:
         make = self._make_row
         if make is None:
-            return list(map(tuple, rows))
+            return rows
         return list(map(make, rows))
 
     def __iter__(self) -> Iterator:
@@ -367,6 +408,13 @@ class Cursor:
 
     def setoutputsize(self, size, column=None) -> None:
         pass
+
+
+def _unflatten(values, width: int) -> list[tuple]:
+    """Rows as tuples from the answer's flat list of values (data/session.py)."""
+    if type(values) is not list or len(values) % width:
+        raise InterfaceError("malformed rows in the owner's answer")
+    return list(zip(*[iter(values)] * width))
 
 
 def _parameters(parameters):

@@ -207,7 +207,10 @@ def _database_endpoint(rt: Runtime, spec: ServicePlan) -> Endpoint:
     """The databases this provider owns, served to their grantees (pspy/data/session.py)."""
     from .data.session import DatabaseService
     owned = [d for d in rt.plan.databases if d["owner"] == rt.me.name]
-    service = DatabaseService(rt.plan.app_dir, owned, {p.name: p.grants for p in rt.plan.principals})
+    # A statement is stopped a little before its caller stops waiting (so the
+    # caller hears why), and no value may be longer than a frame can carry.
+    service = DatabaseService(rt.plan.app_dir, owned, {p.name: p.grants for p in rt.plan.principals},
+                              time_limit=0.9 * rt.plan.rpc_timeout, max_length=rt.plan.max_frame)
     return Endpoint(spec.name, service, frozenset(spec.callers), per_connection=True)
 
 

@@ -446,3 +446,12 @@ def test_unknown_action_codes_and_rights_are_refused():
     assert authorizer(0, "user", "f", None, None) == sqlite3.SQLITE_DENY   # SQLITE_COPY, long gone
     with pytest.raises(ValueError, match="unknown right 'read' on table 'user'"):
         Authorizer("web", "main", {"tables": {"user": {"read": ["*"]}}})
+
+
+def test_a_recursive_cte_of_no_table_is_its_own_rows_and_its_body_is_still_checked(connect):
+    # SQLite reports reading such a CTE as a table read with no schema name.
+    web = connect("web")
+    assert web.run("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5) "
+                   "SELECT count(*) FROM c") == [(5,)]
+    assert web.refused("WITH RECURSIVE c(x) AS (SELECT pw_hash FROM user UNION ALL SELECT x FROM c LIMIT 5) "
+                       "SELECT count(*) FROM c").startswith(PW_HASH)

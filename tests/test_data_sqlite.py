@@ -155,3 +155,20 @@ print(json.dumps([len(first), len(rest), first[0][0], rest[-1][0], lost]))
 """)
     assert got[:4] == [10, 2990, "m0", "m2999"]
     assert got[4] == ["ok", [[0]]]
+
+
+def test_a_runaway_statement_is_stopped_in_time_and_a_huge_value_is_refused_before_it_is_built(app):
+    # rpc_timeout = 5 in the app: Data stops a statement at 4.5 s, before its caller gives up.
+    got = sql_as(app, "web", """
+import time
+began = time.monotonic()
+out = [run("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")]
+out.append(time.monotonic() - began)
+out.append(run("SELECT length(randomblob(100000000))"))
+out.append(run("SELECT length(randomblob(1000000))"))
+print(json.dumps(out))
+""")
+    assert got[0][0] == "OperationalError" and "ran past its 4.5s" in got[0][1], got
+    assert 4 < got[1] < 5, got
+    assert got[2][0] == "DataError" or "too big" in got[2][1], got
+    assert got[3] == ["ok", [[1000000]]]

@@ -13,7 +13,10 @@ Rules:
   ORDER BY, JOIN ON, a subquery, a CTE, RETURNING, an UPSERT's conflict
   target, a foreign-key lookup. A table read with no column (SQLite
   reports "", as for ``count(*)`` or ``SELECT 1 FROM t``) needs some select
-  grant on the table. A rowid alias (INTEGER PRIMARY KEY) is reported by its
+  grant on the table. A recursive CTE's own rows are reported the same way
+  and told apart by the schema's names, read at ``install``: a table
+  created after the session opened passes as a CTE there (its row count
+  shows, never a column). A rowid alias (INTEGER PRIMARY KEY) is reported by its
   column's name; a table's bare rowid as "rowid", which a column-listed
   grant must name.
 - Refusals are SQLITE_DENY, never SQLITE_IGNORE: a column silently read as
@@ -164,6 +167,7 @@ class Authorizer:
         self._delete = frozenset(delete)
         self._guard_messages: frozenset[str] = frozenset()
         self._table_functions: frozenset[str] = frozenset()    # install() connects them, then allows them
+        self._schema_names: frozenset[str] | None = None       # install(): tables, views; None: any name may be one
         self._replace_safe(frozenset())
 
     def _replace_safe(self, guarded: frozenset) -> None:
@@ -250,6 +254,13 @@ class Authorizer:
         if dbname not in _OWN_DATABASES:
             return self._elsewhere(dbname, source)
         name = table.lower()
+        if dbname is None and not column and self._schema_names is not None and name not in self._schema_names:
+            # A recursive CTE's own rows, counted: SQLite reports them as a
+            # table read with no column and no schema name, as it does a
+            # table's count(*); told apart by the schema's names (install),
+            # a CTE named like a table is taken for the table. What the CTE's
+            # body reads from tables was checked column by column.
+            return _OK
         if name in _SCHEMA_TABLES or name in self._table_functions or (self.schema and name.startswith("sqlite_")):
             return _OK
         columns = self._select.get(name)
@@ -328,6 +339,7 @@ class Authorizer:
             connection.setconfig(defensive, True)
         _connect_virtual_tables(connection)
         tables, no_rows_of_their_own = _schema_objects(connection)
+        self._schema_names = frozenset(tables) | no_rows_of_their_own
         needing_guard = sorted(t for t in (self._insert | set(self._granted_update)) - self._delete if t in tables)
         messages = set()
         for n, table in enumerate(needing_guard):

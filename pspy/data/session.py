@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
+from itertools import chain
 
 from ..rpc.server import FRAME_TIMEOUT, ConnectionState
 from .authorizer import Authorizer
@@ -25,22 +27,62 @@ IDLE_TIMEOUT = 300.0        # seconds a database session may wait between statem
 BUSY_IDLE_TIMEOUT = 30.0    # ... and while it holds a transaction or a cursor, and with it a lock others wait on
 FIRST_ROWS = 1024           # rows sent with a query's answer; the rest on fetch
 MAX_CURSORS = 64            # cursors with rows left that one session may hold open
-ROW_BYTES_BUDGET = 4 << 20  # about this many bytes of rows in one answer (rows are sampled, not all measured)
+ROW_BYTES_BUDGET = 48 << 10  # about this many bytes of rows in one answer (rows are sampled, not all measured)
+STATEMENT_TIME_LIMIT = 30.0   # seconds one statement or fetch may run (DatabaseService: the app's rpc_timeout)
+PROGRESS_EVERY = 100_000      # SQLite VM steps between two looks at the clock (about a millisecond)
+MAX_LENGTH = 16 << 20         # bytes of one value (DatabaseService: the app's max_frame)
 _ISOLATION = (None, "", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+
+def _django_functions(db: sqlite3.Connection) -> None:
+    from ..contrib.django.functions import prepare_connection
+    prepare_connection(db)
+
+
+def _sqlalchemy_functions(db: sqlite3.Connection) -> None:
+    from ..contrib.sqlalchemy import prepare_connection
+    prepare_connection(db)
+
+
+# SQL function sets a caller may ask for at open (pspy.db.connect(functions=...)).
+# A Python function cannot cross to run here, so the owner registers its own
+# copy of a known set, before the authorizer is on; the caller names one, never
+# sends code.
+FUNCTION_SETS = {"django": _django_functions, "sqlalchemy": _sqlalchemy_functions}
 
 
 class DatabaseSession:
     """One caller's connection to one database, with its grants."""
 
-    def __init__(self, caller: str, database: str, path: str, grants: dict, isolation_level, timeout: float):
+    def __init__(self, caller: str, database: str, path: str, grants: dict, isolation_level, timeout: float,
+                 functions: str | None = None):
         self.caller, self.database = caller, database
         self.authorizer = Authorizer(caller, database, grants)
         self.db = sqlite3.connect(path, timeout=timeout, isolation_level=isolation_level,
                                   check_same_thread=False)
+        if functions is not None:
+            FUNCTION_SETS[functions](self.db)
         self.authorizer.install(self.db)
+        self.time_limit = STATEMENT_TIME_LIMIT
+        self.deadline = 0.0
+        # SQLite calls back every PROGRESS_EVERY steps of its VM: a statement
+        # past its time (a runaway recursive CTE) is interrupted there, so a
+        # caller that gave up waiting leaves no statement running in the owner.
+        self.db.set_progress_handler(self._past_deadline, PROGRESS_EVERY)
+        # No value longer than a frame may carry: randomblob(1e9) is refused
+        # before it is built, not after a gigabyte was.
+        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
         self.cursors: dict[int, sqlite3.Cursor] = {}
         self.pending: dict[int, list] = {}   # rows read from a cursor but over one answer's budget
         self.next_cursor = 0
+
+    def _past_deadline(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def begin(self) -> None:
+        """Before each statement or fetch: no refusal recorded, a fresh deadline."""
+        self.authorizer.reset()
+        self.deadline = time.monotonic() + self.time_limit
 
     def close(self) -> None:
         for cursor in self.cursors.values():
@@ -53,6 +95,10 @@ class DatabaseSession:
         return fields
 
     def failed(self, e: sqlite3.Error) -> dict:
+        if isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted" and \
+                time.monotonic() > self.deadline:
+            return self.answer(error=["OperationalError", f"the statement was stopped: it ran past its "
+                                                          f"{self.time_limit:g}s (0.9 x the app's rpc_timeout)"])
         denial = self.authorizer.refusal(e)
         if denial is not None:
             log.warning("denied: %s", denial)
@@ -62,7 +108,7 @@ class DatabaseSession:
     def execute(self, sql, parameters, many: bool) -> dict:
         if type(sql) is not str:
             return self.answer(error=["ProgrammingError", "a statement is a str"])
-        self.authorizer.reset()
+        self.begin()
         cursor = self.db.cursor()
         try:
             if many:
@@ -80,12 +126,14 @@ class DatabaseSession:
             return self.answer(error=["ProgrammingError", str(e)])
 
     def _rows_of(self, cursor: sqlite3.Cursor, wanted: int, cursor_id: int | None = None) -> dict:
-        description = [[d[0], None, None, None, None, None, None] for d in cursor.description] \
-            if cursor.description else None
+        # The answer carries the column names and the rows as one flat list
+        # of values: the codec sends a tuple as an extension value, one nested
+        # encoding per row, ten times the cost of the values themselves.
+        columns = [d[0] for d in cursor.description] if cursor.description else None
         rows: list = []
         rest: list = []
         more = False
-        if description is not None:
+        if columns is not None:
             pending = self.pending.pop(cursor_id, []) if cursor_id is not None else []
             rows = pending + cursor.fetchmany(wanted - len(pending)) if wanted > len(pending) else pending
             more = len(rows) >= wanted
@@ -106,8 +154,13 @@ class DatabaseSession:
             if cursor_id is not None:
                 self.cursors.pop(cursor_id, None)
             cursor.close()
-        return self.answer(description=description, rowcount=cursor.rowcount, lastrowid=cursor.lastrowid,
-                           rows=rows, cursor=cursor_id if more else None, more=more)
+        answer = self.answer(rowcount=cursor.rowcount, lastrowid=cursor.lastrowid)
+        if columns is not None:
+            answer["columns"] = columns
+            answer["rows"] = list(chain.from_iterable(rows))
+        if more:
+            answer["cursor"] = cursor_id
+        return answer
 
     def forget(self, cursor_id) -> None:
         cursor = self.cursors.pop(cursor_id, None)
@@ -121,7 +174,7 @@ class DatabaseSession:
             return self.answer(error=["ProgrammingError", f"no open cursor {cursor_id!r}"])
         if type(wanted) is not int or not 1 <= wanted <= 1 << 20:
             return self.answer(error=["ProgrammingError", "fetch takes 1 to 1048576 rows"])
-        self.authorizer.reset()
+        self.begin()
         try:
             return self._rows_of(cursor, wanted, cursor_id)
         except sqlite3.Error as e:
@@ -130,10 +183,12 @@ class DatabaseSession:
 
 
 def _within_budget(rows: list) -> tuple[list, list]:
-    """(rows to send now, rows kept for the next fetch). Rows of large values
-    would make one answer pass the frame limit: the first and last rows are
-    weighed, not every row (that would cost more than the query)."""
-    if len(rows) < 64:
+    """(rows to send now, rows kept for the next fetch). An answer is kept
+    under what the caller's decoder takes without measuring it first
+    (codec.Limits.measured_above), and far under the frame limit: the first
+    and last rows are weighed, not every row (that would cost more than the
+    query)."""
+    if len(rows) < 2:
         return rows, []
     weight = max(_weight(rows[0]), _weight(rows[-1]))
     keep = max(1, ROW_BYTES_BUDGET // max(weight, 1))
@@ -147,10 +202,12 @@ def _weight(row) -> int:
 class DatabaseService:
     """The owner's ``pspy.db`` endpoint: a per-connection service (rpc/server.py)."""
 
-    def __init__(self, app_dir: str, databases: list[dict], grants_of: dict[str, dict]):
+    def __init__(self, app_dir: str, databases: list[dict], grants_of: dict[str, dict], *,
+                 time_limit: float = STATEMENT_TIME_LIMIT, max_length: int = MAX_LENGTH):
         # databases: the plan's entries this provider owns; grants_of: principal -> its PrincipalPlan.grants
         self.paths = {d["name"]: os.path.join(app_dir, d["path"]) for d in databases}
         self.grants_of = grants_of
+        self.time_limit, self.max_length = time_limit, max_length
 
     def __call__(self, state: ConnectionState, op, *args):
         answer = self._do(state, op, args)
@@ -170,7 +227,10 @@ class DatabaseService:
             return self._open(state, *args)
         if session is None:
             return {"error": ["ProgrammingError", "no database is open on this connection"]}
-        if op == "execute" and len(args) == 3:
+        if op == "execute" and len(args) in (3, 4):
+            # A fourth argument: cursors the caller dropped with rows left, closed first.
+            for cursor_id in args[3] if len(args) == 4 and type(args[3]) is list else ():
+                session.forget(cursor_id)
             return session.execute(args[0], args[1], bool(args[2]))
         if op == "fetch" and len(args) == 2:
             return session.fetch(args[0], args[1])
@@ -184,12 +244,12 @@ class DatabaseService:
                 return session.failed(e)
             return session.answer()
         if op == "executescript" and len(args) == 1 and type(args[0]) is str:
-            session.authorizer.reset()
+            session.begin()
             try:
                 session.db.executescript(args[0]).close()
             except sqlite3.Error as e:
                 return session.failed(e)
-            return session.answer(description=None, rowcount=-1, lastrowid=None, rows=[], cursor=None, more=False)
+            return session.answer(rowcount=-1, lastrowid=None)
         if op == "isolation_level" and len(args) == 1 and args[0] in _ISOLATION:
             session.db.isolation_level = args[0]
             return session.answer()
@@ -211,11 +271,17 @@ class DatabaseService:
         options = options if type(options) is dict else {}
         isolation = options.get("isolation_level", "")
         timeout = options.get("timeout", 5.0)
+        functions = options.get("functions")
         if isolation not in _ISOLATION or type(timeout) not in (int, float) or not 0 <= timeout <= 600:
             return {"error": ["ProgrammingError", "isolation_level or timeout out of range"]}
+        if functions is not None and (type(functions) is not str or functions not in FUNCTION_SETS):
+            return {"error": ["ProgrammingError", f"unknown function set {functions!r} (known: "
+                                                  f"{', '.join(sorted(FUNCTION_SETS))})"]}
         try:
             state.value = DatabaseSession(state.caller, database, self.paths[database], grants, isolation,
-                                          float(timeout))
-        except sqlite3.Error as e:
+                                          float(timeout), functions)
+        except (sqlite3.Error, ImportError) as e:   # ImportError: a function set's library is not here
             return {"error": ["OperationalError", f"cannot open database {database!r}: {e}"]}
+        state.value.time_limit = self.time_limit
+        state.value.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_length)
         return state.value.answer()
