@@ -1,0 +1,1 @@
+"""Adapters of pspy to other libraries (an ORM's database backend, ...)."""
