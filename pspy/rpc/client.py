@@ -163,20 +163,7 @@ class Client:
                 raise
         finally:
             codec.release(packer, payload)
-        try:
-            response = conn.recv_message()
-        except (BlockingIOError, socket.timeout):
-            conn.close()
-            raise ServiceTimeout(f"{self.provider}.{service} did not answer within {timeout}s; "
-                                 "the call may or may not have run") from None
-        except (protocol.PeerClosed, ProtocolError, OSError) as e:
-            conn.close()
-            raise CallInterrupted(f"{self.provider}.{service}: the request was delivered but the "
-                                  f"provider closed the connection before replying ({e or 'EOF'}); "
-                                  "the call may or may not have run, and was not retried") from None
-        except BaseException:
-            conn.close()
-            raise
+        response = _answer(conn, self.provider, service, timeout)
         if type(response) is list and len(response) == 2 and response[0] == protocol.OK:
             self._give_back(conn, began)
             return response[1]
@@ -221,21 +208,35 @@ class Session:
         finally:
             codec.release(packer, payload)
         try:
-            response = conn.recv_message()
-        except (BlockingIOError, socket.timeout):
-            self.close()
-            raise ServiceTimeout(f"{self.client.provider}.{self.service} did not answer within "
-                                 f"{self.client.timeout}s; the call may or may not have run") from None
-        except (protocol.PeerClosed, ProtocolError, OSError) as e:
-            self.close()
-            raise CallInterrupted(f"{self.client.provider}.{self.service}: the provider closed the session "
-                                  f"before replying ({e or 'EOF'}); the call may or may not have run") from None
+            response = _answer(conn, self.client.provider, self.service, self.client.timeout)
+        except BaseException:
+            self.conn = None   # closed: the session's state in the provider is gone with it
+            raise
         return _result(self.client.provider, self.service, response)
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
+
+
+def _answer(conn: protocol.Connection, provider: str, service: str, timeout: float | None):
+    """The response to a request on the wire; on any failure the connection
+    is closed, and the caller learns the call may or may not have run."""
+    try:
+        return conn.recv_message()
+    except (BlockingIOError, socket.timeout):
+        conn.close()
+        raise ServiceTimeout(f"{provider}.{service} did not answer within {timeout}s; "
+                             "the call may or may not have run") from None
+    except (protocol.PeerClosed, ProtocolError, OSError) as e:
+        conn.close()
+        raise CallInterrupted(f"{provider}.{service}: the request was delivered but the "
+                              f"provider closed the connection before replying ({e or 'EOF'}); "
+                              "the call may or may not have run, and was not retried") from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _set_timeout(conn: protocol.Connection, timeout: float | None) -> None:
