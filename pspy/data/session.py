@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from itertools import chain
 
@@ -31,6 +32,8 @@ ROW_BYTES_BUDGET = 48 << 10  # about this many bytes of rows in one answer (rows
 STATEMENT_TIME_LIMIT = 30.0   # seconds one statement or fetch may run (DatabaseService: the app's rpc_timeout)
 PROGRESS_EVERY = 100_000      # SQLite VM steps between two looks at the clock (about a millisecond)
 MAX_LENGTH = 16 << 20         # bytes of one value (DatabaseService: the app's max_frame)
+KEPT_PER_CALLER = 4           # ended sessions kept open for a caller's next ones ...
+KEPT_FOR = 60.0               # ... for at most this many seconds
 _ISOLATION = (None, "", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 
 
@@ -56,10 +59,15 @@ class DatabaseSession:
 
     def __init__(self, caller: str, database: str, path: str, grants: dict, isolation_level, timeout: float,
                  functions: str | None = None):
-        self.caller, self.database = caller, database
+        self.caller, self.database, self.timeout = caller, database, timeout
         self.authorizer = Authorizer(caller, database, grants)
         self.db = sqlite3.connect(path, timeout=timeout, isolation_level=isolation_level,
                                   check_same_thread=False)
+        # No value longer than a frame may carry: randomblob(1e9) is refused
+        # before it is built, not after a gigabyte was. Set before the function
+        # set, whose Python functions that build strings (Django's LPAD, REPEAT)
+        # read the limit when registered: after, they saw SQLite's 1e9 default.
+        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
         if functions is not None:
             FUNCTION_SETS[functions](self.db)
         self.authorizer.install(self.db)
@@ -69,12 +77,10 @@ class DatabaseSession:
         # past its time (a runaway recursive CTE) is interrupted there, so a
         # caller that gave up waiting leaves no statement running in the owner.
         self.db.set_progress_handler(self._past_deadline, PROGRESS_EVERY)
-        # No value longer than a frame may carry: randomblob(1e9) is refused
-        # before it is built, not after a gigabyte was.
-        self.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
         self.cursors: dict[int, sqlite3.Cursor] = {}
         self.pending: dict[int, list] = {}   # rows read from a cursor but over one answer's budget
         self.next_cursor = 0
+        self.keeper = None   # DatabaseService._keep: takes the session for this caller's next one
 
     def _past_deadline(self) -> bool:
         return time.monotonic() > self.deadline
@@ -88,6 +94,9 @@ class DatabaseSession:
         for cursor in self.cursors.values():
             cursor.close()
         self.cursors.clear()
+        self.pending.clear()
+        if self.keeper is not None and self.keeper(self):
+            return
         self.db.close()   # an open transaction is rolled back
 
     def answer(self, **fields) -> dict:
@@ -208,6 +217,8 @@ class DatabaseService:
         self.paths = {d["name"]: os.path.join(app_dir, d["path"]) for d in databases}
         self.grants_of = grants_of
         self.time_limit, self.max_length = time_limit, max_length
+        self._kept: dict[tuple, list[tuple[float, DatabaseSession]]] = {}   # (caller, ...) -> ended sessions
+        self._lock = threading.Lock()
 
     def __call__(self, state: ConnectionState, op, *args):
         answer = self._do(state, op, args)
@@ -277,11 +288,53 @@ class DatabaseService:
         if functions is not None and (type(functions) is not str or functions not in FUNCTION_SETS):
             return {"error": ["ProgrammingError", f"unknown function set {functions!r} (known: "
                                                   f"{', '.join(sorted(FUNCTION_SETS))})"]}
-        try:
-            state.value = DatabaseSession(state.caller, database, self.paths[database], grants, isolation,
+        # Per caller, database and function set: a bounded number of keys.
+        key = (state.caller, database, functions)
+        session = self._kept_session(key, float(timeout))
+        if session is None:
+            try:
+                session = DatabaseSession(state.caller, database, self.paths[database], grants, isolation,
                                           float(timeout), functions)
-        except (sqlite3.Error, ImportError) as e:   # ImportError: a function set's library is not here
-            return {"error": ["OperationalError", f"cannot open database {database!r}: {e}"]}
-        state.value.time_limit = self.time_limit
-        state.value.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_length)
-        return state.value.answer()
+            except (sqlite3.Error, ImportError) as e:   # ImportError: a function set's library is not here
+                return {"error": ["OperationalError", f"cannot open database {database!r}: {e}"]}
+            session.time_limit = self.time_limit
+            session.db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_length)
+            session.keeper = lambda s, key=key: self._keep(key, s)
+        else:
+            session.db.isolation_level = isolation
+        state.value = session
+        return session.answer()
+
+    def _keep(self, key: tuple, session: DatabaseSession) -> bool:
+        """Keep a session that ended for its caller's next one: opening one
+        (a connection, its grants installed, a function set registered) costs
+        ten times what a small statement does, and Django opens one per
+        request. Kept per caller, so one principal's connection never serves
+        another; its transaction is rolled back first."""
+        try:
+            if session.db.in_transaction:
+                session.db.rollback()
+        except sqlite3.Error:
+            return False
+        with self._lock:
+            kept = self._kept.setdefault(key, [])
+            if len(kept) >= KEPT_PER_CALLER:
+                return False
+            kept.append((time.monotonic(), session))
+        return True
+
+    def _kept_session(self, key: tuple, timeout: float) -> DatabaseSession | None:
+        stale = []
+        found = None
+        with self._lock:
+            kept = self._kept.get(key, [])
+            while kept and found is None:
+                since, session = kept.pop()
+                if time.monotonic() - since < KEPT_FOR and session.timeout == timeout:
+                    found = session
+                else:
+                    stale.append(session)
+        for session in stale:   # past KEPT_FOR: closed, not kept again
+            session.keeper = None
+            session.close()
+        return found
