@@ -1,8 +1,10 @@
-"""What separation costs a real app over HTTP: zoobank and the microblog,
-unseparated against pspy's chroot and namespace mode, in one run.
+"""What separation costs a real app over HTTP: zoobank, the microblog, and
+the two apps separated by data grants (minitwit on Flask, dpaste_grants on
+Django: a Django page's queries through pspy.contrib.django), unseparated
+against pspy's chroot and namespace mode, in one run.
 
     sudo python bench/app.py [--rounds N] [--requests N] [--clients C]
-                             [--only zoobank|microblog] [--quick] [--json FILE]
+                             [--only zoobank|microblog|minitwit|dpaste_grants] [--quick] [--json FILE]
 
 Each app runs three times side by side on loopback ports, always with the
 Flask server its pspy.toml starts (`python app.py`, threaded):
@@ -130,7 +132,57 @@ class Microblog:
         return self.conn.request("GET", "/api/timeline")[0]
 
 
-APPS = {"zoobank": Zoobank, "microblog": Microblog}
+class Minitwit:
+    """minitwit on one database shared by data grants: its views' own SQL runs
+    in Data (pspy.db) under web's grants. One logged-in user per client: home
+    timeline reads and posts."""
+
+    name = "minitwit"
+    env_port, env_secret = "MINITWIT_PORT", "MINITWIT_SECRET_KEY"
+    up_path = "/public?format=json"
+
+    def __init__(self, conn: Connection, client: int, tag: str):
+        self.conn = conn
+        conn.headers["Accept"] = "application/json"
+        user = f"c{client}{tag}"
+        conn.json("POST", "/register", {"username": user, "password": "pw"})
+        status, payload, response = conn.request("POST", "/login", {"username": user, "password": "pw"})
+        cookie = response.getheader("Set-Cookie", "")
+        if status != 200 or not cookie:
+            raise RuntimeError(f"minitwit login: HTTP {status} {payload[:200]!r}")
+        conn.headers["Cookie"] = cookie.split(";", 1)[0]
+
+    def step(self, i: int) -> int:
+        if i % 4 == 3:
+            return self.conn.request("POST", "/add_message", {"text": f"message {i}"})[0]
+        return self.conn.request("GET", "/?format=json")[0]
+
+
+class DpasteGrants:
+    """A Django paste-bin on one database shared by data grants: the ORM in
+    web runs its statements in Data through pspy.contrib.django. Three reads
+    of the snippet list (Django's date functions included) to one new snippet:
+    a Django page's queries, whole requests."""
+
+    name = "dpaste_grants"
+    env_port, env_secret = None, "DPASTE_SECRET_KEY"
+    up_path = "/api/snippets"
+
+    @staticmethod
+    def argv(port: int) -> list[str]:
+        return ["python", "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+
+    def __init__(self, conn: Connection, client: int, tag: str):
+        self.conn = conn
+        self.author = f"c{client}{tag}"
+
+    def step(self, i: int) -> int:
+        if i % 4 == 3:
+            return self.conn.request("POST", "/api/snippets", {"content": f"snippet {i}", "author": self.author})[0]
+        return self.conn.request("GET", "/api/snippets")[0]
+
+
+APPS = {"zoobank": Zoobank, "microblog": Microblog, "minitwit": Minitwit, "dpaste_grants": DpasteGrants}
 
 
 def pspy(*args, env=None):
@@ -161,21 +213,27 @@ class Server:
     def __init__(self, app, config: str, workdir: str):
         self.app, self.config = app, config
         self.port = free_port()
-        env = {app.env_port: str(self.port), app.env_secret: "bench-secret"}
+        env = {app.env_secret: "bench-secret"}
+        if app.env_port:
+            env[app.env_port] = str(self.port)
+        # An app whose port is in its command line (Django's runserver) is started with it.
+        argv = app.argv(self.port) if hasattr(app, "argv") else ["python", "app.py"]
         source = os.path.join(EXAMPLES, app.name)
         self.proc = self.jail = None
         if config == "unseparated":
             copy = os.path.join(workdir, f"{app.name}-plain")
             shutil.copytree(source, copy, ignore=shutil.ignore_patterns("db", "__pycache__"))
             subprocess.run([sys.executable, "setup_db.py"], cwd=copy, check=True)
-            self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=copy, env={**os.environ, **env},
+            self.proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=copy, env={**os.environ, **env},
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             self.jail = os.path.join(workdir, f"{app.name}-{config}", "jail")
             flags = ["--namespaces"] if config == "namespaces" else []
-            pspy("bootstrap", source, "--jail", self.jail, "--detach", *flags, env=env)
+            front_end = ["--", *argv] if hasattr(app, "argv") else []
+            pspy("bootstrap", source, "--jail", self.jail, "--detach", *flags, *front_end, env=env)
         try:
-            wait_until_up(self.port, "/api/public" if app.name == "microblog" else "/", f"{app.name} ({config})")
+            up_path = getattr(app, "up_path", "/api/public" if app.name == "microblog" else "/")
+            wait_until_up(self.port, up_path, f"{app.name} ({config})")
         except BaseException:
             self.stop()
             raise
@@ -291,7 +349,7 @@ def main() -> int:
     print(f"{args.rounds} rounds of {args.requests} requests ({args.clients} clients) "
           f"and {max(args.requests // 2, 1)} one at a time, per configuration; "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    print(f"{'app':<10} {'configuration':<12} {'req/s':>8} {'vs unsep':>9} {'median ms':>10} "
+    print(f"{'app':<14} {'configuration':<12} {'req/s':>8} {'vs unsep':>9} {'median ms':>10} "
           f"{'vs unsep':>9} {'p99 ms':>7} {'failed':>7}")
     report = {"rounds": args.rounds, "requests": args.requests, "clients": args.clients, "results": {}}
     worst = 0
@@ -300,7 +358,7 @@ def main() -> int:
         report["results"][name] = results
         for config, e in results.items():
             worst += e["failed"]
-            print(f"{name:<10} {config:<12} {e['requests_per_s']:>8.0f} {e['throughput_ratio']:>8.2f}x "
+            print(f"{name:<14} {config:<12} {e['requests_per_s']:>8.0f} {e['throughput_ratio']:>8.2f}x "
                   f"{e['median_ms']:>10.2f} {e['median_ratio']:>8.2f}x {e['p99_ms']:>7.2f} {e['failed']:>7}")
     if args.json:
         with open(args.json, "w") as f:
