@@ -210,7 +210,8 @@ def _database_endpoint(rt: Runtime, spec: ServicePlan) -> Endpoint:
     # A statement is stopped a little before its caller stops waiting (so the
     # caller hears why), and no value may be longer than a frame can carry.
     service = DatabaseService(rt.plan.app_dir, owned, {p.name: p.grants for p in rt.plan.principals},
-                              time_limit=0.9 * rt.plan.rpc_timeout, max_length=rt.plan.max_frame)
+                              time_limit=0.9 * rt.plan.rpc_timeout, max_length=rt.plan.max_frame,
+                              transaction_limit=2 * rt.plan.rpc_timeout)
     return Endpoint(spec.name, service, frozenset(spec.callers), per_connection=True)
 
 

@@ -2,6 +2,7 @@
 the same caller's next session only, and handed over clean (no root needed)."""
 
 import os
+import time
 import sqlite3
 
 import pytest
@@ -87,3 +88,29 @@ def test_only_a_few_sessions_are_kept_per_caller_and_not_for_long(service, monke
         kept[-1].execute("SELECT 1")                            # ... and the old one closed
     other_timeout = opened(service, "web", timeout=1.0)
     assert other_timeout.value.timeout == 1.0
+
+
+def test_the_database_is_in_wal_mode_so_a_readers_cursor_holds_off_no_writer(service, tmp_path):
+    with sqlite3.connect(tmp_path / "db" / "app.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    web, auth = opened(service, "web"), opened(service, "Auth")
+    service(web, "execute", "INSERT INTO message (text) VALUES (?)", [[str(i)] for i in range(11)], True)
+    service(web, "commit")
+    reading = service(web, "execute", "SELECT * FROM message, message AS b, message AS c", [], False)
+    assert reading["cursor"] is not None            # 1,331 rows: a cursor with rows left, reading a snapshot
+    writer = opened(service, "web", timeout=0.2)
+    assert rows(service, writer, "INSERT INTO message (text) VALUES ('b')") == []
+    assert "error" not in service(writer, "commit")   # while web's other session reads
+
+
+def test_a_transaction_open_past_its_limit_is_rolled_back(tmp_path, service):
+    service.transaction_limit = 0.3
+    web = opened(service, "web")
+    assert rows(service, web, "INSERT INTO message (text) VALUES ('kept')") == []
+    assert "error" not in service(web, "commit")                      # control: within the limit
+    assert rows(service, web, "INSERT INTO message (text) VALUES ('too slow')") == []
+    assert web.conn.idle_timeout <= 0.3                                  # quiet, it is closed at the limit
+    time.sleep(0.4)
+    late = service(web, "execute", "INSERT INTO message (text) VALUES ('later')", [], False)
+    assert late["error"][0] == "OperationalError" and "open longer than 0.3s" in late["error"][1]
+    assert rows(service, web, "SELECT text FROM message") == ["kept"]

@@ -32,6 +32,7 @@ ROW_BYTES_BUDGET = 48 << 10  # about this many bytes of rows in one answer (rows
 STATEMENT_TIME_LIMIT = 30.0   # seconds one statement or fetch may run (DatabaseService: the app's rpc_timeout)
 PROGRESS_EVERY = 100_000      # SQLite VM steps between two looks at the clock (about a millisecond)
 MAX_LENGTH = 16 << 20         # bytes of one value (DatabaseService: the app's max_frame)
+TRANSACTION_LIMIT = 60.0      # seconds a caller's transaction may stay open (DatabaseService: 2 x rpc_timeout)
 KEPT_PER_CALLER = 4           # ended sessions kept open for a caller's next ones ...
 KEPT_FOR = 60.0               # ... for at most this many seconds
 _ISOLATION = (None, "", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
@@ -81,6 +82,7 @@ class DatabaseSession:
         self.pending: dict[int, list] = {}   # rows read from a cursor but over one answer's budget
         self.next_cursor = 0
         self.keeper = None   # DatabaseService._keep: takes the session for this caller's next one
+        self.transaction_began: float | None = None   # DatabaseService: when its open transaction began
 
     def _past_deadline(self) -> bool:
         return time.monotonic() > self.deadline
@@ -208,26 +210,71 @@ def _weight(row) -> int:
     return 16 + sum(len(v) + 8 if type(v) in (str, bytes) else 16 for v in row)
 
 
+def _write_ahead_log(path: str) -> None:
+    """Put the database in WAL mode, once, as its owner: readers then never
+    block a writer, so a grantee holding a cursor open (a snapshot) cannot
+    hold off another principal's writes; only a write transaction can, and
+    that one for TRANSACTION_LIMIT at most. The mode stays with the file."""
+    try:
+        db = sqlite3.connect(path, timeout=5.0)
+    except sqlite3.Error as e:
+        log.warning("%s: cannot open the database to put it in WAL mode: %s", path, e)
+        return
+    try:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            log.warning("%s: journal mode is %s, not WAL: a grantee's open cursor holds off others' writes",
+                        path, mode)
+    except sqlite3.Error as e:
+        log.warning("%s: cannot put the database in WAL mode: %s", path, e)
+    finally:
+        db.close()
+
+
 class DatabaseService:
     """The owner's ``pspy.db`` endpoint: a per-connection service (rpc/server.py)."""
 
     def __init__(self, app_dir: str, databases: list[dict], grants_of: dict[str, dict], *,
-                 time_limit: float = STATEMENT_TIME_LIMIT, max_length: int = MAX_LENGTH):
+                 time_limit: float = STATEMENT_TIME_LIMIT, max_length: int = MAX_LENGTH,
+                 transaction_limit: float = TRANSACTION_LIMIT):
         # databases: the plan's entries this provider owns; grants_of: principal -> its PrincipalPlan.grants
         self.paths = {d["name"]: os.path.join(app_dir, d["path"]) for d in databases}
         self.grants_of = grants_of
         self.time_limit, self.max_length = time_limit, max_length
+        self.transaction_limit = transaction_limit
+        for path in self.paths.values():
+            _write_ahead_log(path)
         self._kept: dict[tuple, list[tuple[float, DatabaseSession]]] = {}   # (caller, ...) -> ended sessions
         self._lock = threading.Lock()
 
     def __call__(self, state: ConnectionState, op, *args):
+        session = state.value
+        if session is not None and session.transaction_began is not None and \
+                time.monotonic() - session.transaction_began > self.transaction_limit:
+            # A transaction holds SQLite's write lock: past its limit it is
+            # rolled back whatever comes, so no caller holds off the others'
+            # writes by keeping one open with a statement now and then.
+            session.db.rollback()
+            for cursor_id in list(session.cursors):
+                session.forget(cursor_id)
+            session.transaction_began = None
+            return session.answer(error=["OperationalError", f"the transaction was rolled back: it was open "
+                                                             f"longer than {self.transaction_limit:g}s"])
         answer = self._do(state, op, args)
         session = state.value
         if session is not None:
-            # A session holding SQLite's lock (a transaction, a cursor with rows
-            # left) is closed sooner when it goes quiet: a caller cannot hold
-            # the others' writes off for longer than that.
-            idle = BUSY_IDLE_TIMEOUT if session.db.in_transaction or session.cursors else IDLE_TIMEOUT
+            busy = session.db.in_transaction
+            if not busy:
+                session.transaction_began = None
+            elif session.transaction_began is None:
+                session.transaction_began = time.monotonic()
+            # A session in a transaction (or holding a cursor with rows left,
+            # which reads a snapshot) is closed sooner when it goes quiet, and
+            # a transaction at the latest when its limit comes.
+            idle = BUSY_IDLE_TIMEOUT if busy or session.cursors else IDLE_TIMEOUT
+            if busy:
+                idle = max(0.01, min(idle, self.transaction_limit
+                                     - (time.monotonic() - session.transaction_began)))
             if state.conn.idle_timeout != idle:
                 state.conn.hold_frames_to(idle, FRAME_TIMEOUT)
         return answer
@@ -316,6 +363,7 @@ class DatabaseService:
                 session.db.rollback()
         except sqlite3.Error:
             return False
+        session.transaction_began = None
         with self._lock:
             kept = self._kept.setdefault(key, [])
             if len(kept) >= KEPT_PER_CALLER:
