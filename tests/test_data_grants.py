@@ -160,3 +160,17 @@ def test_the_real_schema_decides_which_tables_and_columns_a_grant_may_name(tmp_p
         {"main": {"path": "db/other.db", "owner": "Data"}})))
     with pytest.raises(ConfigError, match="db/other.db does not exist in the app after its set-up script"):
         grants.check_against_schemas(missing, str(tmp_path))
+
+
+def test_the_schema_is_read_through_a_write_ahead_log_the_owner_left(tmp_path):
+    os.mkdir(tmp_path / "db")
+    owner = sqlite3.connect(tmp_path / "db" / "minitwit.db")
+    owner.execute("PRAGMA journal_mode = WAL")
+    owner.execute("PRAGMA wal_autocheckpoint = 0")   # the new table stays in the log, as after a crash
+    owner.executescript(SCHEMA)
+    try:
+        assert os.path.getsize(tmp_path / "db" / "minitwit.db-wal") > 0
+        assert grants.read_schema(str(tmp_path / "db" / "minitwit.db"))["message"] == \
+            ["message_id", "author_id", "text", "pub_date"]
+    finally:
+        owner.close()

@@ -194,12 +194,16 @@ def check_principals(databases: list[Database], principals: list[str]) -> None:
 
 def read_schema(path: str) -> dict[str, list[str]]:
     """{table: [columns]} of an SQLite file, read without writing anything
-    beside it (immutable: no journal, no lock file)."""
+    beside it (immutable: no journal, no lock file) unless it has a
+    write-ahead log."""
     st = os.lstat(path)
     import stat
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{path}: a database must be a regular file")
-    uri = "file:" + _uri_path(path) + "?mode=ro&immutable=1"
+    # A write-ahead log left by the owner (data/session.py puts the file in
+    # WAL mode) may hold the latest schema: then read through it (SQLite may
+    # make the -shm file; bootstrap gives the folder to the owner after).
+    uri = "file:" + _uri_path(path) + ("?mode=ro" if os.path.exists(path + "-wal") else "?mode=ro&immutable=1")
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as e:
