@@ -93,7 +93,7 @@ def test_only_a_few_sessions_are_kept_per_caller_and_not_for_long(service, monke
 def test_the_database_is_in_wal_mode_so_a_readers_cursor_holds_off_no_writer(service, tmp_path):
     with sqlite3.connect(tmp_path / "db" / "app.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    web, auth = opened(service, "web"), opened(service, "Auth")
+    web = opened(service, "web")
     service(web, "execute", "INSERT INTO message (text) VALUES (?)", [[str(i)] for i in range(11)], True)
     service(web, "commit")
     reading = service(web, "execute", "SELECT * FROM message, message AS b, message AS c", [], False)
@@ -114,3 +114,13 @@ def test_a_transaction_open_past_its_limit_is_rolled_back(tmp_path, service):
     late = service(web, "execute", "INSERT INTO message (text) VALUES ('later')", [], False)
     assert late["error"][0] == "OperationalError" and "open longer than 0.3s" in late["error"][1]
     assert rows(service, web, "SELECT text FROM message") == ["kept"]
+
+
+def test_without_google_re2_in_the_owner_regexp_is_refused_saying_why(service, monkeypatch):
+    from pspy.data import regexp
+    web = opened(service, "web", functions="django")
+    assert rows(service, web, "SELECT 'abc' REGEXP 'b+'") == [1]
+    monkeypatch.setattr(regexp, "re2", None)
+    assert rows(service, web, "SELECT 'abc' REGEXP 'z'")[0] == "OperationalError"
+    with pytest.raises(ValueError, match="REGEXP needs google-re2 in the database's owner"):
+        regexp._regexp("b+", "abc")

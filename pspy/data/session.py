@@ -20,6 +20,7 @@ import time
 from itertools import chain
 
 from ..rpc.server import FRAME_TIMEOUT, ConnectionState
+from . import regexp
 from .authorizer import Authorizer
 
 log = logging.getLogger("pspy.data")
@@ -41,11 +42,13 @@ _ISOLATION = (None, "", "DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 def _django_functions(db: sqlite3.Connection) -> None:
     from ..contrib.django.functions import prepare_connection
     prepare_connection(db)
+    regexp.install(db)   # theirs is Python's re: see regexp.py
 
 
 def _sqlalchemy_functions(db: sqlite3.Connection) -> None:
     from ..contrib.sqlalchemy import prepare_connection
     prepare_connection(db)
+    regexp.install(db)
 
 
 # SQL function sets a caller may ask for at open (pspy.db.connect(functions=...)).
