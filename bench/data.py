@@ -407,7 +407,7 @@ def breakdown(app_dir: str, path: str, socket_path: str, through_grants: pspy.db
 
     fetch = "fetchone" if sql == POINT else "fetchall"
     near, far = socket.socketpair()
-    ready_path = os.path.join(app_dir, "ready-answer.sock")
+    ready_path = os.path.join(os.path.dirname(socket_path), "ready-answer.sock")
     if os.path.exists(ready_path):
         os.unlink(ready_path)   # the last breakdown's, whose process is gone
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -521,6 +521,8 @@ def main(argv=None) -> int:
         server_cpu = client_cpu = set(cpus)
 
     app_dir = tempfile.mkdtemp(prefix="pspy-data-bench-", dir=args.dir)
+    # Sockets apart, in a short path: --dir may be deeper than AF_UNIX's 108 bytes.
+    sock_dir = tempfile.mkdtemp(prefix="pspy-db-")
     owner = None
     connections: dict = {}
     try:
@@ -528,7 +530,7 @@ def main(argv=None) -> int:
         sockets = {}
         listeners = {}
         for identity in CALLERS:
-            sockets[identity] = os.path.join(app_dir, f"{identity.split()[0]}.sock")
+            sockets[identity] = os.path.join(sock_dir, f"{identity.split()[0]}.sock")
             listeners[identity] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listeners[identity].bind(sockets[identity])
             listeners[identity].listen(16)
@@ -583,6 +585,7 @@ def main(argv=None) -> int:
             owner.kill()
             owner.join(5)
         shutil.rmtree(app_dir, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
     fs = filesystem_of(args.dir)
     print(f"SQLite statements through pspy's data grants, one run, {os.cpu_count()} cores, Python "
