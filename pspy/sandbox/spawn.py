@@ -44,11 +44,13 @@ def principal_env(plan: Plan, principal: PrincipalPlan, host_env: dict[str, str]
         ENV_PRINCIPAL: principal.name,
         ENV_PLAN: f"{STATE_DIR}/plan.json",
     }
-    if principal.kind == "provider":
+    if principal.kind == "provider" and not (principal.seccomp or {}).get("learn"):
         # A provider serves each connection in a thread; glibc would give up
         # to 8 malloc arenas per core to them, each keeping what its frames
         # freed, so the memory a caller's frames cost would not be bounded
-        # by the decoder's budget (protocol.FRAME_MEMORY) alone.
+        # by the decoder's budget (protocol.FRAME_MEMORY) alone. Not while
+        # pspy learn records: its listener in the process then waits on an
+        # arena's lock held by a thread whose syscall it is to answer.
         env["MALLOC_ARENA_MAX"] = "2"
     if not principal.seccomp:
         env[ENV_SECCOMP] = "none"
