@@ -1,6 +1,7 @@
 """Shared helpers. Integration tests are marked `root`: CI runs as root, so they
 never skip there; a developer without root sees why they skip."""
 
+import contextlib
 import json
 import os
 import pwd
@@ -71,6 +72,38 @@ def pspy(*args, env=None, timeout=120, check=False, input=None, user=None):
         raise AssertionError(f"pspy {' '.join(args)} failed ({proc.returncode}):\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def detached(app_dir, tmp_path_factory, name, mode, front_end=(), env=None):
+    """The app bootstrapped --detach in ``mode`` ("chroot" or "namespaces")
+    in a jail of its own; yields the jail, and stops the app after."""
+    jail = str(tmp_path_factory.mktemp(f"{name}-{mode}") / "jail")
+    flags = ["--namespaces"] if mode == "namespaces" else []
+    pspy("bootstrap", app_dir, "--jail", jail, "--detach", *flags, *(["--", *front_end] if front_end else []),
+         env=env, check=True)
+    try:
+        yield jail
+    finally:
+        pspy("stop", "--jail", jail)
+
+
+def wait_for_http(url, timeout=30.0):
+    """Until ``url`` answers at all (any status): the front end is up."""
+    import time
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def probe(jail, principal, code):

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, probe, provider_pid, pspy
+from conftest import REPO, detached, probe, provider_pid
 
 pytestmark = pytest.mark.root
 
@@ -45,13 +45,8 @@ def error_of(answer):
 
 @pytest.fixture(scope="module", params=["chroot", "namespaces"])
 def app(request, tmp_path_factory):
-    jail = str(tmp_path_factory.mktemp(f"attacks-{request.param}") / "jail")
-    flags = ["--namespaces"] if request.param == "namespaces" else []
-    pspy("bootstrap", APP, "--jail", jail, "--detach", *flags, check=True)
-    try:
+    with detached(APP, tmp_path_factory, "attacks", request.param) as jail:
         yield {"jail": jail, "mode": request.param}
-    finally:
-        pspy("stop", "--jail", jail)
 
 
 def raw_as(app, principal, code):

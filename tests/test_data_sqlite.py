@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from conftest import REPO, probe, pspy
+from conftest import REPO, detached, probe
 
 pytestmark = pytest.mark.root
 
@@ -36,13 +36,8 @@ def run(sql, params=(), many=False):
 
 @pytest.fixture(scope="module", params=["chroot", "namespaces"])
 def app(request, tmp_path_factory):
-    jail = str(tmp_path_factory.mktemp(f"grants-{request.param}") / "jail")
-    flags = ["--namespaces"] if request.param == "namespaces" else []
-    pspy("bootstrap", APP, "--jail", jail, "--detach", *flags, check=True)
-    try:
+    with detached(APP, tmp_path_factory, "grants", request.param) as jail:
         yield {"jail": jail, "mode": request.param}
-    finally:
-        pspy("stop", "--jail", jail)
 
 
 def sql_as(app, principal, code):

@@ -13,13 +13,12 @@ in Data refuses them. Django's SQL functions (dates, REGEXP) run in Data.
 import datetime
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import REPO, free_port, probe, pspy
+from conftest import REPO, detached, free_port, probe, pspy, wait_for_http
 
 pytestmark = pytest.mark.root
 
@@ -68,28 +67,15 @@ def api(base, method, path, body=None):
 
 @pytest.fixture(scope="module", params=["chroot", "namespaces"])
 def site(request, tmp_path_factory):
-    jail = str(tmp_path_factory.mktemp(f"dpaste-grants-{request.param}") / "jail")
     port = free_port()
-    flags = ["--namespaces"] if request.param == "namespaces" else []
-    pspy("bootstrap", APP, "--jail", jail, "--detach", *flags, "--",
-         "python", "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}",
-         env={"DPASTE_SECRET_KEY": "front-end-only"}, check=True)
-    try:
+    front_end = ["python", "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    with detached(APP, tmp_path_factory, "dpaste-grants", request.param, front_end,
+                  env={"DPASTE_SECRET_KEY": "front-end-only"}) as jail:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                call(base, "GET", "/api/snippets")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_http(f"{base}/api/snippets")
         status, created = api(base, "POST", "/api/snippets", {"content": "print('hi <b>')", "author": "ada"})
         assert status == 201, created
         yield {"jail": jail, "base": base, "mode": request.param, "snippet": created}
-    finally:
-        pspy("stop", "--jail", jail)
 
 
 def django_as(site, principal, code):

@@ -8,12 +8,11 @@ granted ones that work; and `Auth`, alone, reads the password hashes.
 """
 
 import os
-import time
 
 import pytest
 import requests
 
-from conftest import REPO, free_port, probe, pspy
+from conftest import REPO, detached, free_port, probe, wait_for_http
 
 pytestmark = pytest.mark.root
 
@@ -34,25 +33,12 @@ def run(sql, params=()):
 
 @pytest.fixture(scope="module", params=["chroot", "namespaces"])
 def minitwit(request, tmp_path_factory):
-    jail = str(tmp_path_factory.mktemp(f"minitwit-{request.param}") / "jail")
     port = free_port()
     env = {"MINITWIT_PORT": str(port), "MINITWIT_SECRET_KEY": "front-end-only-secret"}
-    flags = ["--namespaces"] if request.param == "namespaces" else []
-    pspy("bootstrap", MINITWIT, "--jail", jail, "--detach", *flags, env=env, check=True)
-    try:
+    with detached(MINITWIT, tmp_path_factory, "minitwit", request.param, env=env) as jail:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{base}/public?format=json", timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_http(f"{base}/public?format=json")
         yield {"jail": jail, "base": base, "mode": request.param}
-    finally:
-        pspy("stop", "--jail", jail)
 
 
 def session(base, username, password):

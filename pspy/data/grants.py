@@ -26,7 +26,9 @@ import os
 import posixpath
 import re
 import sqlite3
+import stat
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from ..errors import ConfigError
 
@@ -197,7 +199,6 @@ def read_schema(path: str) -> dict[str, list[str]]:
     beside it (immutable: no journal, no lock file) unless it has a
     write-ahead log."""
     st = os.lstat(path)
-    import stat
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{path}: a database must be a regular file")
     # A write-ahead log left by the owner (data/session.py puts the file in
@@ -221,7 +222,6 @@ def read_schema(path: str) -> dict[str, list[str]]:
 
 
 def _uri_path(path: str) -> str:
-    from urllib.parse import quote
     return quote(os.path.abspath(path))
 
 
