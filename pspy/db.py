@@ -256,7 +256,7 @@ class Connection:
     @isolation_level.setter
     def isolation_level(self, value) -> None:
         self._request("isolation_level", value)
-        self._isolation_level = value
+        self._isolation_level = self._open_options["isolation_level"] = value   # a session reopened keeps it
 
     def __enter__(self) -> "Connection":
         return self
